@@ -1,0 +1,226 @@
+"""One configuration for every script: a YAML file, then `--key value` flags that override it.
+
+Every key is declared once in `Config` with its type, default and help text. Unknown keys (in YAML or
+on the command line) and values of the wrong type fail with a one-line message naming the key, the
+file or flag, and the closest valid name.
+"""
+import argparse
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A bad configuration value: the message names the key, where it came from and what to do."""
+
+
+def key(default, help, choices=None, minimum=None):
+    meta = dict(help=help, choices=choices, minimum=minimum)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    # Seed parameter table (names and defaults as in the MindSpore MobileNetV3 README).
+    device_target: str = key("GPU", "Hardware device", choices=["CPU", "GPU", "Ascend"])
+    data_url: str = key("", "Dataset root (with train/ and val/) or a class-folder tree")
+    pretrained: Optional[str] = key(None, "Checkpoint to load before training/eval/infer (false: none)")
+    run_distribute: bool = key(True, "Data-parallel when launched with more than one process")
+    num_parallel_workers: int = key(8, "Data pipeline workers (clamped to the CPUs present)", minimum=1)
+    dataset_sink_mode: bool = key(True, "Sink the dataset into the device graph (faster)")
+    num_classes: int = key(1000, "Number of classes", minimum=1)
+    batch_size: int = key(64, "Batch size per process", minimum=1)
+    repeat_num: int = key(1, "Repeat the training set this many times per epoch", minimum=1)
+    momentum: float = key(0.9, "Optimiser momentum", minimum=0.0)
+    epoch_size: int = key(200, "Number of training epochs", minimum=1)
+    keep_checkpoint_max: int = key(10, "Most checkpoints kept in ckpt_save_dir", minimum=1)
+    ckpt_save_dir: str = key("./mobilenet_v3", "Where checkpoints and logs are written")
+    lr_decay_mode: str = key("cosine_decay_lr", "Learning-rate schedule",
+                             choices=["cosine_decay_lr", "piecewise", "step", "exponential"])
+    decay_epoch: int = key(200, "Epochs over which cosine decays from max_lr to min_lr", minimum=1)
+    smooth_factor: float = key(0.1, "Label smoothing factor", minimum=0.0)
+    max_lr: float = key(0.1, "Peak learning rate (after warmup)", minimum=0.0)
+    min_lr: float = key(0.0, "Final learning rate of the cosine schedule", minimum=0.0)
+    milestone: List[int] = key([], "piecewise: epochs at which each learning rate ends")
+    learning_rates: List[float] = key([], "piecewise: learning rate of each milestone interval")
+    resize: int = key(224, "Input image size", minimum=1)
+    # Model.
+    model: str = key("mobilenet_v3_small", "Model name",
+                     choices=["mobilenet_v3_small", "mobilenet_v3_large"])
+    width: float = key(1.0, "Width multiplier", minimum=1e-6)
+    dropout_rate: float = key(0.2, "Dropout before the last Linear layer", minimum=0.0)
+    bn_momentum: float = key(0.99, "BatchNorm running-stat momentum (MindSpore convention; torch 0.01)",
+                             minimum=0.0)
+    bn_eps: float = key(1e-3, "BatchNorm epsilon", minimum=0.0)
+    # Training extras.
+    optimizer: str = key("momentum", "Optimiser", choices=["momentum", "rmsprop"])
+    weight_decay: float = key(4e-5, "Weight decay (not applied to BatchNorm parameters or biases)", minimum=0.0)
+    warmup_epochs: int = key(0, "Linear warmup epochs before the schedule", minimum=0)
+    lr_decay_rate: float = key(0.973, "step/exponential: factor per decay step", minimum=0.0)
+    lr_decay_step_epochs: float = key(2.0, "step/exponential: epochs per decay step", minimum=1e-6)
+    ema_decay: float = key(0.0, "Exponential moving average of weights (0: off, e.g. 0.9999)", minimum=0.0)
+    grad_clip: float = key(0.0, "Clip gradients to this global norm (0: off)", minimum=0.0)
+    amp_level: str = key("auto", "Mixed precision (auto: O0 on CPU, O2 elsewhere)",
+                         choices=["auto", "O0", "O1", "O2", "O3"])
+    loss_scale: float = key(1024.0, "Initial dynamic loss scale with O2/O3", minimum=1.0)
+    auto_augment: bool = key(False, "ImageNet AutoAugment policy in training")
+    color_jitter: float = key(0.0, "Colour jitter strength in training (0: off)", minimum=0.0)
+    random_erase: float = key(0.0, "Random erasing probability in training", minimum=0.0)
+    interpolation: str = key("bilinear", "Resize interpolation", choices=["bilinear", "bicubic"])
+    crop_pct: float = key(0.875, "Eval centre-crop fraction: shorter side resized to resize/crop_pct",
+                          minimum=1e-6)
+    seed: int = key(1, "Random seed", minimum=0)
+    log_interval: int = key(1, "Print the step log every this many steps", minimum=1)
+    eval_interval: int = key(0, "Validate every this many epochs (0: never)", minimum=0)
+    resume: Optional[str] = key(None, "Checkpoint to resume from, or 'auto' for the latest in ckpt_save_dir")
+    # Evaluation, inference and export.
+    top_k: int = key(5, "Predictions printed per image", minimum=1)
+    output: Optional[str] = key(None, "Write predictions to this .json or .csv file")
+    json: Optional[str] = key(None, "Also write the evaluation metrics to this JSON file")
+    file_format: str = key("MINDIR", "Export format", choices=["MINDIR", "ONNX"])
+    file_name: Optional[str] = key(None, "Export file name (default: next to the checkpoint)")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
+NONE_WORDS = {"", "none", "null", "false"}
+
+
+def _closest(name: str, names=FIELDS, prefix="") -> str:
+    match = difflib.get_close_matches(name, names, n=1)
+    return f"; did you mean '{prefix}{match[0]}'?" if match else ""
+
+
+def _convert(name: str, value, source: str):
+    """Convert a YAML or command-line value to the declared type of `name`, or raise ConfigError."""
+    spec = FIELDS[name]
+    kind = spec.type
+    is_optional = typing.get_origin(kind) is typing.Union
+    if is_optional:
+        kind = str
+    where = f"{name} (from {source})"
+
+    def fail(what):
+        return ConfigError(f"{where}: {what}, got {value!r}")
+
+    if is_optional and (value is None or value is False or (isinstance(value, str) and value.lower() in NONE_WORDS)):
+        return None
+    if typing.get_origin(kind) in (list, List):
+        item_type = typing.get_args(kind)[0]
+        items = value if isinstance(value, list) else [v for v in str(value).replace(",", " ").split() if v]
+        try:
+            return [item_type(v) for v in items]
+        except (TypeError, ValueError):
+            raise fail(f"expected a list of {item_type.__name__}") from None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in TRUE_WORDS:
+            return True
+        if str(value).lower() in FALSE_WORDS:
+            return False
+        raise fail("expected true or false")
+    if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        raise fail("expected an integer")
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError):
+        raise fail(f"expected {'an integer' if kind is int else 'a number' if kind is float else kind.__name__}") \
+            from None
+    minimum, choices = spec.metadata.get("minimum"), spec.metadata.get("choices")
+    if minimum is not None and converted < minimum:
+        raise fail(f"must be >= {minimum}")
+    if choices and converted not in choices:
+        raise fail(f"must be one of {', '.join(choices)}")
+    return converted
+
+
+def load_yaml(path) -> dict:
+    """Read a config YAML into {key: converted value}, rejecting unknown keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value at the top level")
+    values = {}
+    for name, value in raw.items():
+        if name not in FIELDS:
+            raise ConfigError(f"{path}: unknown key {name!r}{_closest(str(name))}")
+        values[name] = _convert(name, value, str(path))
+    return values
+
+
+def build_config(config_path=None, overrides: Optional[dict] = None, source=lambda name: "overrides") -> Config:
+    """Defaults, then the YAML file, then `overrides` (typed values or strings from the command line)."""
+    values = load_yaml(config_path) if config_path else {}
+    for name, value in (overrides or {}).items():
+        if name not in FIELDS:
+            raise ConfigError(f"unknown key {name!r}{_closest(name)}")
+        values[name] = _convert(name, value, source(name))
+    config = Config(**values)
+    check_consistency(config)
+    return config
+
+
+def check_consistency(config: Config):
+    if config.lr_decay_mode == "piecewise" and len(config.milestone) != len(config.learning_rates):
+        raise ConfigError("milestone and learning_rates must have the same length for lr_decay_mode piecewise "
+                          f"(got {len(config.milestone)} and {len(config.learning_rates)})")
+    if config.lr_decay_mode == "piecewise" and not config.milestone:
+        raise ConfigError("lr_decay_mode piecewise needs milestone and learning_rates lists")
+    if config.dropout_rate >= 1.0:
+        raise ConfigError(f"dropout_rate must be < 1, got {config.dropout_rate}")
+    if config.random_erase > 1.0:
+        raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
+    """Parse `--config FILE` and `--key value` flags into a Config.
+
+    `keys` limits the flags offered to what the calling script uses (all keys if None); the help text
+    lists them with their defaults.
+    """
+    parser = _Parser(description=description, epilog=epilog, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with any of the keys below")
+    for name in keys or FIELDS:
+        meta = FIELDS[name].metadata
+        default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else []
+        choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
+        parser.add_argument(f"--{name}", dest=name, metavar="VALUE", default=argparse.SUPPRESS,
+                            help=f"{meta['help']}{choices}; default {default!r}")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        hint = _closest(flag.lstrip("-").split("=")[0], list(keys or FIELDS) + ["config"], prefix="--")
+        raise ConfigError(f"unknown flag {flag!r}{hint} (see --help)")
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    return build_config(args.config, overrides, source=lambda name: f"--{name}")
+
+
+def run_cli(main, argv=None):
+    """Run a script's main(argv), turning the errors users cause into one line and exit status 2."""
+    try:
+        return main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,259 @@
+"""MobileNetV3-Small/Large (Howard et al., 2019) with torchvision's exact layout.
+
+The architecture is data: one table row per inverted-residual block. One generic block builds
+every row, so parameter names and shapes match torchvision one-to-one (features.<i>.block.<j>...,
+classifier.0 / classifier.3) and converted weights load without special cases.
+"""
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional
+
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.common.initializer import HeNormal, Normal
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a channel count to a multiple of `divisor`, never going down by more than 10%."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class HardSwish(nn.Cell):
+    """x * ReLU6(x + 3) / 6, written out because nn.HSwish cannot be exported to ONNX."""
+
+    def construct(self, x):
+        return x * ops.relu6(x + 3.0) / 6.0
+
+
+class HardSigmoid(nn.Cell):
+    """ReLU6(x + 3) / 6, written out for the same reason as HardSwish."""
+
+    def construct(self, x):
+        return ops.relu6(x + 3.0) / 6.0
+
+
+ACTIVATIONS = {"RE": nn.ReLU, "HS": HardSwish}
+
+
+class BlockConfig(NamedTuple):
+    """One row of a block table, channels at width 1.0."""
+    kernel: int
+    expanded: int
+    out: int
+    use_se: bool
+    activation: str  # "RE" or "HS"
+    stride: int
+
+
+# fmt: off
+LARGE_BLOCKS = [
+    BlockConfig(3, 16, 16, False, "RE", 1),
+    BlockConfig(3, 64, 24, False, "RE", 2),
+    BlockConfig(3, 72, 24, False, "RE", 1),
+    BlockConfig(5, 72, 40, True, "RE", 2),
+    BlockConfig(5, 120, 40, True, "RE", 1),
+    BlockConfig(5, 120, 40, True, "RE", 1),
+    BlockConfig(3, 240, 80, False, "HS", 2),
+    BlockConfig(3, 200, 80, False, "HS", 1),
+    BlockConfig(3, 184, 80, False, "HS", 1),
+    BlockConfig(3, 184, 80, False, "HS", 1),
+    BlockConfig(3, 480, 112, True, "HS", 1),
+    BlockConfig(3, 672, 112, True, "HS", 1),
+    BlockConfig(5, 672, 160, True, "HS", 2),
+    BlockConfig(5, 960, 160, True, "HS", 1),
+    BlockConfig(5, 960, 160, True, "HS", 1),
+]
+SMALL_BLOCKS = [
+    BlockConfig(3, 16, 16, True, "RE", 2),
+    BlockConfig(3, 72, 24, False, "RE", 2),
+    BlockConfig(3, 88, 24, False, "RE", 1),
+    BlockConfig(5, 96, 40, True, "HS", 2),
+    BlockConfig(5, 240, 40, True, "HS", 1),
+    BlockConfig(5, 240, 40, True, "HS", 1),
+    BlockConfig(5, 120, 48, True, "HS", 1),
+    BlockConfig(5, 144, 48, True, "HS", 1),
+    BlockConfig(5, 288, 96, True, "HS", 2),
+    BlockConfig(5, 576, 96, True, "HS", 1),
+    BlockConfig(5, 576, 96, True, "HS", 1),
+]
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Architecture:
+    blocks: List[BlockConfig]
+    head_channels: int  # hidden width of the classifier, before the width multiplier
+
+
+ARCHITECTURES = {
+    "mobilenet_v3_small": Architecture(SMALL_BLOCKS, 1024),
+    "mobilenet_v3_large": Architecture(LARGE_BLOCKS, 1280),
+}
+STEM_CHANNELS = 16
+
+
+class ConvBNAct(nn.SequentialCell):
+    """Conv (no bias) + BatchNorm + optional activation: children named 0, 1, 2 as in torchvision."""
+
+    def __init__(self, in_ch, out_ch, kernel, stride=1, groups=1, activation=None, bn_momentum=0.99, bn_eps=1e-3):
+        layers = [
+            nn.Conv2d(in_ch, out_ch, kernel, stride, pad_mode="pad", padding=(kernel - 1) // 2, group=groups,
+                      has_bias=False, weight_init=HeNormal(mode="fan_out", nonlinearity="relu")),
+            nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if activation is not None:
+            layers.append(ACTIVATIONS[activation]())
+        super().__init__(layers)
+
+
+class SqueezeExcitation(nn.Cell):
+    """Channel attention: pool, 1x1 conv down (ReLU), 1x1 conv up (hard-sigmoid), rescale."""
+
+    def __init__(self, channels):
+        super().__init__()
+        squeezed = make_divisible(channels // 4)
+        self.fc1 = nn.Conv2d(channels, squeezed, 1, has_bias=True,
+                             weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), bias_init="zeros")
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeezed, channels, 1, has_bias=True,
+                             weight_init=HeNormal(mode="fan_out", nonlinearity="relu"), bias_init="zeros")
+        self.hardsigmoid = HardSigmoid()
+
+    def construct(self, x):
+        scale = ops.mean(x, (2, 3), keep_dims=True)
+        scale = self.hardsigmoid(self.fc2(self.relu(self.fc1(scale))))
+        return x * scale
+
+
+class InvertedResidual(nn.Cell):
+    """Expand (1x1, skipped when it would not widen) -> depthwise kxk -> SE -> project (1x1, linear)."""
+
+    def __init__(self, in_ch, row: BlockConfig, width: float, bn_momentum: float, bn_eps: float):
+        super().__init__()
+        expanded, out = make_divisible(row.expanded * width), make_divisible(row.out * width)
+        bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
+        layers = []
+        if expanded != in_ch:
+            layers.append(ConvBNAct(in_ch, expanded, 1, activation=row.activation, **bn))
+        layers.append(ConvBNAct(expanded, expanded, row.kernel, row.stride, groups=expanded,
+                                activation=row.activation, **bn))
+        if row.use_se:
+            layers.append(SqueezeExcitation(expanded))
+        layers.append(ConvBNAct(expanded, out, 1, **bn))
+        self.block = nn.SequentialCell(layers)
+        self.use_residual = row.stride == 1 and in_ch == out
+        self.out_channels = out
+
+    def construct(self, x):
+        y = self.block(x)
+        if self.use_residual:
+            y = y + x
+        return y
+
+
+class MobileNetV3(nn.Cell):
+    """features (stem, blocks, last 1x1 conv) -> global average pool -> classifier.
+
+    forward_features(x) returns the pooled feature vector (576 for Small, 960 for Large at width 1.0)
+    for fine-tuning and embeddings; construct(x) returns the logits.
+    """
+
+    def __init__(self, arch: Architecture, num_classes=1000, width=1.0, dropout_rate=0.2,
+                 bn_momentum=0.99, bn_eps=1e-3):
+        super().__init__()
+        if not width > 0:
+            raise ValueError(f"width must be a float > 0, got {width!r}")
+        if not (isinstance(num_classes, int) and num_classes > 0):
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
+        bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
+        channels = make_divisible(STEM_CHANNELS * width)
+        layers = [ConvBNAct(3, channels, 3, 2, activation="HS", **bn)]
+        for row in arch.blocks:
+            layers.append(InvertedResidual(channels, row, width, **bn))
+            channels = layers[-1].out_channels
+        self.num_features = 6 * channels
+        layers.append(ConvBNAct(channels, self.num_features, 1, activation="HS", **bn))
+        self.features = nn.SequentialCell(layers)
+
+        hidden = make_divisible(arch.head_channels * width)
+        self.classifier = nn.SequentialCell([
+            nn.Dense(self.num_features, hidden, weight_init=Normal(0.01), bias_init="zeros"),
+            HardSwish(),
+            nn.Dropout(p=dropout_rate),
+            nn.Dense(hidden, num_classes, weight_init=Normal(0.01), bias_init="zeros"),
+        ])
+        self.num_classes = num_classes
+
+    def forward_features(self, x):
+        return ops.mean(self.features(x), (2, 3))
+
+    def construct(self, x):
+        return self.classifier(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int):
+        """Replace the last Linear layer (fine-tuning on another label set), freshly initialised."""
+        hidden = self.classifier[0].out_channels
+        self.classifier[3] = nn.Dense(hidden, num_classes, weight_init=Normal(0.01), bias_init="zeros")
+        self.classifier[3].update_parameters_name("classifier.3.")
+        self.num_classes = num_classes
+
+
+def list_models() -> List[str]:
+    return sorted(ARCHITECTURES)
+
+
+def create_model(name: str, num_classes: int = 1000, width: float = 1.0, dropout_rate: float = 0.2,
+                 bn_momentum: float = 0.99, bn_eps: float = 1e-3, pretrained: Optional[str] = None) -> MobileNetV3:
+    """Build a registered model by name; `pretrained` is a checkpoint path loaded with shape checks.
+
+    A checkpoint for another num_classes loads everything but the last Linear layer, which stays
+    freshly initialised (fine-tuning); the caller is told so on stdout.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    net = MobileNetV3(ARCHITECTURES[name], num_classes, width, dropout_rate, bn_momentum, bn_eps)
+    if pretrained:
+        from .checkpoint import load_weights
+        load_weights(net, pretrained)
+    return net
+
+
+class Complexity(NamedTuple):
+    params: int  # trainable parameters
+    macs: int  # multiply-accumulates of one forward pass on one image
+
+
+def count_complexity(net: MobileNetV3, image_size: int = 224) -> Complexity:
+    """Trainable parameters and MACs of one image, by tracing output shapes of every conv and Dense."""
+    macs = 0
+    handles = []
+
+    def add_macs(cell, _inputs, output):
+        nonlocal macs
+        if isinstance(cell, nn.Conv2d):
+            _, c_out, h, w = output.shape
+            k_h, k_w = cell.kernel_size
+            macs += h * w * c_out * (cell.in_channels // cell.group) * k_h * k_w
+        else:
+            macs += cell.in_channels * cell.out_channels
+
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, (nn.Conv2d, nn.Dense)):
+            handles.append(cell.register_forward_hook(add_macs))
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)  # hooks run in PyNative only
+    was_training = net.training
+    try:
+        net.set_train(False)
+        net(ops.zeros((1, 3, image_size, image_size), ms.float32))
+    finally:
+        for handle in handles:
+            handle.remove()
+        net.set_train(was_training)
+        ms.set_context(mode=mode)
+    params = sum(p.size for p in net.trainable_params())
+    return Complexity(params, macs)

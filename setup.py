@@ -1,0 +1,21 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mobilenetv3-mindspore",
+    version="0.1.0",
+    description="MobileNetV3-Small/Large for MindSpore: train with mpirun, evaluate, infer, export",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9,<3.12",
+    packages=find_packages(include=["mobilenetv3", "mobilenetv3.*"]),
+    package_data={"mobilenetv3": ["imagenet1k_classes.tsv"]},
+    install_requires=Path("requirements.txt").read_text().split(),
+    extras_require={
+        # torch 2.13.0 is the CPU build; a bare "torch" would pull a multi-GB CUDA build.
+        "convert": ["torch==2.13.0"],
+        "onnx": ["onnx", "onnxruntime"],
+        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime"],
+    },
+)
