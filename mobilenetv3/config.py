@@ -85,10 +85,16 @@ class Config:
     resume: Optional[str] = key(None, "Checkpoint to resume from, or 'auto' for the latest in ckpt_save_dir")
     # Evaluation, inference and export.
     top_k: int = key(5, "Predictions printed per image", minimum=1)
-    output: Optional[str] = key(None, "Write predictions to this .json or .csv file")
+    output: Optional[str] = key(None, "Output file: predictions (.json or .csv) for infer, "
+                                "the converted .ckpt for convert_weights")
     json: Optional[str] = key(None, "Also write the evaluation metrics to this JSON file")
     file_format: str = key("MINDIR", "Export format", choices=["MINDIR", "ONNX"])
     file_name: Optional[str] = key(None, "Export file name (default: next to the checkpoint)")
+    # Weight conversion from PyTorch.
+    source: str = key("torchvision", "Parameter naming of the PyTorch weights to convert",
+                      choices=["torchvision", "timm"])
+    input: Optional[str] = key(None, "PyTorch .pth file to convert: a state_dict, or a dict holding one "
+                               "under 'state_dict' or 'model'")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
