@@ -1,0 +1,76 @@
+"""Top-1/Top-5 accuracy and mean cross-entropy over a labelled folder, exact across ranks.
+
+Each rank evaluates its own shard (no padding: no image is counted twice) and the integer counts are
+summed across ranks at the end, so N processes print exactly what one process prints.
+With fewer than 5 classes, "Top-5" means top-`num_classes`, which is always 1.0.
+"""
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import data
+
+
+@dataclass
+class Metrics:
+    top1: float
+    top5: float
+    loss: float
+    images: int
+
+    def seed_dict(self) -> dict:
+        """The seed's printed form: {'Top_1_Accuracy': ..., 'Top_5_Accuracy': ...}."""
+        return {"Top_1_Accuracy": self.top1, "Top_5_Accuracy": self.top5}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[top-1 correct, top-5 correct, summed cross-entropy, images] of one batch, in float64."""
+    logits = logits.astype(np.float64)
+    k = min(5, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return np.array([(top[:, 0] == labels).sum(), (top == labels[:, None]).any(axis=1).sum(),
+                     -log_probs[np.arange(len(labels)), labels].sum(), len(labels)], dtype=np.float64)
+
+
+def evaluate(predict, dataset, dist=None, progress_every=50) -> Metrics:
+    """`predict(images) -> logits` (numpy) over every batch of `dataset`; counts summed across ranks."""
+    totals = np.zeros(4, dtype=np.float64)
+    batches = dataset.get_dataset_size()
+    start = time.time()
+    main_process = dist is None or dist.rank == 0
+    for index, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True), 1):
+        totals += count_correct(predict(images), labels)
+        if main_process and progress_every and index % progress_every == 0:
+            print(f"eval: {index}/{batches} batches, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    if dist is not None and dist.size > 1:
+        from .distributed import all_reduce_sum
+        totals = all_reduce_sum(totals)
+    correct1, correct5, loss_sum, images = totals
+    if images == 0:
+        return Metrics(float("nan"), float("nan"), float("nan"), 0)
+    return Metrics(correct1 / images, correct5 / images, loss_sum / images, int(images))
+
+
+def mindspore_predictor(net):
+    """Eval-mode forward of a Cell (or GraphCell) on numpy batches."""
+    import mindspore as ms
+    net.set_train(False)
+    return lambda images: net(ms.Tensor(images)).asnumpy()
+
+
+def evaluate_folder(net, config, classes=None, dist=None) -> Metrics:
+    """Evaluate `net` on the val split of config.data_url (or the class-folder tree itself)."""
+    folder = data.scan_image_folder(data.split_dir(config.data_url, "val"), classes)
+    dataset = data.create_dataset(folder, config, training=False, num_shards=dist.size if dist else 1,
+                                  shard_id=dist.rank if dist else 0)
+    was_training = net.training
+    metrics = evaluate(mindspore_predictor(net), dataset, dist)
+    net.set_train(was_training)
+    return metrics

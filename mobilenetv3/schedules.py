@@ -1,0 +1,45 @@
+"""Per-step learning rates: optional linear warmup, then one of the decay schedules.
+
+Decay schedules come from MindSpore (nn.cosine_decay_lr, nn.piecewise_constant_lr,
+nn.exponential_decay_lr) and count epochs from the end of warmup. Warmup is per step
+(max_lr * (i + 1) / warmup_steps): MindSpore's nn.warmup_lr is constant per epoch and starts at 0,
+which wastes the whole first epoch.
+"""
+import numpy as np
+from mindspore import nn
+
+from .errors import UserError
+
+
+def warmup(max_lr: float, warmup_steps: int) -> list:
+    return [max_lr * (i + 1) / warmup_steps for i in range(warmup_steps)]
+
+
+def decay(config, total_steps: int, steps_per_epoch: int) -> list:
+    """The schedule after warmup, `total_steps` long."""
+    if total_steps <= 0:
+        return []
+    mode = config.lr_decay_mode
+    if mode == "cosine_decay_lr":
+        return nn.cosine_decay_lr(config.min_lr, config.max_lr, total_steps, steps_per_epoch, config.decay_epoch)
+    if mode in ("step", "exponential"):
+        return nn.exponential_decay_lr(config.max_lr, config.lr_decay_rate, total_steps, steps_per_epoch,
+                                       config.lr_decay_step_epochs, is_stair=mode == "step")
+    if mode == "piecewise":
+        milestones = [m * steps_per_epoch for m in config.milestone]
+        if milestones != sorted(set(milestones)) or milestones[0] <= 0:
+            raise UserError(f"milestone must be strictly increasing positive epochs, got {config.milestone}")
+        rates = list(config.learning_rates)
+        if milestones[-1] < total_steps:  # the last rate holds to the end of training
+            milestones.append(total_steps)
+            rates.append(rates[-1])
+        return nn.piecewise_constant_lr(milestones, rates)[:total_steps]
+    raise UserError(f"lr_decay_mode {mode!r} is not one of cosine_decay_lr, piecewise, step, exponential")
+
+
+def learning_rates(config, steps_per_epoch: int) -> np.ndarray:
+    """One float32 learning rate per training step of the whole run."""
+    total = config.epoch_size * steps_per_epoch
+    warmup_steps = min(config.warmup_epochs * steps_per_epoch, total)
+    rates = warmup(config.max_lr, warmup_steps) + list(decay(config, total - warmup_steps, steps_per_epoch))
+    return np.asarray(rates, dtype=np.float32)

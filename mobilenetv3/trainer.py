@@ -1,0 +1,211 @@
+"""The training loop: optimiser, loss, train step, step log, checkpoints, resume.
+
+Each epoch builds its data pipeline afresh, seeded by (seed, epoch), and runs one `Model.train`
+epoch on it (the compiled graph is reused). The batches and augmentations of epoch e therefore do
+not depend on what ran before, so a run resumed from a checkpoint ends with exactly the parameters of
+an uninterrupted one.
+"""
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+from mindspore.train import Callback, Model
+
+from . import checkpoint, data, schedules
+from .errors import UserError
+from .model import create_model
+
+LOG_FORMAT = "Epoch:[{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], loss:[{loss:.3f}/{mean:.3f}], " \
+             "time:{ms:.3f} ms, lr:{lr:.5f}"
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def build_optimizer(net, config, lr: np.ndarray):
+    """Momentum or RMSProp over per-step `lr`; weight decay only on conv and Linear weights (ndim > 1)."""
+    params = net.trainable_params()
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+              {"order_params": params}]
+    lr = ms.Tensor(lr)
+    if config.optimizer == "rmsprop":  # torchvision's recipe: alpha 0.9, eps 0.0316
+        return nn.RMSProp(groups, learning_rate=lr, decay=0.9, momentum=config.momentum, epsilon=0.0316)
+    return nn.Momentum(groups, learning_rate=lr, momentum=config.momentum)
+
+
+class TrainStep(nn.TrainOneStepCell):
+    """Forward, backward, gradient all-reduce (data parallel), optional clipping, update, optional EMA."""
+
+    def __init__(self, net_with_loss, optimizer, grad_clip=0.0, ema_decay=0.0):
+        super().__init__(net_with_loss, optimizer)
+        self.grad_clip = grad_clip
+        self.ema_decay = ema_decay
+        # EMA covers BN running statistics too, as timm's ModelEmaV2 does.
+        self.model_params = ms.ParameterTuple(net_with_loss.get_parameters()) if ema_decay > 0 else ()
+        self.ema_params = self.model_params.clone(prefix="ema", init="same") if ema_decay > 0 else ()
+
+    def construct(self, images, labels):
+        loss = self.network(images, labels)
+        sens = ops.fill(loss.dtype, loss.shape, self.sens)
+        grads = self.grad(self.network, self.weights)(images, labels, sens)
+        grads = self.grad_reducer(grads)
+        if self.grad_clip > 0:
+            grads = ops.clip_by_global_norm(grads, self.grad_clip)
+        loss = ops.depend(loss, self.optimizer(grads))
+        if self.ema_decay > 0:
+            for ema, param in zip(self.ema_params, self.model_params):
+                loss = ops.depend(loss, ops.assign(ema, ema * self.ema_decay + param * (1 - self.ema_decay)))
+        return loss
+
+
+def build_train_step(net, config, lr: np.ndarray):
+    optimizer = build_optimizer(net, config, lr)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.smooth_factor)
+    amp = config.amp_level if config.amp_level != "auto" else ("O0" if config.device_target == "CPU" else "O2")
+    if amp == "O0":
+        return TrainStep(nn.WithLossCell(net, loss_fn), optimizer, config.grad_clip, config.ema_decay)
+    if config.grad_clip > 0 or config.ema_decay > 0:
+        raise UserError(f"grad_clip and ema_decay need amp_level O0 (got {amp}); set --amp_level O0")
+    return ms.amp.build_train_network(net, optimizer, loss_fn, level=amp,
+                                      loss_scale_manager=ms.amp.DynamicLossScaleManager(config.loss_scale))
+
+
+class StepLog(Callback):
+    """The seed's step line every `log_interval` steps, a summary per epoch, and a stop on NaN/inf."""
+
+    def __init__(self, lr, epochs, steps, batch_size, log_interval, printing=True):
+        self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
+        self.log_interval, self.printing = log_interval, printing
+        self.epoch = 0
+
+    def on_train_epoch_begin(self, run_context):
+        self.losses, self.epoch_start = [], time.time()
+
+    def on_train_step_begin(self, run_context):
+        self.step_start = time.time()
+
+    def on_train_step_end(self, run_context):
+        params = run_context.original_args()
+        outputs = params.net_outputs
+        loss = float((outputs[0] if isinstance(outputs, (tuple, list)) else outputs).asnumpy())
+        step = len(self.losses) + 1
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss} at epoch {self.epoch}, step {step}: stopping. The last good "
+                                "checkpoint is kept; lower max_lr or check the data, then --resume auto")
+        self.losses.append(loss)
+        if self.printing and (step % self.log_interval == 0 or step == self.steps):
+            global_step = (self.epoch - 1) * self.steps + step - 1
+            print(LOG_FORMAT.format(epoch=self.epoch, epochs=self.epochs, step=step, steps=self.steps, loss=loss,
+                                    mean=float(np.mean(self.losses)), ms=1000 * (time.time() - self.step_start),
+                                    lr=float(self.lr[min(global_step, len(self.lr) - 1)])), flush=True)
+
+    def on_train_epoch_end(self, run_context):
+        seconds = time.time() - self.epoch_start
+        if self.printing:
+            print(f"Epoch {self.epoch} finished: {len(self.losses)} steps in {seconds:.1f} s, "
+                  f"{len(self.losses) * self.batch_size / seconds:.1f} img/s per process, "
+                  f"mean loss {np.mean(self.losses):.4f}", flush=True)
+
+
+def training_state(train_step) -> dict:
+    """Every parameter needed to continue training: model weights, optimiser state, EMA weights."""
+    model_names = {p.name for p in train_step.network.get_parameters()}
+    state = {}
+    for param in train_step.get_parameters():
+        if param.name in model_names or param.name.startswith(checkpoint.EMA_PREFIX):
+            state[param.name] = param
+        else:
+            state[checkpoint.OPTIMIZER_PREFIX + param.name] = param
+    return state
+
+
+def restore_training_state(train_step, params: dict, path):
+    own = training_state(train_step)
+    missing = sorted(set(own) - set(params))
+    if missing:
+        raise UserError(f"checkpoint {path} lacks training state {', '.join(missing[:5])}: it cannot be resumed "
+                        "(use it with --pretrained to start a new run from its weights)")
+    for name, param in own.items():
+        if params[name].shape != param.shape:
+            raise UserError(f"checkpoint {path}: {name} has shape {params[name].shape}, expected {param.shape}")
+        param.set_data(params[name].data if isinstance(params[name], ms.Parameter) else params[name])
+
+
+def model_meta(config, classes) -> dict:
+    return {"model": config.model, "num_classes": config.num_classes, "width": config.width,
+            "bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum, "classes": classes}
+
+
+def resolve_resume(config):
+    if config.resume != "auto":
+        return config.resume
+    found = checkpoint.latest(config.ckpt_save_dir, config.model)
+    if found is None:
+        print(f"--resume auto: no checkpoint in {config.ckpt_save_dir}; starting from scratch")
+    return found
+
+
+def train(config, dist=None):
+    """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written."""
+    rank, size = (dist.rank, dist.size) if dist else (0, 1)
+    main_process = rank == 0
+    train_folder = data.scan_image_folder(data.split_dir(config.data_url, "train"))
+    if len(train_folder.classes) != config.num_classes:
+        raise UserError(f"{train_folder.root} has {len(train_folder.classes)} class folders but num_classes is "
+                        f"{config.num_classes}; pass --num_classes {len(train_folder.classes)}")
+    net = create_model(config.model, config.num_classes, config.width, config.dropout_rate,
+                       config.bn_momentum, config.bn_eps)
+    if config.pretrained:
+        checkpoint.load_weights(net, config.pretrained, new_classifier_ok=True)
+
+    def dataset_for(epoch):  # epoch counts from 0
+        ms.dataset.config.set_seed(config.seed * 100003 + epoch)
+        return data.create_dataset(train_folder, config, training=True, num_shards=size, shard_id=rank,
+                                   start_epoch=epoch * config.repeat_num)
+
+    steps = dataset_for(0).get_dataset_size()
+    lr = schedules.learning_rates(config, steps)
+    train_step = build_train_step(net, config, lr)
+    start_epoch = 0
+    resume_path = resolve_resume(config) if config.resume else None
+    if resume_path:
+        params, meta = checkpoint.load(resume_path)
+        checkpoint.check_model_matches(meta, resume_path, config.model, config.num_classes, config.width)
+        restore_training_state(train_step, params, resume_path)
+        start_epoch = meta.get("epoch", 0)
+        if main_process:
+            print(f"resumed from {resume_path} at epoch {start_epoch}")
+    if start_epoch >= config.epoch_size:
+        print(f"nothing to do: the checkpoint is at epoch {start_epoch} of {config.epoch_size}")
+        return resume_path
+
+    model = Model(train_step)
+    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval, printing=main_process)
+    meta = model_meta(config, train_folder.classes)
+    meta["config"] = asdict(config)
+    last = None
+    for epoch in range(start_epoch + 1, config.epoch_size + 1):
+        log.epoch = epoch
+        model.train(1, dataset_for(epoch - 1), callbacks=[log], dataset_sink_mode=config.dataset_sink_mode)
+        if main_process:
+            last = save_epoch(config, train_step, meta, epoch, epoch * steps)
+        if config.eval_interval and epoch % config.eval_interval == 0:
+            from .evaluation import evaluate_folder
+            metrics = evaluate_folder(net, config, train_folder.classes, dist)
+            if main_process:
+                print(f"validation after epoch {epoch}: {metrics.seed_dict()}", flush=True)
+    return last
+
+
+def save_epoch(config, train_step, meta, epoch, global_step):
+    path = f"{config.ckpt_save_dir}/{checkpoint.checkpoint_name(config.model, epoch, global_step)}"
+    checkpoint.save(path, training_state(train_step), dict(meta, epoch=epoch, step=global_step))
+    checkpoint.rotate(config.ckpt_save_dir, config.model, config.keep_checkpoint_max)
+    return path
