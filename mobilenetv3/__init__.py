@@ -3,7 +3,14 @@ from .runtime import apply_cpu_defaults
 
 apply_cpu_defaults()  # must run before the first MindSpore op
 
-from .model import MobileNetV3, count_complexity, create_model, list_models  # noqa: E402
-
-__all__ = ["MobileNetV3", "count_complexity", "create_model", "list_models"]
 __version__ = "0.1.0"
+_MODEL_API = ("MobileNetV3", "count_complexity", "create_model", "list_models")
+__all__ = list(_MODEL_API)
+
+
+def __getattr__(name):
+    # Imported on first use, so tools that need no MindSpore (data preparation) start at once.
+    if name in _MODEL_API:
+        from . import model
+        return getattr(model, name)
+    raise AttributeError(f"module 'mobilenetv3' has no attribute {name!r}")

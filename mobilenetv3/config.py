@@ -98,6 +98,15 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+# The keys each script offers as flags (a YAML file may carry any key; the others are ignored there).
+MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
+EVAL_DATA_KEYS = ["device_target", "data_url", "pretrained", "batch_size", "num_parallel_workers", "resize",
+                  "interpolation", "crop_pct", "seed"]
+TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "file_format", "file_name",
+                                                     "source", "input")]
+EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["run_distribute", "json"]
+INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["top_k", "output"]
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
 NONE_WORDS = {"", "none", "null", "false"}
 

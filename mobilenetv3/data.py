@@ -95,54 +95,90 @@ def warn_unreadable(path, err):
     print(f"warning: skipping unreadable image {path}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
 
 
-class DecodedImages:
-    """Random-access dataset source: (RGB image, label). An unreadable file is reported and replaced by
-    the next readable one, so every rank still sees the same number of samples."""
+def random_resized_crop_box(height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """(top, left, h, w) of a crop covering a random fraction `scale` of the area at a random aspect
+    `ratio`, as torchvision's RandomResizedCrop draws it; centre crop after 10 failed tries."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif aspect > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
-    def __init__(self, samples: List[Tuple[str, int]]):
-        self.samples = samples
+
+class DecodedImages:
+    """Random-access dataset source yielding (RGB image, label).
+
+    With `augment`, it also draws the random-resized crop and horizontal flip of each sample from
+    (seed, epoch, key) alone: MindSpore's random ops draw from per-worker generators, so their results
+    depend on which worker gets which row, and neither a resumed run nor N ranks could reproduce them.
+    An unreadable file is reported and replaced by the next readable one, so every rank still sees the
+    same number of samples. Keys above len(samples) are later passes of a repeated epoch.
+    """
+
+    def __init__(self, samples: List[Tuple[str, int]], augment=False, seed=0, epoch=0):
+        self.samples, self.augment, self.seed, self.epoch = samples, augment, seed, epoch
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
         for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
+            path, label = self.samples[(key + offset) % len(self.samples)]
             try:
-                return read_rgb(path), np.int32(label)
+                image = read_rgb(path)
+                break
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 warn_unreadable(path, err)
-        raise UserError("no readable image in the data set")
+        else:
+            raise UserError("no readable image in the data set")
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, int(key)])
+            top, left, h, w = random_resized_crop_box(*image.shape[:2], rng)
+            image = image[top:top + h, left:left + w]
+            if rng.random() < 0.5:
+                image = image[:, ::-1]
+            image = np.ascontiguousarray(image)
+        return image, np.int32(label)
 
 
 class EpochSampler:
-    """Sample order for one rank: a permutation drawn from (seed, epoch) alone, split across shards.
+    """Sample order of one epoch for one rank, drawn from (seed, epoch) alone.
 
-    Seeding by epoch makes a resumed run see exactly the batches an uninterrupted run would. Shards
-    interleave (rank r takes every N-th index), so N ranks at batch B see together what one process at
-    batch N*B sees. With `pad`, the order wraps around so every shard has the same length (training:
-    all ranks must run the same number of steps); without, no sample is repeated (evaluation).
+    The epoch holds `repeats` passes over the data, each its own permutation (keys of pass r are
+    offset by r * size). Shards interleave (rank r takes every N-th key), so N ranks at batch B see
+    together what one process at batch N*B sees. With `pad` the order wraps around so that every
+    shard has the same length (training: all ranks must run the same number of steps); without,
+    no sample is repeated (evaluation).
     """
 
-    def __init__(self, size, shuffle, seed, num_shards=1, shard_id=0, pad=True, start_epoch=0):
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.num_shards, self.shard_id, self.pad, self.epoch = num_shards, shard_id, pad, start_epoch
+    def __init__(self, size, shuffle, seed=0, epoch=0, repeats=1, num_shards=1, shard_id=0, pad=True):
+        self.size, self.shuffle, self.seed, self.epoch, self.repeats = size, shuffle, seed, epoch, repeats
+        self.num_shards, self.shard_id, self.pad = num_shards, shard_id, pad
 
-    def indices(self, epoch: int) -> np.ndarray:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.size) if self.shuffle \
-            else np.arange(self.size)
+    def indices(self) -> np.ndarray:
+        passes = [np.random.default_rng([self.seed, self.epoch, r]).permutation(self.size) + r * self.size
+                  if self.shuffle else np.arange(self.size) + r * self.size for r in range(self.repeats)]
+        order = np.concatenate(passes)
         if self.pad:
-            total = math.ceil(self.size / self.num_shards) * self.num_shards
-            order = np.resize(order, total)  # wraps around
+            order = np.resize(order, math.ceil(len(order) / self.num_shards) * self.num_shards)  # wraps around
         return order[self.shard_id::self.num_shards]
 
     def __iter__(self):
-        order = self.indices(self.epoch)
-        self.epoch += 1
-        return iter(order.tolist())
+        return iter(self.indices().tolist())
 
     def __len__(self):
-        return len(self.indices(0))
+        return len(self.indices())
 
 
 def clamp_workers(requested: int) -> int:
@@ -162,8 +198,7 @@ def _interpolation(name: str):
 def train_transforms(config) -> list:
     from mindspore.dataset import vision
     inter = _interpolation(config.interpolation)
-    ops = [vision.RandomResizedCrop(config.resize, scale=(0.08, 1.0), interpolation=inter),
-           vision.RandomHorizontalFlip()]
+    ops = [vision.Resize((config.resize, config.resize), interpolation=inter)]  # of the crop DecodedImages drew
     if config.auto_augment:
         ops.append(vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET, interpolation=inter))
     if config.color_jitter > 0:
@@ -184,20 +219,19 @@ def eval_transforms(config) -> list:
             vision.HWC2CHW()]
 
 
-def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, shard_id=0, start_epoch=0):
-    """Batched dataset of (float32 CHW images, int32 labels) for one rank."""
+def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, shard_id=0, epoch=0):
+    """Batched dataset of (float32 CHW images, int32 labels) for one rank and one epoch."""
     import mindspore.dataset as ds
-    sampler = EpochSampler(len(folder.samples), shuffle=training, seed=config.seed, num_shards=num_shards,
-                           shard_id=shard_id, pad=training, start_epoch=start_epoch)
+    sampler = EpochSampler(len(folder.samples), shuffle=training, seed=config.seed, epoch=epoch,
+                           repeats=config.repeat_num if training else 1, num_shards=num_shards, shard_id=shard_id,
+                           pad=training)
     if training and len(sampler) < config.batch_size:
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
     workers = clamp_workers(config.num_parallel_workers)
-    dataset = ds.GeneratorDataset(DecodedImages(folder.samples), ["image", "label"], sampler=sampler,
-                                  num_parallel_workers=workers, python_multiprocessing=False)
+    source = DecodedImages(folder.samples, augment=training, seed=config.seed, epoch=epoch)
+    dataset = ds.GeneratorDataset(source, ["image", "label"], sampler=sampler, num_parallel_workers=workers,
+                                  python_multiprocessing=False)
     transforms = train_transforms(config) if training else eval_transforms(config)
     dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=workers)
-    dataset = dataset.batch(config.batch_size, drop_remainder=training)
-    if training and config.repeat_num > 1:
-        dataset = dataset.repeat(config.repeat_num)
-    return dataset
+    return dataset.batch(config.batch_size, drop_remainder=training)

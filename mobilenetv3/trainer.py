@@ -166,9 +166,8 @@ def train(config, dist=None):
         checkpoint.load_weights(net, config.pretrained, new_classifier_ok=True)
 
     def dataset_for(epoch):  # epoch counts from 0
-        ms.dataset.config.set_seed(config.seed * 100003 + epoch)
-        return data.create_dataset(train_folder, config, training=True, num_shards=size, shard_id=rank,
-                                   start_epoch=epoch * config.repeat_num)
+        ms.dataset.config.set_seed(config.seed * 100003 + epoch)  # for the optional random ops in the pipeline
+        return data.create_dataset(train_folder, config, training=True, num_shards=size, shard_id=rank, epoch=epoch)
 
     steps = dataset_for(0).get_dataset_size()
     lr = schedules.learning_rates(config, steps)

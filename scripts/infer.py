@@ -1,0 +1,33 @@
+"""Predict the top-k classes of every image below a folder (jpg, jpeg, png, bmp, webp, tif; any case).
+
+Examples:
+  python scripts/infer.py --model mobilenet_v3_small --data_url ./infer --pretrained small.ckpt
+  python scripts/infer.py --model mobilenet_v3_large --data_url ./infer --pretrained large.mindir --output preds.csv
+  python scripts/infer.py --config configs/fashion_mnist_demo.yaml --data_url ./photos --pretrained demo.ckpt \\
+      --top_k 3 --output preds.json
+
+Class names come from the checkpoint, else ImageNet's for 1000 classes, else indices.
+Unreadable files are skipped and listed at the end with the reason.
+"""
+from mobilenetv3 import runtime
+from mobilenetv3.config import INFER_KEYS, parse_args, run_cli
+from mobilenetv3.inference import format_prediction, load_predictor, predict_folder, write_predictions
+
+
+def main(argv=None):
+    config = parse_args(argv, description=__doc__, keys=INFER_KEYS)
+    runtime.setup(config.device_target, config.seed)
+    predict, class_names = load_predictor(config)
+    predictions, skipped = predict_folder(predict, config.data_url, config, class_names)
+    for prediction in predictions:
+        print(format_prediction(prediction))
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}")
+    print(f"{len(predictions)} images predicted, {len(skipped)} skipped")
+    if config.output:
+        write_predictions(predictions, config.output)
+        print(f"predictions written to {config.output}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,31 @@
+"""Train MobileNetV3 on an ImageNet-layout folder (DIR/train/<class>/*.jpg, DIR/val/<class>/*.jpg).
+
+Examples:
+  # 8 GPUs, the seed recipe (batch_size is per process: 8 x 64 images per step)
+  mpirun -n 8 python scripts/train.py --model mobilenet_v3_small --data_url ./dataset/imagenet --epoch_size 120
+  # a recipe file, some keys overridden
+  python scripts/train.py --config configs/mobilenet_v3_large_imagenet.yaml --data_url DIR --max_lr 0.2
+  # CPU, 2 processes
+  mpirun --bind-to none -n 2 python scripts/train.py --device_target CPU --data_url DIR --num_classes 10
+  # continue the latest checkpoint in ckpt_save_dir; fine-tune from other weights
+  python scripts/train.py --config my.yaml --resume auto
+  python scripts/train.py --data_url DIR --num_classes 37 --pretrained imagenet.ckpt --max_lr 0.01
+"""
+from mobilenetv3 import runtime
+from mobilenetv3.config import TRAIN_KEYS, parse_args, run_cli
+from mobilenetv3.distributed import check_same_config, init_distributed
+from mobilenetv3.trainer import train
+
+
+def main(argv=None):
+    config = parse_args(argv, description=__doc__, keys=TRAIN_KEYS)
+    dist = init_distributed(config.device_target, config.run_distribute)
+    check_same_config(vars(config))
+    runtime.setup(config.device_target, config.seed)
+    last = train(config, dist)
+    if dist.rank == 0:
+        print(f"last checkpoint: {last}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
