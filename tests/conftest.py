@@ -1,0 +1,74 @@
+"""Shared fixtures: CPU device, tiny synthetic image folders, small configs."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mobilenetv3  # noqa: F401  (sets the CPU defaults before MindSpore starts)
+import mindspore as ms
+
+REPO = Path(__file__).resolve().parents[1]
+ms.set_device("CPU")
+ms.set_context(mode=ms.GRAPH_MODE)
+
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+
+
+def write_image_folder(root: Path, per_class: dict, size=(40, 48), seed=0):
+    """root/<split>/class_<c>/<i>.jpg: noisy images of one colour per class (easy to learn)."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for c, colour in enumerate(COLOURS):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(0, 40, (*size, 3)) + colour, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("images"), {"train": 16, "val": 6})
+
+
+@pytest.fixture
+def small_config(image_folder, tmp_path):
+    """A config that trains MobileNetV3-Small on the synthetic folder in seconds."""
+    from mobilenetv3.config import build_config
+
+    def make(**overrides):
+        values = dict(device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=2,
+                      resize=32, num_parallel_workers=2, bn_momentum=0.9, ckpt_save_dir=str(tmp_path / "ckpt"),
+                      max_lr=0.05, decay_epoch=2, dataset_sink_mode=False, log_interval=1)
+        values.update(overrides)
+        return build_config(overrides=values)
+    return make
+
+
+def run_script(name, *args, cwd=None, timeout=600, env=None):
+    """Run scripts/<name>.py in a fresh interpreter; returns the CompletedProcess (text)."""
+    import subprocess
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (minutes each)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes minutes; skipped unless --runslow is given")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,101 @@
+import pytest
+
+from mobilenetv3.config import TRAIN_KEYS, Config, ConfigError, build_config, parse_args
+from conftest import REPO, run_script
+
+# The seed README's parameter table: key -> default.
+SEED_DEFAULTS = dict(device_target="GPU", data_url="", pretrained=None, run_distribute=True, num_parallel_workers=8,
+                     dataset_sink_mode=True, num_classes=1000, batch_size=64, repeat_num=1, momentum=0.9,
+                     epoch_size=200, keep_checkpoint_max=10, ckpt_save_dir="./mobilenet_v3",
+                     lr_decay_mode="cosine_decay_lr", decay_epoch=200, smooth_factor=0.1, max_lr=0.1, min_lr=0.0,
+                     milestone=[], learning_rates=[], resize=224)
+
+
+@pytest.mark.parametrize("name", ["small", "large"])
+def test_imagenet_recipes_carry_the_seed_table(name):
+    path = REPO / "configs" / f"mobilenet_v3_{name}_imagenet.yaml"
+    text = path.read_text()
+    for key in SEED_DEFAULTS:  # every seed key is written out in the file, not left implicit
+        assert f"\n{key}:" in text, key
+    config = build_config(path)
+    assert {key: getattr(config, key) for key in SEED_DEFAULTS} == SEED_DEFAULTS
+    assert config.model == f"mobilenet_v3_{name}" and config.bn_momentum == 0.99
+
+
+def test_defaults_are_the_seed_defaults():
+    config = Config()
+    assert {key: getattr(config, key) for key in SEED_DEFAULTS} == SEED_DEFAULTS
+
+
+def test_flags_override_the_file_in_seed_spelling(tmp_path):
+    path = REPO / "configs" / "mobilenet_v3_small_imagenet.yaml"
+    config = parse_args(["--config", str(path), "--model", "mobilenet_v3_large", "--data_url", "./dataset/imagenet",
+                         "--epoch_size", "120", "--dataset_sink_mode", "False", "--milestone", "30,60",
+                         "--learning_rates", "0.1 0.01", "--pretrained", "false", "--max_lr=0.4"], keys=TRAIN_KEYS)
+    assert (config.model, config.data_url, config.epoch_size, config.dataset_sink_mode) == \
+        ("mobilenet_v3_large", "./dataset/imagenet", 120, False)
+    assert config.milestone == [30, 60] and config.learning_rates == [0.1, 0.01]
+    assert config.pretrained is None and config.max_lr == 0.4
+    assert config.batch_size == 64  # from the file
+
+
+@pytest.mark.parametrize("word,value", [("true", True), ("True", True), ("yes", True), ("1", True), ("on", True),
+                                        ("false", False), ("FALSE", False), ("no", False), ("0", False)])
+def test_boolean_spellings(word, value):
+    assert parse_args(["--run_distribute", word]).run_distribute is value
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch_size", "abc"], "batch_size (from --batch_size): expected an integer, got 'abc'"),
+    (["--epoch_size", "-3"], "epoch_size (from --epoch_size): must be >= 1, got '-3'"),
+    (["--batch_size", "2.5"], "batch_size (from --batch_size): expected an integer, got '2.5'"),
+    (["--run_distribute", "maybe"], "run_distribute (from --run_distribute): expected true or false, got 'maybe'"),
+    (["--model", "mobilenet_v2"], "model (from --model): must be one of mobilenet_v3_small, mobilenet_v3_large"),
+    (["--max_lr", "fast"], "max_lr (from --max_lr): expected a number, got 'fast'"),
+    (["--milestone", "30,x"], "milestone (from --milestone): expected a list of int"),
+    (["--epoch_sise", "3"], "unknown flag '--epoch_sise'; did you mean '--epoch_size'? (see --help)"),
+    (["--lr", "3"], "unknown flag '--lr'"),
+])
+def test_bad_flags_name_the_key(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_flag_suggestions_come_from_the_scripts_own_keys():
+    with pytest.raises(ConfigError, match=r"did you mean '--top_k'\?"):
+        parse_args(["--topk", "3"], keys=["top_k", "data_url"])
+
+
+def test_yaml_errors_name_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("batch_size: 32\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"{path}: unknown key 'learning_rate'; did you mean 'learning_rates'\?"):
+        build_config(path)
+    path.write_text("batch_size: many\n")
+    with pytest.raises(ConfigError, match=rf"batch_size \(from {path}\): expected an integer, got 'many'"):
+        build_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        build_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(tmp_path / "missing.yaml")
+
+
+def test_piecewise_needs_matching_lists():
+    with pytest.raises(ConfigError, match="same length"):
+        build_config(overrides=dict(lr_decay_mode="piecewise", milestone=[1, 2], learning_rates=[0.1]))
+
+
+def test_cli_prints_one_line_and_exits_2():
+    result = run_script("train", "--batch_size", "abc")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: batch_size (from --batch_size): expected an integer, got 'abc'"]
+
+
+def test_help_has_examples_and_defaults():
+    result = run_script("train", "--help")
+    assert result.returncode == 0
+    assert "mpirun -n 8 python scripts/train.py --model mobilenet_v3_small" in result.stdout
+    assert "--epoch_size VALUE" in result.stdout and "default 200" in result.stdout

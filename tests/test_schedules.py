@@ -1,0 +1,51 @@
+import math
+
+import numpy as np
+import pytest
+
+from mobilenetv3.config import ConfigError, build_config
+from mobilenetv3.errors import UserError
+from mobilenetv3.schedules import learning_rates
+
+STEPS = 10  # per epoch
+
+
+def schedule(**overrides):
+    return learning_rates(build_config(overrides=overrides), STEPS)
+
+
+def test_cosine_follows_its_formula_per_epoch():
+    lr = schedule(lr_decay_mode="cosine_decay_lr", max_lr=0.1, min_lr=0.001, epoch_size=8, decay_epoch=8)
+    assert lr.shape == (80,) and lr.dtype == np.float32
+    for step in (0, 9, 10, 35, 79):
+        epoch = step // STEPS
+        expected = 0.001 + 0.5 * (0.1 - 0.001) * (1 + math.cos(math.pi * epoch / 8))
+        assert lr[step] == pytest.approx(expected, rel=1e-6), step
+
+
+def test_linear_warmup_then_cosine_from_the_peak():
+    lr = schedule(lr_decay_mode="cosine_decay_lr", max_lr=0.2, min_lr=0.0, epoch_size=5, decay_epoch=4,
+                  warmup_epochs=1)
+    assert lr[:STEPS] == pytest.approx([0.2 * (i + 1) / STEPS for i in range(STEPS)], rel=1e-6)
+    assert lr[STEPS] == pytest.approx(0.2) and lr[STEPS + 10] == pytest.approx(0.1 * (1 + math.cos(math.pi / 4)))
+    assert len(lr) == 50
+
+
+def test_step_decay_is_the_torchvision_recipe():
+    lr = schedule(lr_decay_mode="step", max_lr=0.064, lr_decay_rate=0.973, lr_decay_step_epochs=2, epoch_size=7)
+    for step in (0, 19, 20, 45, 69):
+        assert lr[step] == pytest.approx(0.064 * 0.973 ** (step // STEPS // 2), rel=1e-6), step
+
+
+def test_exponential_decays_every_epoch_fractionally():
+    lr = schedule(lr_decay_mode="exponential", max_lr=0.1, lr_decay_rate=0.5, lr_decay_step_epochs=2, epoch_size=4)
+    assert lr[15] == pytest.approx(0.1 * 0.5 ** 0.5, rel=1e-6) and lr[35] == pytest.approx(0.1 * 0.5 ** 1.5, rel=1e-6)
+
+
+def test_piecewise_holds_the_last_rate_to_the_end():
+    lr = schedule(lr_decay_mode="piecewise", milestone=[2, 3], learning_rates=[0.1, 0.01], epoch_size=5)
+    assert np.array_equal(lr, np.array([0.1] * 20 + [0.01] * 30, dtype=np.float32))
+    with pytest.raises(UserError, match="strictly increasing"):
+        schedule(lr_decay_mode="piecewise", milestone=[3, 2], learning_rates=[0.1, 0.01], epoch_size=5)
+    with pytest.raises(ConfigError, match="needs milestone"):
+        schedule(lr_decay_mode="piecewise", epoch_size=5)
