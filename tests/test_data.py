@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from mobilenetv3 import data
+from mobilenetv3.errors import UserError
+from mobilenetv3.data import EpochSampler, random_resized_crop_box, read_rgb
+
+
+def save(path, image, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **kwargs)
+    return path
+
+
+@pytest.fixture
+def odd_images(tmp_path):
+    """One file per awkward format, each a solid colour whose RGB value is known exactly."""
+    rgb = Image.new("RGB", (20, 12), (10, 200, 30))
+    return {
+        "grayscale.png": (save(tmp_path / "grayscale.png", Image.new("L", (20, 12), 77)), (77, 77, 77)),
+        "rgba.png": (save(tmp_path / "rgba.png", Image.new("RGBA", (20, 12), (10, 200, 30, 128))), (10, 200, 30)),
+        "palette.png": (save(tmp_path / "palette.png", rgb.convert("P", palette=Image.Palette.ADAPTIVE)), (10, 200, 30)),
+        "cmyk.jpg": (save(tmp_path / "cmyk.jpg", Image.new("CMYK", (20, 12), (0, 255, 0, 0)), quality=100), None),
+        "sixteen.png": (save(tmp_path / "sixteen.png", Image.fromarray(np.full((12, 20), 51400, np.uint16))),
+                        (200, 200, 200)),
+        "image.webp": (save(tmp_path / "image.webp", rgb, lossless=True), (10, 200, 30)),
+        "image.BMP": (save(tmp_path / "image.BMP", rgb), (10, 200, 30)),
+        "image.tif": (save(tmp_path / "image.tif", rgb), (10, 200, 30)),
+    }
+
+
+def test_every_mode_becomes_three_channel_rgb(odd_images):
+    for name, (path, colour) in odd_images.items():
+        pixels = read_rgb(path)
+        assert pixels.shape == (12, 20, 3) and pixels.dtype == np.uint8, name
+        if colour is not None:
+            assert np.all(pixels == colour), (name, pixels[0, 0])
+    cmyk = read_rgb(odd_images["cmyk.jpg"][0])
+    assert np.abs(cmyk.astype(int) - (255, 0, 255)).max() < 8  # full magenta ink, within JPEG rounding
+
+
+def test_bad_files_raise_in_pil_not_crash(tmp_path, odd_images):
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    for path in (truncated, empty, text):
+        with pytest.raises(OSError):
+            read_rgb(path)
+
+
+def test_unreadable_images_are_replaced_and_named(tmp_path, capsys):
+    good = save(tmp_path / "a" / "good.png", Image.new("RGB", (8, 8), (5, 6, 7)))
+    bad = tmp_path / "a" / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    source = data.DecodedImages([(str(bad), 0), (str(good), 1)])
+    image, label = source[0]
+    assert label == 1 and np.all(image == (5, 6, 7))
+    assert f"warning: skipping unreadable image {bad}" in capsys.readouterr().err
+
+
+def test_folder_layouts_and_class_order(tmp_path, capsys):
+    for split in ("train", "val"):
+        for name in ("zebra", "Ant", "cat"):
+            save(tmp_path / "root" / split / name / "x.png", Image.new("RGB", (4, 4)))
+    save(tmp_path / "root" / "train" / "cat" / "nested" / "y.PNG", Image.new("RGB", (4, 4)))
+    (tmp_path / "root" / "train" / "cat" / "notes.txt").write_text("skip me")
+    folder = data.scan_image_folder(data.split_dir(tmp_path / "root", "train"))
+    assert folder.classes == ["Ant", "cat", "zebra"]  # sorted folder names, as ImageFolder
+    assert [(p.split("/root/train/")[1], c) for p, c in folder.samples] == \
+        [("Ant/x.png", 0), ("cat/x.png", 1), ("cat/nested/y.PNG", 1), ("zebra/x.png", 2)]
+    # A class-folder tree without train/ and val/ serves as both.
+    assert data.split_dir(tmp_path / "root" / "train", "val") == tmp_path / "root" / "train"
+    (tmp_path / "root" / "val" / "dog").mkdir()
+    with pytest.raises(UserError, match=r"only here: \['dog'\]; missing here: none"):
+        data.scan_image_folder(tmp_path / "root" / "val", folder.classes)
+    capsys.readouterr()
+    assert data.scan_image_folder(tmp_path / "root" / "val").classes == ["Ant", "cat", "dog", "zebra"]
+    assert f"warning: class folder {tmp_path / 'root' / 'val' / 'dog'} has no images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout,message", [
+    ({}, "data_url is not set"),
+    ({"file.txt": None}, "has no train/ folder and no class folders"),
+    ({"train/a/readme.txt": None}, "has no image files"),
+])
+def test_bad_layouts_are_clear_errors(tmp_path, layout, message):
+    for name in layout:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    with pytest.raises(UserError, match=message):
+        data.scan_image_folder(data.split_dir(str(tmp_path) if layout else "", "train"))
+
+
+def test_sampler_shards_partition_each_epoch():
+    full = EpochSampler(10, shuffle=True, seed=3, epoch=2, num_shards=1).indices()
+    shards = [EpochSampler(10, shuffle=True, seed=3, epoch=2, num_shards=3, shard_id=r).indices() for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]  # padded by wrapping: 12 = 10 + the first 2 again
+    interleaved = np.stack(shards, axis=1).reshape(-1)
+    assert np.array_equal(interleaved, np.resize(full, 12))
+    evaluation = [EpochSampler(10, shuffle=False, num_shards=3, shard_id=r, pad=False).indices() for r in range(3)]
+    assert sorted(np.concatenate(evaluation).tolist()) == list(range(10))  # nothing dropped or counted twice
+    assert not np.array_equal(full, EpochSampler(10, shuffle=True, seed=3, epoch=3).indices())
+    repeated = EpochSampler(4, shuffle=True, seed=0, repeats=2).indices()
+    assert sorted(repeated.tolist()) == list(range(8))
+
+
+def test_crop_boxes_stay_inside_and_follow_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        top, left, h, w = random_resized_crop_box(100, 150, rng)
+        assert 0 <= top and top + h <= 100 and 0 <= left and left + w <= 150
+        assert 0.079 <= h * w / 15000 <= 1.0 and 0.74 <= w / h <= 1.35
+    assert random_resized_crop_box(100, 100, rng, scale=(0.25, 0.25), ratio=(1, 1))[2:] == (50, 50)
+    # Nothing fits: centre crop, clamped to the ratio range (torchvision's fallback).
+    assert random_resized_crop_box(100, 300, rng, scale=(2, 2)) == (0, 83, 100, 133)
+    assert random_resized_crop_box(80, 60, rng, scale=(2, 2)) == (0, 0, 80, 60)
+
+
+def test_pipeline_output_is_normalised_chw(tmp_path, small_config):
+    for c in range(2):
+        save(tmp_path / "d" / "val" / f"c{c}" / "0.png", Image.new("RGB", (50, 40), (124, 116, 104)))
+    folder = data.scan_image_folder(tmp_path / "d" / "val")
+    config = small_config(data_url=str(tmp_path / "d"), batch_size=2, resize=16)
+    images, labels = next(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))
+    assert images.shape == (2, 3, 16, 16) and images.dtype == np.float32 and labels.tolist() == [0, 1]
+    expected = (np.array([124, 116, 104]) / 255 - data.IMAGENET_MEAN) / data.IMAGENET_STD
+    assert np.abs(images[0, :, 5, 5] - expected).max() < 1e-5
+
+
+def test_training_batches_are_reproducible_and_sharded(image_folder, small_config):
+    config = small_config(num_parallel_workers=2)
+    folder = data.scan_image_folder(image_folder / "train")
+
+    def batches(**kw):
+        dataset = data.create_dataset(folder, config, training=True, epoch=1, **kw)
+        return [b for b, _ in dataset.create_tuple_iterator(output_numpy=True)]
+    once, again = batches(), batches()
+    assert len(once) == 48 // 8 and all(np.array_equal(a, b) for a, b in zip(once, again))
+    config.batch_size //= 2
+    ranks = [batches(num_shards=2, shard_id=r) for r in range(2)]
+    # Rank r's batch k holds every other image of the one-process batch k: same crops, same flips.
+    assert np.array_equal(ranks[0][0], once[0][0::2]) and np.array_equal(ranks[1][0], once[0][1::2])
+
+
+def test_batch_larger_than_data_and_worker_clamp(image_folder, small_config, capsys):
+    folder = data.scan_image_folder(image_folder / "train")
+    with pytest.raises(UserError, match="batch_size 100 is larger than the 48 training images"):
+        data.create_dataset(folder, small_config(batch_size=100), training=True)
+    assert data.clamp_workers(10_000) < 10_000
+    assert "num_parallel_workers 10000 >" in capsys.readouterr().err
