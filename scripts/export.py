@@ -1,0 +1,31 @@
+"""Export a checkpoint's model to MINDIR or ONNX, for images of --resize pixels and any batch size.
+
+Examples:
+  python scripts/export.py --model mobilenet_v3_large --pretrained large.ckpt --file_format MINDIR --resize 224
+  python scripts/export.py --model mobilenet_v3_small --pretrained small.ckpt --file_format ONNX \\
+      --resize 224 --file_name exported/small --device_target CPU
+
+The model is rebuilt in eval mode from the checkpoint's meta (model, num_classes, width, BatchNorm eps);
+--model, --num_classes and --width must agree with it. The batch dimension is dynamic in both formats
+(ONNX: input "images" of shape [batch, 3, resize, resize], output "logits"). The file is written to
+--file_name, else next to the checkpoint, with .mindir or .onnx added. ONNX export needs: pip install onnx.
+"""
+from mobilenetv3 import runtime
+from mobilenetv3.checkpoint import model_from_checkpoint
+from mobilenetv3.config import parse_args, run_cli
+from mobilenetv3.export import export, export_path
+
+KEYS = ["device_target", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format", "file_name", "resize"]
+
+
+def main(argv=None):
+    config = parse_args(argv, description=__doc__, keys=KEYS)
+    runtime.setup(config.device_target)
+    net, _ = model_from_checkpoint(config)
+    path = export(net, export_path(config.pretrained, config.file_format, config.file_name), config.file_format,
+                  config.resize)
+    print(f"exported {config.pretrained} to {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
