@@ -1,0 +1,328 @@
+"""Data-parallel start-up that works unchanged under mpirun, msrun or as a single process.
+
+    info = init_distributed(config.device_target, config.run_distribute)  # before datasets and networks
+    check_same_config(vars(config))
+    dataset = ...(num_shards=info.size, shard_id=info.rank)
+    if is_main_process(): print(step_log)
+
+Launchers, told apart by the variables they export:
+- mpirun (OMPI_COMM_WORLD_SIZE): on GPU and Ascend, `init("nccl"/"hccl")` uses OpenMPI directly. On CPU
+  that path fails ("Failed to initialize communication library"), so the ranks join MindSpore's dynamic
+  cluster the way msrun would set it up: rank 0 starts the scheduler process (scheduler.py) on a free
+  port, waits until it listens and broadcasts its address over mpi4py; rank r becomes MS_WORKER r.
+- msrun (MS_ROLE): msrun has exported everything and `init()` joins. msrun also runs the script as the
+  scheduler (MS_ROLE=MS_SCHED), whose `init()` serves the cluster and exits without returning.
+- neither: one process, no collectives.
+
+A rank that dies ends the job: mpirun kills the other ranks when one exits abnormally, and the scheduler
+dies with rank 0. Under msrun the scheduler notices the missing heartbeat after MS_NODE_TIMEOUT and
+msrun then stops the rest.
+"""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+# MindSpore's dynamic-cluster timeouts in seconds, set unless the user exported them. Its defaults
+# (30 min to form the cluster, 30 s without heartbeat) leave a broken job hanging long after the cause.
+CLUSTER_TIMEOUTS = {
+    "MS_TOPO_TIMEOUT": "300",  # every rank must register with the scheduler within this window
+    "MS_NODE_TIMEOUT": "20",  # a rank silent this long is declared dead and the job stops
+}
+SCHEDULER_START_TIMEOUT = 120.0
+SINGLE_PROCESS_WARNING = "run_distribute is true but only one process was launched; training on one process"
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    size: int = 1
+    is_distributed: bool = False
+
+
+_state = {"info": DistInfo(), "warned_single": False, "all_gather": None}
+
+
+def detect_launcher(environ=None) -> str:
+    """'mpirun', 'msrun' or 'single'."""
+    environ = os.environ if environ is None else environ
+    if "OMPI_COMM_WORLD_SIZE" in environ:
+        return "mpirun"
+    if "MS_ROLE" in environ:
+        return "msrun"
+    return "single"
+
+
+def apply_log_defaults(environ=None):
+    """Keep MindSpore's log to what rank 0 has to say; must run before MindSpore is imported.
+
+    Every other rank and the scheduler log errors only (GLOG_v=3); rank 0 keeps its warnings but not the
+    cluster's connection chatter. A value the user exported wins.
+    """
+    environ = os.environ if environ is None else environ
+    launcher = detect_launcher(environ)
+    if launcher == "single":
+        return
+    rank = environ.get("OMPI_COMM_WORLD_RANK") if launcher == "mpirun" else environ.get("MS_NODE_ID")
+    if environ.get("MS_ROLE") == "MS_SCHED" or rank not in (None, "0"):
+        environ.setdefault("GLOG_v", "3")
+    environ.setdefault("MS_SUBMODULE_LOG_v", "{DISTRIBUTED:3}")
+
+
+def dist_info() -> DistInfo:
+    """This process's rank and the number of processes (rank 0 of 1 before init_distributed)."""
+    return _state["info"]
+
+
+def is_main_process() -> bool:
+    """True on the one rank that prints step logs and writes checkpoints."""
+    return _state["info"].rank == 0
+
+
+def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
+    """Select the device and, if several processes were launched, join them for data-parallel training.
+
+    Sets DATA_PARALLEL with gradients_mean=True, so N ranks at batch B step like one process at batch N*B.
+    Raises UserError for launch mistakes a user can fix.
+    """
+    import mindspore as ms
+
+    ms.set_device(device_target)
+    if _state["info"].is_distributed:
+        return _state["info"]
+    launcher = detect_launcher()
+    size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MS_WORKER_NUM") or 1)
+    if run_distribute and size == 1 and not _state["warned_single"]:
+        _state["warned_single"] = True
+        print(f"warning: {SINGLE_PROCESS_WARNING}", file=sys.stderr)
+    if launcher == "single" or (launcher == "mpirun" and size == 1):
+        return _state["info"]
+    if not run_distribute and size > 1:
+        raise UserError(f"{launcher} launched {size} processes but run_distribute is false, so each would train "
+                        "alone and they would overwrite each other's checkpoints; pass --run_distribute true, "
+                        "or start one process without a launcher")
+    if launcher == "mpirun":
+        _release_core_binding()
+        if device_target == "CPU":
+            _join_cluster_from_mpirun(int(os.environ["OMPI_COMM_WORLD_RANK"]), size)
+    for name, seconds in CLUSTER_TIMEOUTS.items():
+        os.environ.setdefault(name, seconds)
+    _init_communication(device_target, launcher)
+
+    from mindspore.communication import get_group_size, get_rank
+    info = DistInfo(rank=get_rank(), size=get_group_size(), is_distributed=get_group_size() > 1)
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=info.size)
+    _state["info"] = info
+    return info
+
+
+def _release_core_binding():
+    """Let every thread run on every CPU: mpirun binds each rank to one core, which starves MindSpore's
+    thread pools. Each thread has its own mask, so all threads started so far are released."""
+    all_cpus = set(range(os.cpu_count() or 1))
+    for thread_id in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread_id), all_cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def _mpi_world(size: int):
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise UserError("mpirun on CPU needs mpi4py to start the MindSpore cluster: pip install mpi4py") from None
+    world = MPI.COMM_WORLD
+    if world.Get_size() != size:
+        mpi4py_mpi = MPI.Get_library_version().split(",")[0].strip("\0 \n")
+        raise UserError(f"mpirun started {size} ranks but mpi4py sees {world.Get_size()}: mpi4py is built against "
+                        f"another MPI ({mpi4py_mpi}) than the mpirun that launched the job; use that MPI's "
+                        "mpirun, or rebuild mpi4py with its mpicc: pip install --no-binary mpi4py --force-reinstall "
+                        "mpi4py")
+    return world
+
+
+def _join_cluster_from_mpirun(rank: int, size: int):
+    """Export the dynamic-cluster variables msrun would, with rank 0 running the scheduler."""
+    world = _mpi_world(size)
+    address = None
+    if rank == 0:
+        try:
+            address = _start_scheduler(size)
+        except UserError as err:
+            address = err
+    address = world.bcast(address, root=0)  # an error too, so that no rank waits for a cluster that won't form
+    if isinstance(address, UserError):
+        raise UserError(str(address) if rank == 0 else f"rank 0 could not start the cluster: {address}")
+    host, port = address
+    os.environ.update(MS_ROLE="MS_WORKER", MS_WORKER_NUM=str(size), MS_NODE_ID=str(rank),
+                      MS_SCHED_HOST=host, MS_SCHED_PORT=str(port))
+
+
+def _scheduler_host(size: int) -> str:
+    if "MS_SCHED_HOST" in os.environ:
+        return os.environ["MS_SCHED_HOST"]
+    if int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", size)) == size:
+        return "127.0.0.1"  # every rank is on this machine
+    host = socket.gethostbyname(socket.gethostname())
+    if host.startswith("127."):
+        raise UserError(f"the ranks run on several machines but this machine's name {socket.gethostname()!r} "
+                        f"resolves to the loopback address {host}, which the others cannot reach; give every "
+                        "rank MS_SCHED_HOST=<this machine's IP> (mpirun -x MS_SCHED_HOST=...)")
+    return host
+
+
+def _free_port(host: str, wanted: int) -> int:
+    """`wanted` if it can be listened on at `host` (0: any free port), else UserError."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, wanted))
+        except OSError as err:
+            raise UserError(f"MS_SCHED_PORT {wanted}: cannot listen on {host}:{wanted} for the MindSpore scheduler "
+                            f"({err.strerror}); export MS_SCHED_PORT=<a free port>, or unset it to have one "
+                            "picked") from None
+        return probe.getsockname()[1]
+
+
+def _start_scheduler(size: int):
+    host = _scheduler_host(size)
+    requested = os.environ.get("MS_SCHED_PORT", "0")
+    if not requested.isdigit():
+        raise UserError(f"MS_SCHED_PORT must be a port number, got {requested!r}")
+    port = _free_port(host, int(requested))
+    environ = {name: value for name, value in os.environ.items()
+               if not name.startswith(("OMPI_", "PMIX_"))}  # else MindSpore takes it for an MPI rank
+    environ.update(MS_ROLE="MS_SCHED", MS_WORKER_NUM=str(size), MS_SCHED_HOST=host, MS_SCHED_PORT=str(port),
+                   MOBILENETV3_SCHEDULER_PARENT=str(os.getpid()))
+    for name, seconds in CLUSTER_TIMEOUTS.items():
+        environ.setdefault(name, seconds)
+    apply_log_defaults(environ)
+    scheduler = subprocess.Popen([sys.executable, str(Path(__file__).with_name("scheduler.py"))],
+                                 env=environ, stdin=subprocess.DEVNULL)
+    _wait_until_listening(scheduler, host, port)
+    threading.Thread(target=_exit_if_scheduler_fails, args=(scheduler,), daemon=True).start()
+    return host, port
+
+
+def _wait_until_listening(scheduler, host: str, port: int):
+    """Workers that knock before the scheduler listens take ~8 s longer to register, so wait for it."""
+    deadline = time.monotonic() + SCHEDULER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if scheduler.poll() is not None:
+            raise UserError(f"the MindSpore scheduler process for {host}:{port} exited with status "
+                            f"{scheduler.returncode} before the cluster formed; see its messages above")
+        try:
+            socket.create_connection((host, port), timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    scheduler.kill()
+    raise UserError(f"the MindSpore scheduler process did not listen on {host}:{port} within "
+                    f"{SCHEDULER_START_TIMEOUT:.0f} s; is the machine overloaded?")
+
+
+def _exit_if_scheduler_fails(scheduler):
+    """Without its scheduler the cluster cannot go on; end rank 0 so that mpirun ends the job."""
+    status = scheduler.wait()
+    if status != 0:
+        print(f"error: the MindSpore scheduler process exited with status {status}; see its messages above",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _init_communication(device_target: str, launcher: str):
+    from mindspore.communication import init
+    backend = {"GPU": "nccl", "Ascend": "hccl"}.get(device_target) if launcher == "mpirun" else None
+    try:
+        init(backend)
+    except RuntimeError as err:
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if os.environ.get("MS_ROLE") == "MS_SCHED":
+            raise UserError(f"the MindSpore scheduler stopped the job: {cause}; see that rank's log") from None
+        check = {"mpirun": "that mpirun, mpi4py and MindSpore use the same OpenMPI and that each rank sees its "
+                           "device (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES)",
+                 "msrun": "msrun's --master_addr (reachable from every machine), --master_port (free) and "
+                          "--worker_num (the number of processes started on all machines)"}[launcher]
+        raise UserError(f"MindSpore could not set up communication on {device_target} under {launcher} "
+                        f"({cause}); check {check}") from None
+
+
+def all_reduce_sum(array) -> np.ndarray:
+    """The element-wise sum of `array` over all ranks, identical on every rank.
+
+    Integers and booleans are summed exactly as int64, floats as float64; a single process gets its own
+    array converted the same way. The arrays are gathered and summed here in rank order because
+    MindSpore's CPU AllReduce takes float32 only, which miscounts above 2**24.
+    """
+    array = np.asarray(array)
+    if array.dtype.kind in "biu":
+        array = array.astype(np.int64)
+    elif array.dtype.kind == "f":
+        array = array.astype(np.float64)
+    else:
+        raise ValueError(f"all_reduce_sum takes integer, boolean or float arrays, got dtype {array.dtype}")
+    return _all_gather(array).sum(axis=0, dtype=array.dtype)
+
+
+def _all_gather(array: np.ndarray) -> np.ndarray:
+    """Every rank's `array` (the same shape on all ranks) stacked in rank order along a new first axis.
+
+    The bytes travel as int32 words: MindSpore's CPU AllGather silently cuts int64 and float64 values
+    to 32 bits (2**60 + 1 arrives as 1), but copies int32 exactly.
+    """
+    info = _state["info"]
+    if not info.is_distributed:
+        return array[np.newaxis].copy()
+    import mindspore as ms
+    if _state["all_gather"] is None:
+        _state["all_gather"] = _all_gather_cell()
+    words = np.ascontiguousarray(array).reshape(1, -1).view(np.int32)
+    gathered = _state["all_gather"](ms.Tensor(words)).asnumpy()
+    return gathered.view(array.dtype).reshape((info.size,) + array.shape)
+
+
+def _all_gather_cell():
+    from mindspore import nn, ops
+
+    class AllGather(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.all_gather = ops.AllGather()
+
+        def construct(self, x):
+            return self.all_gather(x)
+
+    return AllGather()
+
+
+def check_same_config(config: dict):
+    """Raise UserError on every rank unless all ranks were given the same configuration."""
+    names = sorted(config)
+    digests = np.array([_digest(names)] + [_digest(config[name]) for name in names], dtype=np.int64)
+    gathered = _all_gather(digests)
+    differing = [rank for rank in range(len(gathered)) if not np.array_equal(gathered[rank], gathered[0])]
+    if not differing:
+        return
+    if (gathered[differing, 0] != gathered[0, 0]).any():
+        detail = "a different set of keys (another version of the code?)"
+    else:
+        keys = [name for i, name in enumerate(names) if (gathered[differing, i + 1] != gathered[0, i + 1]).any()]
+        detail = f"different values of {', '.join(keys)}"
+    raise UserError(f"rank {', '.join(map(str, differing))} got {detail} than rank 0; give every rank the "
+                    "same --config file and flags")
+
+
+def _digest(value) -> int:
+    text = json.dumps(value, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:7], "little")  # 56 bits: an int64 holds it exactly

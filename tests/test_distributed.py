@@ -1,0 +1,240 @@
+"""Data-parallel start-up on CPU under mpirun and msrun (tests/distributed_job.py is the job they run).
+
+Each launch costs 10-30 s on 2 cores, mostly MindSpore's import and cluster set-up.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenetv3 import distributed
+from mobilenetv3.distributed import DistInfo, all_reduce_sum, check_same_config, init_distributed
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = Path(__file__).with_name("distributed_job.py")
+MPIRUN = shutil.which("mpirun")
+MSRUN = shutil.which("msrun")
+needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not installed")
+needs_msrun = pytest.mark.skipif(MSRUN is None, reason="msrun (installed with mindspore) is not on PATH")
+LAUNCHER_VARIABLES = ("OMPI_", "PMIX_", "MS_ROLE", "MS_WORKER_NUM", "MS_NODE_ID", "MS_SCHED_", "RANK_ID")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(launcher, ranks, out_dir, *job_args, env=None, timeout=300):
+    """Run the job under `launcher` ('mpirun', 'msrun' or 'single'); returns (exit status, output, seconds)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = [str(JOB), str(out_dir), *job_args]
+    command = {
+        "mpirun": [MPIRUN, "--allow-run-as-root", "--bind-to", "none", "--oversubscribe", "-n", str(ranks),
+                   sys.executable, *job],
+        "msrun": [MSRUN, f"--worker_num={ranks}", f"--local_worker_num={ranks}", f"--master_port={free_port()}",
+                  f"--log_dir={out_dir / 'msrun_logs'}", "--join=True", *job],
+        "single": [sys.executable, *job],
+    }[launcher]
+    full_env = {name: value for name, value in os.environ.items() if not name.startswith(LAUNCHER_VARIABLES)}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    full_env.update(env or {})
+    start = time.monotonic()
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+                          timeout=timeout)
+    output = done.stdout
+    if launcher == "msrun":  # msrun keeps each process's output in its log directory
+        output += "".join(log.read_text() for log in sorted((out_dir / "msrun_logs").glob("*.log")))
+    return done.returncode, output, time.monotonic() - start
+
+
+def rank_reports(out_dir, ranks):
+    return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(ranks)]
+
+
+def load_params(path):
+    with np.load(path) as params:
+        return {name: params[name] for name in params.files}
+
+
+def assert_scheduler_gone(pid):
+    """The scheduler rank 0 started must not outlive the job (a zombie has an empty command line)."""
+    assert pid is not None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    assert not cmdline.exists() or b"scheduler.py" not in cmdline.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    """The job's dense training as one process at the full batch: what every launcher must reproduce."""
+    out_dir = tmp_path_factory.mktemp("single")
+    status, output, _ = launch("single", 1, out_dir, "--checks", "collectives,dense")
+    assert status == 0, output
+    assert output.count(distributed.SINGLE_PROCESS_WARNING) == 1
+    return out_dir
+
+
+def check_data_parallel_run(out_dir, ranks, single_dir, output):
+    """Exact collectives, and N ranks at batch B end where one process at batch N*B ends."""
+    reports = rank_reports(out_dir, ranks)
+    assert [(r["rank"], r["size"], r["is_distributed"], r["is_main_process"]) for r in reports] == \
+        [(rank, ranks, True, rank == 0) for rank in range(ranks)]
+    weights = sum(range(1, ranks + 1))
+    for report in reports:
+        assert report["int_sum"] == [[weights, weights * 2**40], [3 * weights, -4 * weights]]
+        assert report["float_sum"] == [float(np.array([[0.1 * r] for r in range(1, ranks + 1)]).sum(axis=0)[0]),
+                                       ranks * 2.0**-30]
+        assert report["bool_sum"] == [ranks, 1]
+    single = load_params(single_dir / "dense_rank0.npz")
+    for rank in range(ranks):
+        params = load_params(out_dir / f"dense_rank{rank}.npz")
+        assert params.keys() == single.keys()
+        for name in single:
+            np.testing.assert_array_equal(params[name], single[name], err_msg=f"rank {rank} {name}")
+    # Each rank's loss is the mean over its share of the batch, so their mean is the full-batch loss; only
+    # up to float32 rounding, as squaring doubles the significant bits (the parameters above stay exact).
+    single_losses = rank_reports(single_dir, 1)[0]["dense_losses"]
+    np.testing.assert_allclose(np.mean([r["dense_losses"] for r in reports], axis=0), single_losses, rtol=1e-6)
+    assert distributed.SINGLE_PROCESS_WARNING not in output
+    assert "[WARNING] DISTRIBUTED" not in output  # the cluster's connection chatter is quieted
+
+
+def test_single_process_needs_no_launcher(monkeypatch, capsys):
+    for name in list(os.environ):
+        if name.startswith(LAUNCHER_VARIABLES):
+            monkeypatch.delenv(name)
+    monkeypatch.setitem(distributed._state, "warned_single", False)
+    assert init_distributed("CPU", run_distribute=False) == DistInfo(0, 1, False)
+    assert capsys.readouterr().err == ""
+    assert init_distributed("CPU", run_distribute=True) == DistInfo(0, 1, False)
+    assert init_distributed("CPU", run_distribute=True) == DistInfo(0, 1, False)
+    assert capsys.readouterr().err == f"warning: {distributed.SINGLE_PROCESS_WARNING}\n"
+    assert distributed.is_main_process()
+    summed = all_reduce_sum(np.array([[1, 2], [3, 4]], dtype=np.int32))
+    assert summed.dtype == np.int64 and summed.tolist() == [[1, 2], [3, 4]]
+    summed = all_reduce_sum(np.array([0.5], dtype=np.float32))
+    assert summed.dtype == np.float64 and summed.tolist() == [0.5]
+    with pytest.raises(ValueError, match="complex128"):
+        all_reduce_sum(np.array([1j]))
+    check_same_config({"batch_size": 4})
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, {}),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"},
+     {"MS_SUBMODULE_LOG_v": "{DISTRIBUTED:3}"}),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"},
+     {"GLOG_v": "3", "MS_SUBMODULE_LOG_v": "{DISTRIBUTED:3}"}),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "GLOG_v": "1"},
+     {"GLOG_v": "1", "MS_SUBMODULE_LOG_v": "{DISTRIBUTED:3}"}),
+    ({"MS_ROLE": "MS_WORKER", "MS_NODE_ID": "0"}, {"MS_SUBMODULE_LOG_v": "{DISTRIBUTED:3}"}),
+    ({"MS_ROLE": "MS_SCHED"}, {"GLOG_v": "3", "MS_SUBMODULE_LOG_v": "{DISTRIBUTED:3}"}),
+])
+def test_only_rank_0_keeps_mindspore_warnings(environ, expected):
+    before = dict(environ)
+    distributed.apply_log_defaults(environ)
+    assert environ == {**before, **expected}
+
+
+@needs_mpirun
+def test_mpirun_two_ranks_sum_exactly_and_train_like_one_process(tmp_path, single_process_run):
+    status, output, _ = launch("mpirun", 2, tmp_path, "--checks", "collectives,dense")
+    assert status == 0, output
+    check_data_parallel_run(tmp_path, 2, single_process_run, output)
+    reports = rank_reports(tmp_path, 2)
+    assert reports[1]["scheduler_pid"] is None
+    assert_scheduler_gone(reports[0]["scheduler_pid"])
+
+
+@needs_msrun
+def test_msrun_two_ranks_sum_exactly_and_train_like_one_process(tmp_path, single_process_run):
+    status, output, _ = launch("msrun", 2, tmp_path / "job", "--checks", "collectives,dense")
+    assert status == 0, output
+    check_data_parallel_run(tmp_path / "job", 2, single_process_run, output)
+
+
+@needs_mpirun
+@pytest.mark.slow
+def test_mpirun_four_ranks_on_two_cores(tmp_path, single_process_run):
+    status, output, _ = launch("mpirun", 4, tmp_path, "--checks", "collectives,dense")
+    assert status == 0, output
+    check_data_parallel_run(tmp_path, 4, single_process_run, output)
+
+
+@needs_mpirun
+@pytest.mark.slow
+def test_mobilenet_ranks_end_with_identical_parameters(tmp_path):
+    status, output, _ = launch("mpirun", 2, tmp_path, "--checks", "mobilenet")
+    assert status == 0, output
+    losses = [report["mobilenet_losses"] for report in rank_reports(tmp_path, 2)]
+    assert np.isfinite(losses).all() and len(losses[0]) == 3
+    assert losses[0] != losses[1]  # the ranks saw different images...
+    ranks = [load_params(tmp_path / f"mobilenet_rank{rank}.npz") for rank in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) > 100  # ...yet applied the same averaged gradients
+    for name in ranks[0]:
+        np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
+
+
+@needs_mpirun
+@pytest.mark.parametrize("dying_rank", [0, 1])
+def test_a_dead_rank_ends_the_job_within_60_s(tmp_path, dying_rank):
+    status, output, _ = launch("mpirun", 2, tmp_path, "--die", str(dying_rank))
+    ended = time.time()
+    assert status != 0, output
+    seconds = ended - float((tmp_path / "died_at").read_text())
+    assert 0 < seconds < 60, output
+    assert_scheduler_gone(rank_reports(tmp_path, 1)[0]["scheduler_pid"])
+
+
+@needs_mpirun
+def test_ranks_with_different_configs_are_refused(tmp_path):
+    status, output, _ = launch("mpirun", 2, tmp_path, "--config_rank", "1")
+    assert status != 0
+    assert output.count("error: rank 1 got different values of batch_size than rank 0; give every rank the same "
+                        "--config file and flags") == 2, output
+
+
+@needs_mpirun
+def test_a_busy_scheduler_port_is_named(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status, output, seconds = launch("mpirun", 2, tmp_path, env={"MS_SCHED_PORT": str(port)})
+    assert status != 0
+    message = f"MS_SCHED_PORT {port}: cannot listen on 127.0.0.1:{port} for the MindSpore scheduler"
+    assert f"error: {message}" in output  # rank 0
+    assert f"error: rank 0 could not start the cluster: {message}" in output, output  # rank 1
+
+
+@needs_mpirun
+def test_mpirun_without_run_distribute_is_refused(tmp_path):
+    status, output, _ = launch("mpirun", 2, tmp_path, "--run_distribute", "false")
+    assert status != 0
+    assert "error: mpirun launched 2 processes but run_distribute is false" in output, output
+
+
+def test_mpi4py_that_cannot_see_the_ranks_is_named(tmp_path):
+    # What a rank sees when mpi4py is built for another MPI: the OpenMPI variables, but a world of 1.
+    status, output, _ = launch("single", 1, tmp_path, env={"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"})
+    assert status == 2
+    assert output.startswith("error: mpirun started 2 ranks but mpi4py sees 1: mpi4py is built against another MPI ("), \
+        output
+
+
+def test_missing_mpi4py_is_named(tmp_path):
+    blocker = tmp_path / "no_mpi4py" / "mpi4py"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('mpi4py is not installed')\n")
+    status, output, _ = launch("single", 1, tmp_path / "job", env={
+        "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0",
+        "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(REPO)])})
+    assert status == 2
+    assert output.strip() == "error: mpirun on CPU needs mpi4py to start the MindSpore cluster: pip install mpi4py"
