@@ -22,8 +22,8 @@ class ConfigError(UserError):
     """A bad configuration value: the message names the key, where it came from and what to do."""
 
 
-def key(default, help, choices=None, minimum=None):
-    meta = dict(help=help, choices=choices, minimum=minimum)
+def key(default, help, choices=None, minimum=None, above=None):
+    meta = dict(help=help, choices=choices, minimum=minimum, above=above)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -49,7 +49,7 @@ class Config:
                              choices=["cosine_decay_lr", "piecewise", "step", "exponential"])
     decay_epoch: int = key(200, "Epochs over which cosine decays from max_lr to min_lr", minimum=1)
     smooth_factor: float = key(0.1, "Label smoothing factor", minimum=0.0)
-    max_lr: float = key(0.1, "Peak learning rate (after warmup)", minimum=0.0)
+    max_lr: float = key(0.1, "Peak learning rate (after warmup)", above=0.0)
     min_lr: float = key(0.0, "Final learning rate of the cosine schedule", minimum=0.0)
     milestone: List[int] = key([], "piecewise: epochs at which each learning rate ends")
     learning_rates: List[float] = key([], "piecewise: learning rate of each milestone interval")
@@ -57,7 +57,7 @@ class Config:
     # Model.
     model: str = key("mobilenet_v3_small", "Model name",
                      choices=["mobilenet_v3_small", "mobilenet_v3_large"])
-    width: float = key(1.0, "Width multiplier", minimum=1e-6)
+    width: float = key(1.0, "Width multiplier", above=0.0)
     dropout_rate: float = key(0.2, "Dropout before the last Linear layer", minimum=0.0)
     bn_momentum: float = key(0.99, "BatchNorm running-stat momentum (MindSpore convention; torch 0.01)",
                              minimum=0.0)
@@ -78,7 +78,7 @@ class Config:
     random_erase: float = key(0.0, "Random erasing probability in training", minimum=0.0)
     interpolation: str = key("bilinear", "Resize interpolation", choices=["bilinear", "bicubic"])
     crop_pct: float = key(0.875, "Eval centre-crop fraction: shorter side resized to resize/crop_pct",
-                          minimum=1e-6)
+                          above=0.0)
     seed: int = key(1, "Random seed", minimum=0)
     log_interval: int = key(1, "Print the step log every this many steps", minimum=1)
     eval_interval: int = key(0, "Validate every this many epochs (0: never)", minimum=0)
@@ -152,9 +152,11 @@ def _convert(name: str, value, source: str):
     except (TypeError, ValueError):
         raise fail(f"expected {'an integer' if kind is int else 'a number' if kind is float else kind.__name__}") \
             from None
-    minimum, choices = spec.metadata.get("minimum"), spec.metadata.get("choices")
+    minimum, above, choices = spec.metadata.get("minimum"), spec.metadata.get("above"), spec.metadata.get("choices")
     if minimum is not None and converted < minimum:
         raise fail(f"must be >= {minimum}")
+    if above is not None and converted <= above:
+        raise fail(f"must be > {above}")
     if choices and converted not in choices:
         raise fail(f"must be one of {', '.join(choices)}")
     return converted

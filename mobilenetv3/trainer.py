@@ -115,10 +115,17 @@ class StepLog(Callback):
 
 
 def training_state(train_step) -> dict:
-    """Every parameter needed to continue training: model weights, optimiser state, EMA weights."""
+    """Every parameter needed to continue training: model weights, optimiser state, EMA weights.
+
+    The learning-rate array is left out: the schedule comes from the config of the resumed run.
+    """
     model_names = {p.name for p in train_step.network.get_parameters()}
+    schedule = train_step.optimizer.learning_rate  # a Cell over the per-step array
+    schedule_names = {p.name for p in schedule.get_parameters()} if isinstance(schedule, nn.Cell) else {schedule.name}
     state = {}
     for param in train_step.get_parameters():
+        if param.name in schedule_names:
+            continue
         if param.name in model_names or param.name.startswith(checkpoint.EMA_PREFIX):
             state[param.name] = param
         else:
@@ -156,6 +163,7 @@ def train(config, dist=None):
     """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written."""
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
     main_process = rank == 0
+    ms.set_seed(config.seed)  # same initial weights on every rank and in every run
     train_folder = data.scan_image_folder(data.split_dir(config.data_url, "train"))
     if len(train_folder.classes) != config.num_classes:
         raise UserError(f"{train_folder.root} has {len(train_folder.classes)} class folders but num_classes is "

@@ -1,0 +1,111 @@
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenetv3 import checkpoint
+from mobilenetv3.errors import UserError
+from mobilenetv3.trainer import NonFiniteLoss, train
+from conftest import run_script
+
+# The seed README's step line.
+STEP_LINE = re.compile(r"^Epoch:\[ *\d+/ *\d+\], step:\[ *\d+/ *\d+\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "
+                       r"time:\d+\.\d{3} ms, lr:\d+\.\d{5}$")
+
+
+def weights(path):
+    return {name: p.asnumpy() for name, p in checkpoint.load(path)[0].items()}
+
+
+def test_seed_log_format_example_matches():
+    assert STEP_LINE.match("Epoch:[ 90/ 120], step:[    1/ 2502], loss:[2.771/2.771], time:177.988 ms, lr:0.07329")
+
+
+def test_loss_falls_log_lines_and_checkpoint_rotation(small_config, capsys):
+    config = small_config(epoch_size=4, decay_epoch=4, keep_checkpoint_max=2)
+    last = train(config)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("Epoch:[")]
+    assert len(lines) == 4 * 6 and all(STEP_LINE.match(line) for line in lines), lines[:2]
+    assert lines[0].startswith("Epoch:[  1/  4], step:[    1/    6]") and lines[-1].startswith("Epoch:[  4/  4], step:[    6/    6]")
+    epoch_means = [float(m) for m in re.findall(r"mean loss (\d+\.\d+)", out)]
+    assert len(epoch_means) == 4 and epoch_means[-1] < 0.8 * epoch_means[0], epoch_means
+    ckpt_dir = Path(config.ckpt_save_dir)
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["mobilenet_v3_small-3_18.ckpt", "mobilenet_v3_small-4_24.ckpt"]
+    meta = checkpoint.load(last)[1]
+    assert (meta["epoch"], meta["step"], meta["classes"]) == (4, 24, ["class_0", "class_1", "class_2"])
+    assert meta["config"]["batch_size"] == 8
+    # The learning rate printed is the schedule's: cosine over 4 epochs, constant within an epoch.
+    assert lines[6].endswith("lr:0.04268") and lines[0].endswith("lr:0.05000")
+
+
+RMSPROP_RESUME_BUG = pytest.mark.xfail(strict=True, reason=(
+    "known bug: with RMSProp a resumed run drifts (4e-5 after one epoch, 4e-3 after two) although the restored "
+    "state is bit-identical and repeated runs are deterministic; cause not yet found"))
+
+
+@pytest.mark.parametrize("optimizer,ema", [("momentum", 0.9), pytest.param("rmsprop", 0.0, marks=RMSPROP_RESUME_BUG)])
+def test_resumed_run_ends_with_identical_parameters(small_config, tmp_path, optimizer, ema):
+    """Bit for bit, with EMA on.
+
+    Dropout is off: MindSpore 2.10's dropout kernel keeps a generator state that cannot be saved or
+    restored, so after a resume its masks differ. Data order, augmentation, weights, BN statistics,
+    optimiser and EMA state all carry over.
+    """
+    extra = dict(optimizer=optimizer, ema_decay=ema, epoch_size=3, decay_epoch=3, max_lr=0.01, dropout_rate=0.0)
+    straight = train(small_config(ckpt_save_dir=str(tmp_path / "a"), **extra))
+    train(small_config(ckpt_save_dir=str(tmp_path / "b"), **dict(extra, epoch_size=1)))
+    resumed = train(small_config(ckpt_save_dir=str(tmp_path / "b"), resume="auto", **extra))
+    a, b = weights(straight), weights(resumed)
+    assert set(a) == set(b) and any(name.startswith("opt.") for name in a)
+    assert any(name.startswith("ema.") for name in a) == bool(ema)
+    assert not np.array_equal(a["features.0.0.weight"], weights(tmp_path / "b" / "mobilenet_v3_small-1_6.ckpt")
+                              ["features.0.0.weight"])  # training did move on after the resume
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_sink_mode_trains_too(small_config):
+    last = train(small_config(dataset_sink_mode=True, epoch_size=1))
+    assert checkpoint.load(last)[1]["epoch"] == 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_config):
+    config = small_config(epoch_size=1)
+    good = train(config)
+    config = small_config(epoch_size=3, max_lr=1e30, resume="auto")
+    with pytest.raises(NonFiniteLoss, match=r"loss is (nan|inf) at epoch 2, step \d+: stopping"):
+        train(config)
+    assert checkpoint.list_checkpoints(config.ckpt_save_dir) == [Path(good)]
+
+
+def test_pretrained_with_other_classes_fine_tunes(small_config, image_folder, tmp_path, capsys):
+    source = train(small_config(ckpt_save_dir=str(tmp_path / "src"), epoch_size=1))
+    two_classes = tmp_path / "two"
+    for c in range(2):
+        shutil.copytree(image_folder / "train" / f"class_{c}", two_classes / f"k{c}")
+    capsys.readouterr()
+    tuned = train(small_config(data_url=str(two_classes), pretrained=source, num_classes=2, epoch_size=1,
+                               max_lr=1e-12, min_lr=0.0, ckpt_save_dir=str(tmp_path / "tuned")))
+    assert f"{source} has 3 classes, the model 2: loaded all but the last Linear layer" in capsys.readouterr().out
+    before, after = weights(source), weights(tuned)
+    # Learning rate 1e-12: the loaded weights come through (BN running statistics do move).
+    np.testing.assert_allclose(before["features.5.block.0.0.weight"], after["features.5.block.0.0.weight"], atol=1e-9)
+    assert after["classifier.3.weight"].shape == (2, 1024)
+
+
+def test_num_classes_must_match_the_folders(small_config):
+    with pytest.raises(UserError, match="has 3 class folders but num_classes is 5; pass --num_classes 3"):
+        train(small_config(num_classes=5))
+
+
+def test_train_script_end_to_end(small_config, image_folder, tmp_path):
+    result = run_script("train", "--device_target", "CPU", "--data_url", image_folder, "--num_classes", 3,
+                        "--batch_size", 8, "--epoch_size", 1, "--resize", 32, "--bn_momentum", 0.9,
+                        "--ckpt_save_dir", tmp_path / "cli", "--num_parallel_workers", 2, "--dataset_sink_mode", "false")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("Epoch:[")]
+    assert len(lines) == 6 and all(STEP_LINE.match(line) for line in lines)
+    assert f"last checkpoint: {tmp_path / 'cli' / 'mobilenet_v3_small-1_6.ckpt'}" in result.stdout
