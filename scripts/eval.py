@@ -19,8 +19,8 @@ from mobilenetv3.evaluation import evaluate_folder
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=EVAL_KEYS)
-    dist = init_distributed(config.device_target, config.run_distribute)
     runtime.setup(config.device_target, config.seed)
+    dist = init_distributed(config.device_target, config.run_distribute)
     net, meta = model_from_checkpoint(config)
     metrics = evaluate_folder(net, config, meta.get("classes"), dist)
     if dist.rank == 0:

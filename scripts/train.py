@@ -19,9 +19,9 @@ from mobilenetv3.trainer import train
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=TRAIN_KEYS)
+    runtime.setup(config.device_target, config.seed)
     dist = init_distributed(config.device_target, config.run_distribute)
     check_same_config(vars(config))
-    runtime.setup(config.device_target, config.seed)
     last = train(config, dist)
     if dist.rank == 0:
         print(f"last checkpoint: {last}")
