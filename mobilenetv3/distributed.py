@@ -17,6 +17,12 @@ Launchers, told apart by the variables they export:
 A rank that dies ends the job: mpirun kills the other ranks when one exits abnormally, and the scheduler
 dies with rank 0. Under msrun the scheduler notices the missing heartbeat after MS_NODE_TIMEOUT and
 msrun then stops the rest.
+
+Environment set here (a value the user exported wins): GLOG_v=3 on every rank but 0 and on the
+scheduler, MS_SUBMODULE_LOG_v={DISTRIBUTED:3}, MS_TOPO_TIMEOUT and MS_NODE_TIMEOUT (CLUSTER_TIMEOUTS);
+under mpirun on CPU also MS_ROLE, MS_WORKER_NUM, MS_NODE_ID, MS_SCHED_HOST and MS_SCHED_PORT, where an
+exported MS_SCHED_HOST (needed across machines if the host name resolves to 127.x) or MS_SCHED_PORT is
+what rank 0 uses.
 """
 import hashlib
 import json
@@ -50,7 +56,7 @@ class DistInfo:
     is_distributed: bool = False
 
 
-_state = {"info": DistInfo(), "warned_single": False, "all_gather": None}
+_state = {"info": DistInfo(), "joined": False, "warned_single": False, "all_gather": None}
 
 
 def detect_launcher(environ=None) -> str:
@@ -79,13 +85,9 @@ def apply_log_defaults(environ=None):
     environ.setdefault("MS_SUBMODULE_LOG_v", "{DISTRIBUTED:3}")
 
 
-def dist_info() -> DistInfo:
-    """This process's rank and the number of processes (rank 0 of 1 before init_distributed)."""
-    return _state["info"]
-
-
 def is_main_process() -> bool:
-    """True on the one rank that prints step logs and writes checkpoints."""
+    """True on the one rank that prints step logs and writes checkpoints (on every rank before
+    init_distributed)."""
     return _state["info"].rank == 0
 
 
@@ -97,8 +99,9 @@ def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
     """
     import mindspore as ms
 
-    ms.set_device(device_target)
-    if _state["info"].is_distributed:
+    from .runtime import select_device
+    select_device(device_target)  # init() needs it, and runtime.setup may select it again afterwards
+    if _state["joined"]:
         return _state["info"]
     launcher = detect_launcher()
     size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MS_WORKER_NUM") or 1)
@@ -112,7 +115,7 @@ def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
                         "alone and they would overwrite each other's checkpoints; pass --run_distribute true, "
                         "or start one process without a launcher")
     if launcher == "mpirun":
-        _release_core_binding()
+        release_core_binding()  # again: for threads started since the package was imported
         if device_target == "CPU":
             _join_cluster_from_mpirun(int(os.environ["OMPI_COMM_WORLD_RANK"]), size)
     for name, seconds in CLUSTER_TIMEOUTS.items():
@@ -123,13 +126,16 @@ def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
     info = DistInfo(rank=get_rank(), size=get_group_size(), is_distributed=get_group_size() > 1)
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=info.size)
-    _state["info"] = info
+    _state.update(info=info, joined=True)
     return info
 
 
-def _release_core_binding():
-    """Let every thread run on every CPU: mpirun binds each rank to one core, which starves MindSpore's
-    thread pools. Each thread has its own mask, so all threads started so far are released."""
+def release_core_binding():
+    """Under mpirun, let every thread run on every CPU: mpirun binds each rank to one core by default,
+    which starves MindSpore's thread pools. Best before MindSpore starts them; each thread has its own
+    mask, so all threads started so far are released."""
+    if detect_launcher() != "mpirun":
+        return
     all_cpus = set(range(os.cpu_count() or 1))
     for thread_id in os.listdir("/proc/self/task"):
         try:

@@ -20,9 +20,23 @@ def apply_cpu_defaults():
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 
 
+_selected_device = {}
+
+
+def select_device(device_target: str):
+    """`ms.set_device(device_target)` once per process. Communication init gives rank r device r, after
+    which a second plain set_device asks for device 0 and fails on every rank but 0."""
+    import mindspore as ms
+    if "target" not in _selected_device:
+        ms.set_device(device_target)
+        _selected_device["target"] = device_target
+    elif _selected_device["target"] != device_target:
+        raise ValueError(f"device {_selected_device['target']} is already selected; cannot switch to {device_target}")
+
+
 def setup(device_target: str, seed: int = 1, graph_mode: bool = True):
     """Select the device and execution mode and seed every random generator MindSpore uses."""
     import mindspore as ms
-    ms.set_device(device_target)
+    select_device(device_target)
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     ms.set_seed(seed)

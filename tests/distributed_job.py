@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import mobilenetv3  # noqa: F401  (sets the CPU and log defaults before MindSpore loads)
+from mobilenetv3 import runtime
 from mobilenetv3.config import Config, run_cli
 from mobilenetv3.distributed import all_reduce_sum, check_same_config, init_distributed, is_main_process
 
@@ -81,14 +82,13 @@ def main(argv=None):
     parser.add_argument("--config_rank", type=int)
     parser.add_argument("--run_distribute", default="true")
     args = parser.parse_args(argv)
-    import mindspore as ms
     import numpy as np
 
     info = init_distributed("CPU", run_distribute=args.run_distribute == "true")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_seed(1)
+    runtime.setup("CPU", seed=1)  # after init, as scripts/train.py does
     report = {"rank": info.rank, "size": info.size, "is_distributed": info.is_distributed,
-              "is_main_process": is_main_process(), "scheduler_pid": scheduler_pid()}
+              "is_main_process": is_main_process(), "scheduler_pid": scheduler_pid(),
+              "cpus": sorted(os.sched_getaffinity(0)), "init_again": init_distributed("CPU", True) == info}
     (args.out_dir / f"rank{info.rank}.json").write_text(json.dumps(report))
     if args.die is not None:
         all_reduce_sum(np.ones(1))  # every rank has written its report before one dies

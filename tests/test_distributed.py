@@ -32,12 +32,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(launcher, ranks, out_dir, *job_args, env=None, timeout=300):
+def launch(launcher, ranks, out_dir, *job_args, env=None, mpirun_binding=("--bind-to", "none"), timeout=300):
     """Run the job under `launcher` ('mpirun', 'msrun' or 'single'); returns (exit status, output, seconds)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job = [str(JOB), str(out_dir), *job_args]
     command = {
-        "mpirun": [MPIRUN, "--allow-run-as-root", "--bind-to", "none", "--oversubscribe", "-n", str(ranks),
+        "mpirun": [MPIRUN, "--allow-run-as-root", *mpirun_binding, "--oversubscribe", "-n", str(ranks),
                    sys.executable, *job],
         "msrun": [MSRUN, f"--worker_num={ranks}", f"--local_worker_num={ranks}", f"--master_port={free_port()}",
                   f"--log_dir={out_dir / 'msrun_logs'}", "--join=True", *job],
@@ -84,8 +84,8 @@ def single_process_run(tmp_path_factory):
 def check_data_parallel_run(out_dir, ranks, single_dir, output):
     """Exact collectives, and N ranks at batch B end where one process at batch N*B ends."""
     reports = rank_reports(out_dir, ranks)
-    assert [(r["rank"], r["size"], r["is_distributed"], r["is_main_process"]) for r in reports] == \
-        [(rank, ranks, True, rank == 0) for rank in range(ranks)]
+    assert [(r["rank"], r["size"], r["is_distributed"], r["is_main_process"], r["init_again"]) for r in reports] == \
+        [(rank, ranks, True, rank == 0, True) for rank in range(ranks)]
     weights = sum(range(1, ranks + 1))
     for report in reports:
         assert report["int_sum"] == [[weights, weights * 2**40], [3 * weights, -4 * weights]]
@@ -145,10 +145,12 @@ def test_only_rank_0_keeps_mindspore_warnings(environ, expected):
 
 @needs_mpirun
 def test_mpirun_two_ranks_sum_exactly_and_train_like_one_process(tmp_path, single_process_run):
-    status, output, _ = launch("mpirun", 2, tmp_path, "--checks", "collectives,dense")
+    # mpirun's default binding (one core per rank, as in `mpirun -n 8` on GPUs), which must be undone.
+    status, output, _ = launch("mpirun", 2, tmp_path, "--checks", "collectives,dense", mpirun_binding=())
     assert status == 0, output
     check_data_parallel_run(tmp_path, 2, single_process_run, output)
     reports = rank_reports(tmp_path, 2)
+    assert [report["cpus"] for report in reports] == [sorted(os.sched_getaffinity(0))] * 2
     assert reports[1]["scheduler_pid"] is None
     assert_scheduler_gone(reports[0]["scheduler_pid"])
 
@@ -207,7 +209,7 @@ def test_a_busy_scheduler_port_is_named(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        status, output, seconds = launch("mpirun", 2, tmp_path, env={"MS_SCHED_PORT": str(port)})
+        status, output, _ = launch("mpirun", 2, tmp_path, env={"MS_SCHED_PORT": str(port)})
     assert status != 0
     message = f"MS_SCHED_PORT {port}: cannot listen on 127.0.0.1:{port} for the MindSpore scheduler"
     assert f"error: {message}" in output  # rank 0
@@ -225,8 +227,8 @@ def test_mpi4py_that_cannot_see_the_ranks_is_named(tmp_path):
     # What a rank sees when mpi4py is built for another MPI: the OpenMPI variables, but a world of 1.
     status, output, _ = launch("single", 1, tmp_path, env={"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"})
     assert status == 2
-    assert output.startswith("error: mpirun started 2 ranks but mpi4py sees 1: mpi4py is built against another MPI ("), \
-        output
+    expected = "error: mpirun started 2 ranks but mpi4py sees 1: mpi4py is built against another MPI ("
+    assert output.startswith(expected), output
 
 
 def test_missing_mpi4py_is_named(tmp_path):
