@@ -240,4 +240,4 @@ def run_cli(main, argv=None):
         return main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))

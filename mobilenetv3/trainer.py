@@ -5,11 +5,13 @@ epoch on it (the compiled graph is reused). The batches and augmentations of epo
 not depend on what ran before, so a run resumed from a checkpoint ends with exactly the parameters of
 an uninterrupted one.
 """
-import json
+import contextlib
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import mindspore as ms
@@ -26,6 +28,39 @@ LOG_FORMAT = "Epoch:[{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], loss:
 
 class NonFiniteLoss(UserError):
     pass
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM stopped training after a checkpoint was written; exits 128 + signal number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only record that a stop was asked for; the train loop then
+    stops after the current step and writes a checkpoint. A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = None
+
+    def _handle(self, signum, _frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        self.previous = [signal.signal(s, self._handle) for s in self.SIGNALS]
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in zip(self.SIGNALS, self.previous):
+            signal.signal(s, handler)
 
 
 def build_optimizer(net, config, lr: np.ndarray):
@@ -80,10 +115,14 @@ def build_train_step(net, config, lr: np.ndarray):
 class StepLog(Callback):
     """The seed's step line every `log_interval` steps, a summary per epoch, and a stop on NaN/inf."""
 
-    def __init__(self, lr, epochs, steps, batch_size, log_interval, printing=True):
+    def __init__(self, lr, epochs, steps, batch_size, log_interval, printing=True, stop_signals=None):
         self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
-        self.log_interval, self.printing = log_interval, printing
-        self.epoch = 0
+        self.log_interval, self.printing, self.stop_signals = log_interval, printing, stop_signals
+        self.epoch, self.skipped = 0, 0  # skipped: steps of this epoch done before a resume
+
+    @property
+    def steps_done(self) -> int:
+        return self.skipped + len(self.losses)
 
     def on_train_epoch_begin(self, run_context):
         self.losses, self.epoch_start = [], time.time()
@@ -95,7 +134,7 @@ class StepLog(Callback):
         params = run_context.original_args()
         outputs = params.net_outputs
         loss = float((outputs[0] if isinstance(outputs, (tuple, list)) else outputs).asnumpy())
-        step = len(self.losses) + 1
+        step = self.steps_done + 1
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss} at epoch {self.epoch}, step {step}: stopping. The last good "
                                 "checkpoint is kept; lower max_lr or check the data, then --resume auto")
@@ -105,6 +144,8 @@ class StepLog(Callback):
             print(LOG_FORMAT.format(epoch=self.epoch, epochs=self.epochs, step=step, steps=self.steps, loss=loss,
                                     mean=float(np.mean(self.losses)), ms=1000 * (time.time() - self.step_start),
                                     lr=float(self.lr[min(global_step, len(self.lr) - 1)])), flush=True)
+        if self.stop_signals is not None and self.stop_signals.received is not None:
+            run_context.request_stop()
 
     def on_train_epoch_end(self, run_context):
         seconds = time.time() - self.epoch_start
@@ -159,11 +200,25 @@ def resolve_resume(config):
     return found
 
 
+def check_writable(directory):
+    """Fail before training, not after the first epoch, if checkpoints cannot be written."""
+    probe = Path(directory) / ".write_test"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"ckpt_save_dir {directory} is not writable ({err.strerror}); pass a writable "
+                        "--ckpt_save_dir") from None
+
+
 def train(config, dist=None):
     """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written."""
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
     main_process = rank == 0
     ms.set_seed(config.seed)  # same initial weights on every rank and in every run
+    if main_process:
+        check_writable(config.ckpt_save_dir)
     train_folder = data.scan_image_folder(data.split_dir(config.data_url, "train"))
     if len(train_folder.classes) != config.num_classes:
         raise UserError(f"{train_folder.root} has {len(train_folder.classes)} class folders but num_classes is "
@@ -173,46 +228,61 @@ def train(config, dist=None):
     if config.pretrained:
         checkpoint.load_weights(net, config.pretrained, new_classifier_ok=True)
 
-    def dataset_for(epoch):  # epoch counts from 0
+    def dataset_for(epoch, skip_steps=0):  # epoch counts from 0
         ms.dataset.config.set_seed(config.seed * 100003 + epoch)  # for the optional random ops in the pipeline
-        return data.create_dataset(train_folder, config, training=True, num_shards=size, shard_id=rank, epoch=epoch)
+        dataset = data.create_dataset(train_folder, config, training=True, num_shards=size, shard_id=rank,
+                                      epoch=epoch)
+        return dataset.skip(skip_steps) if skip_steps else dataset
 
     steps = dataset_for(0).get_dataset_size()
     lr = schedules.learning_rates(config, steps)
     train_step = build_train_step(net, config, lr)
-    start_epoch = 0
+    start_epoch, skip_steps = 0, 0
     resume_path = resolve_resume(config) if config.resume else None
     if resume_path:
-        params, meta = checkpoint.load(resume_path)
-        checkpoint.check_model_matches(meta, resume_path, config.model, config.num_classes, config.width)
+        params, saved = checkpoint.load(resume_path)
+        checkpoint.check_model_matches(saved, resume_path, config.model, config.num_classes, config.width)
         restore_training_state(train_step, params, resume_path)
-        start_epoch = meta.get("epoch", 0)
+        start_epoch, skip_steps = saved.get("epoch", 0), saved.get("epoch_step", 0)
         if main_process:
-            print(f"resumed from {resume_path} at epoch {start_epoch}")
+            print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {skip_steps + 1}")
     if start_epoch >= config.epoch_size:
         print(f"nothing to do: the checkpoint is at epoch {start_epoch} of {config.epoch_size}")
         return resume_path
 
+    # Several processes cannot agree on the step to stop at, so only a single process catches signals.
+    stop_signals = StopSignals() if size == 1 else None
     model = Model(train_step)
-    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval, printing=main_process)
-    meta = model_meta(config, train_folder.classes)
-    meta["config"] = asdict(config)
+    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval, main_process, stop_signals)
+    meta = dict(model_meta(config, train_folder.classes), config=asdict(config))
     last = None
-    for epoch in range(start_epoch + 1, config.epoch_size + 1):
-        log.epoch = epoch
-        model.train(1, dataset_for(epoch - 1), callbacks=[log], dataset_sink_mode=config.dataset_sink_mode)
-        if main_process:
-            last = save_epoch(config, train_step, meta, epoch, epoch * steps)
-        if config.eval_interval and epoch % config.eval_interval == 0:
-            from .evaluation import evaluate_folder
-            metrics = evaluate_folder(net, config, train_folder.classes, dist)
+    with stop_signals or contextlib.nullcontext():
+        for epoch in range(start_epoch + 1, config.epoch_size + 1):
+            log.epoch, log.skipped = epoch, skip_steps
+            model.train(1, dataset_for(epoch - 1, skip_steps), callbacks=[log],
+                        dataset_sink_mode=config.dataset_sink_mode)
+            skip_steps = 0
+            if log.steps_done < steps:  # stopped by a signal
+                last = save(config, train_step, meta, epoch - 1, log.steps_done, steps)
+                name = signal.Signals(stop_signals.received).name
+                raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {log.steps_done}/{steps}; saved "
+                                          f"{last}. Continue with --resume auto", stop_signals.received)
             if main_process:
-                print(f"validation after epoch {epoch}: {metrics.seed_dict()}", flush=True)
+                last = save(config, train_step, meta, epoch, 0, steps)
+            if config.eval_interval and epoch % config.eval_interval == 0:
+                from .evaluation import evaluate_folder
+                metrics = evaluate_folder(net, config, train_folder.classes, dist)
+                if main_process:
+                    print(f"validation after epoch {epoch}: {metrics.seed_dict()}", flush=True)
     return last
 
 
-def save_epoch(config, train_step, meta, epoch, global_step):
-    path = f"{config.ckpt_save_dir}/{checkpoint.checkpoint_name(config.model, epoch, global_step)}"
-    checkpoint.save(path, training_state(train_step), dict(meta, epoch=epoch, step=global_step))
+def save(config, train_step, meta, epochs_done, epoch_step, steps):
+    """Checkpoint after `epochs_done` epochs and `epoch_step` steps of the next; rotates old ones."""
+    global_step = epochs_done * steps + epoch_step
+    name = checkpoint.checkpoint_name(config.model, epochs_done + (epoch_step > 0), global_step)
+    path = f"{config.ckpt_save_dir}/{name}"
+    checkpoint.save(path, training_state(train_step), dict(meta, epoch=epochs_done, epoch_step=epoch_step,
+                                                           step=global_step))
     checkpoint.rotate(config.ckpt_save_dir, config.model, config.keep_checkpoint_max)
     return path
