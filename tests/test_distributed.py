@@ -184,15 +184,19 @@ def test_mobilenet_ranks_end_with_identical_parameters(tmp_path):
         np.testing.assert_array_equal(ranks[0][name], ranks[1][name], err_msg=name)
 
 
-@needs_mpirun
-@pytest.mark.parametrize("dying_rank", [0, 1])
-def test_a_dead_rank_ends_the_job_within_60_s(tmp_path, dying_rank):
-    status, output, _ = launch("mpirun", 2, tmp_path, "--die", str(dying_rank))
+@pytest.mark.parametrize("launcher, dying_rank", [
+    pytest.param("mpirun", 0, marks=needs_mpirun),  # takes the scheduler with it
+    pytest.param("mpirun", 1, marks=needs_mpirun),
+    pytest.param("msrun", 1, marks=needs_msrun),  # ends after MS_NODE_TIMEOUT (20 s) without heartbeat
+])
+def test_a_dead_rank_ends_the_job_within_60_s(tmp_path, launcher, dying_rank):
+    status, output, _ = launch(launcher, 2, tmp_path / "job", "--die", str(dying_rank))
     ended = time.time()
     assert status != 0, output
-    seconds = ended - float((tmp_path / "died_at").read_text())
+    seconds = ended - float((tmp_path / "job" / "died_at").read_text())
     assert 0 < seconds < 60, output
-    assert_scheduler_gone(rank_reports(tmp_path, 1)[0]["scheduler_pid"])
+    if launcher == "mpirun":
+        assert_scheduler_gone(rank_reports(tmp_path / "job", 1)[0]["scheduler_pid"])
 
 
 @needs_mpirun
