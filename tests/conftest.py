@@ -1,5 +1,6 @@
 """Shared fixtures: CPU device, tiny synthetic image folders, small configs."""
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,14 +15,17 @@ REPO = Path(__file__).resolve().parents[1]
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)
 
+# The seed README's step line.
+STEP_LINE = re.compile(r"^Epoch:\[ *\d+/ *\d+\], step:\[ *\d+/ *\d+\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "
+                       r"time:\d+\.\d{3} ms, lr:\d+\.\d{5}$")
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 
 
-def write_image_folder(root: Path, per_class: dict, size=(40, 48), seed=0):
+def write_image_folder(root: Path, per_class: dict, size=(40, 48), seed=0, colours=COLOURS):
     """root/<split>/class_<c>/<i>.jpg: noisy images of one colour per class (easy to learn)."""
     rng = np.random.default_rng(seed)
     for split, count in per_class.items():
-        for c, colour in enumerate(COLOURS):
+        for c, colour in enumerate(colours):
             folder = root / split / f"class_{c}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):

@@ -8,12 +8,7 @@ import pytest
 from mobilenetv3 import checkpoint
 from mobilenetv3.errors import UserError
 from mobilenetv3.trainer import NonFiniteLoss, train
-from conftest import run_script
-
-# The seed README's step line.
-STEP_LINE = re.compile(r"^Epoch:\[ *\d+/ *\d+\], step:\[ *\d+/ *\d+\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "
-                       r"time:\d+\.\d{3} ms, lr:\d+\.\d{5}$")
-
+from conftest import STEP_LINE, run_script
 
 def weights(path):
     return {name: p.asnumpy() for name, p in checkpoint.load(path)[0].items()}
