@@ -154,3 +154,18 @@ def test_batch_larger_than_data_and_worker_clamp(image_folder, small_config, cap
         data.create_dataset(folder, small_config(batch_size=100), training=True)
     assert data.clamp_workers(10_000) < 10_000
     assert "num_parallel_workers 10000 >" in capsys.readouterr().err
+
+
+def test_extreme_sizes_and_unicode_paths_go_through_both_pipelines(tmp_path, small_config):
+    root = tmp_path / "données d'été" / "val"
+    save(root / "chat noir" / "1x1 px.png", Image.new("RGB", (1, 1), (9, 9, 9)))
+    save(root / "chat noir" / "ünïcode.jpg", Image.new("RGB", (30, 20), (9, 9, 9)))
+    save(root / "犬" / "huge.jpg", Image.new("RGB", (8000, 8000), (200, 10, 10)), quality=50)
+    folder = data.scan_image_folder(root)
+    assert folder.classes == ["chat noir", "犬"]
+    config = small_config(data_url=str(root.parent), batch_size=3, resize=16)
+    for training in (False, True):
+        images, labels = next(data.create_dataset(folder, config, training=training)
+                              .create_tuple_iterator(output_numpy=True))
+        assert images.shape == (3, 3, 16, 16) and sorted(labels.tolist()) == [0, 0, 1]
+        assert np.isfinite(images).all()
