@@ -63,8 +63,17 @@ def check_model_matches(meta: dict, path, model: str, num_classes: Optional[int]
                             f"pass --{key} {saved} or use another checkpoint")
 
 
-def _first(names, most=8) -> str:
+def listing(names, most=8) -> str:
+    """The first `most` names, comma-separated, and how many more there are."""
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def mismatch(missing, unexpected, wrong_shape, missing_label="missing from checkpoint",
+             unexpected_label="not in the model") -> str:
+    """One line describing names that are missing, unexpected, or of the wrong shape ("" if none)."""
+    problems = [f"{label}: {listing(names)}" for label, names in
+                ((missing_label, missing), (unexpected_label, unexpected), ("shape differs", wrong_shape)) if names]
+    return "; ".join(problems)
 
 
 def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False) -> dict:
@@ -91,17 +100,11 @@ def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = Fals
         for name in wrong_shape:
             del weights[name]
     elif missing or unexpected or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f"missing from checkpoint: {_first(missing)}")
-        if unexpected:
-            problems.append(f"not in the model: {_first(unexpected)}")
-        if wrong_shape:
-            problems.append("shape differs: " + _first([f"{n} {tuple(weights[n].shape)} vs {tuple(own[n].shape)}"
-                                                        for n in wrong_shape]))
+        problems = mismatch(missing, unexpected, [f"{n} {tuple(weights[n].shape)} vs {tuple(own[n].shape)}"
+                                                  for n in wrong_shape])
         saved = f" (it was saved for {meta.get('model')}, width {meta.get('width')}, {meta.get('num_classes')} classes)" \
             if meta.get("model") else ""
-        raise UserError(f"checkpoint {path} does not fit this model{saved}: " + "; ".join(problems))
+        raise UserError(f"checkpoint {path} does not fit this model{saved}: {problems}")
     not_loaded, _ = ms.load_param_into_net(net, weights, strict_load=True)
     if not_loaded and set(not_loaded) - set(CLASSIFIER_OUT):
         raise UserError(f"checkpoint {path}: parameters not loaded: {', '.join(not_loaded)}")

@@ -43,11 +43,6 @@ TIMM_SE = {"fc1": "se.conv_reduce", "fc2": "se.conv_expand"}
 BLOCK_KEY = re.compile(r"^features\.(?P<block>\d+)\.block\.(?P<layer>\d+)\.(?P<rest>.+)$")
 
 
-def _listing(names, most=10) -> str:
-    names = sorted(names)
-    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
 def torchvision_to_timm(keys: Iterable[str], model_name: str) -> Dict[str, str]:
     """Map torchvision-layout parameter names of `model_name` to timm's names (keys that fit no rule are left out).
 
@@ -140,16 +135,11 @@ def convert_state_dict(state_dict, source: str, model_name: str,
         if array.shape != own[name]:
             wrong_shape.append(f"{key} {tuple(array.shape)} vs {own[name]} for {name}")
         converted[name] = array
-    problems = []
-    if missing:
-        problems.append(f"missing: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"not mapped to the model: {_listing(unexpected)}")
-    if wrong_shape:
-        problems.append(f"shape differs: {_listing(wrong_shape)}")
+    problems = checkpoint.mismatch(missing, unexpected, sorted(wrong_shape), missing_label="missing",
+                                   unexpected_label="not mapped to the model")
     if problems:
         raise UserError(f"{source} weights do not fit {model_name} width {width} with {num_classes} classes: "
-                        + "; ".join(problems) + hint)
+                        + problems + hint)
     return converted, BN_EPS[source]
 
 
@@ -191,7 +181,7 @@ def convert_file(input_path, source: str, model_name: str, output_path, width: f
     not_loaded, _ = ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()},
                                            strict_load=True)
     if not_loaded:
-        raise UserError(f"parameters not loaded from {input_path}: {_listing(not_loaded)}")
+        raise UserError(f"parameters not loaded from {input_path}: {checkpoint.listing(sorted(not_loaded))}")
     meta = dict(model=model_name, num_classes=num_classes, width=width, bn_eps=bn_eps, bn_momentum=BN_MOMENTUM,
                 classes=class_names() if num_classes == NUM_CLASSES else None, source=source)
     checkpoint.save(output_path, {p.name: p for p in net.get_parameters()}, meta)
