@@ -254,8 +254,10 @@ def _init_communication(device_target: str, launcher: str):
         init(backend)
     except RuntimeError as err:
         cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if cause.endswith(":") and ". " in cause:  # drop the heading of a list of reasons on the next lines
+            cause = cause[:cause.rindex(". ") + 1]
         if os.environ.get("MS_ROLE") == "MS_SCHED":
-            raise UserError(f"the MindSpore scheduler stopped the job: {cause}; see that rank's log") from None
+            raise UserError(f"the MindSpore scheduler ended the job: {cause} See the workers' logs") from None
         check = {"mpirun": "that mpirun, mpi4py and MindSpore use the same OpenMPI and that each rank sees its "
                            "device (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES)",
                  "msrun": "msrun's --master_addr (reachable from every machine), --master_port (free) and "

@@ -32,15 +32,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(launcher, ranks, out_dir, *job_args, env=None, mpirun_binding=("--bind-to", "none"), timeout=300):
-    """Run the job under `launcher` ('mpirun', 'msrun' or 'single'); returns (exit status, output, seconds)."""
+def launch(launcher, ranks, out_dir, *job_args, env=None, launcher_args=None, timeout=300):
+    """Run the job under `launcher` ('mpirun', 'msrun' or 'single'); returns (exit status, output, seconds).
+
+    `launcher_args` come after the usual ones (the last of a repeated msrun flag wins); by default
+    mpirun is told --bind-to none, as the README's CPU command does."""
     out_dir.mkdir(parents=True, exist_ok=True)
     job = [str(JOB), str(out_dir), *job_args]
+    if launcher_args is None:
+        launcher_args = ("--bind-to", "none") if launcher == "mpirun" else ()
     command = {
-        "mpirun": [MPIRUN, "--allow-run-as-root", *mpirun_binding, "--oversubscribe", "-n", str(ranks),
+        "mpirun": [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), *launcher_args,
                    sys.executable, *job],
         "msrun": [MSRUN, f"--worker_num={ranks}", f"--local_worker_num={ranks}", f"--master_port={free_port()}",
-                  f"--log_dir={out_dir / 'msrun_logs'}", "--join=True", *job],
+                  f"--log_dir={out_dir / 'msrun_logs'}", "--join=True", *launcher_args, *job],
         "single": [sys.executable, *job],
     }[launcher]
     full_env = {name: value for name, value in os.environ.items() if not name.startswith(LAUNCHER_VARIABLES)}
@@ -146,7 +151,7 @@ def test_only_rank_0_keeps_mindspore_warnings(environ, expected):
 @needs_mpirun
 def test_mpirun_two_ranks_sum_exactly_and_train_like_one_process(tmp_path, single_process_run):
     # mpirun's default binding (one core per rank, as in `mpirun -n 8` on GPUs), which must be undone.
-    status, output, _ = launch("mpirun", 2, tmp_path, "--checks", "collectives,dense", mpirun_binding=())
+    status, output, _ = launch("mpirun", 2, tmp_path, "--checks", "collectives,dense", launcher_args=())
     assert status == 0, output
     check_data_parallel_run(tmp_path, 2, single_process_run, output)
     reports = rank_reports(tmp_path, 2)
@@ -197,6 +202,23 @@ def test_a_dead_rank_ends_the_job_within_60_s(tmp_path, launcher, dying_rank):
     assert 0 < seconds < 60, output
     if launcher == "mpirun":
         assert_scheduler_gone(rank_reports(tmp_path / "job", 1)[0]["scheduler_pid"])
+
+
+@needs_msrun
+def test_a_cluster_that_cannot_form_is_explained(tmp_path):
+    # msrun told to expect 2 workers but starting 1: the cluster never forms.
+    status, output, _ = launch("msrun", 2, tmp_path, launcher_args=("--local_worker_num=1", "--cluster_time_out=10"))
+    assert status != 0
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    worker = next(line for line in errors if "under msrun" in line)
+    assert worker.startswith("error: MindSpore could not set up communication on CPU under msrun (Failed to "
+                             "initialize distributed job cluster"), output
+    assert worker.endswith("); check msrun's --master_addr (reachable from every machine), --master_port (free) "
+                           "and --worker_num (the number of processes started on all machines)")
+    assert "following reasons" not in worker  # the heading of MindSpore's list, cut with the list
+    scheduler = next(line for line in errors if "scheduler" in line)
+    assert scheduler.startswith("error: the MindSpore scheduler ended the job: Failed to initialize")
+    assert scheduler.endswith(". See the workers' logs")
 
 
 @needs_mpirun
