@@ -2,7 +2,10 @@
 
 Both formats take any batch size: the batch dimension is exported as dynamic (named "batch" in ONNX,
 whose input is "images" and output "logits"); height and width are fixed at the exported image size.
+Next to the file, <name>.json holds the checkpoint's meta (model, num_classes, width, bn_eps, classes...)
+and the image size, so inference from the exported file can check its flags and name the classes.
 """
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -28,8 +31,28 @@ def export_path(checkpoint, file_format: str, file_name: Optional[str] = None) -
     return with_extension(file_name or Path(checkpoint).with_suffix(""), file_format)
 
 
-def export(net, path, file_format: str, image_size: int) -> Path:
-    """Write `net` in eval mode for NCHW float32 images of `image_size`; returns the file written."""
+def meta_path(exported) -> Path:
+    """The JSON file with the meta of an exported model: its name with .json for the extension."""
+    return Path(exported).with_suffix(".json")
+
+
+def read_meta(exported) -> dict:
+    """The meta written next to an exported model, or {} if there is none (a file from elsewhere)."""
+    path = meta_path(exported)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} (the meta of {exported}) is not readable JSON ({err}); "
+                        "export again or delete it") from None
+
+
+def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = None) -> Path:
+    """Write `net` in eval mode for NCHW float32 images of `image_size`; returns the file written.
+
+    With `meta` (the checkpoint's), also writes it with "image_size" to meta_path(file).
+    """
     path = with_extension(path, file_format)
     net.set_train(False)
     try:
@@ -39,10 +62,12 @@ def export(net, path, file_format: str, image_size: int) -> Path:
                       file_name=str(path), file_format=file_format)
         else:
             _export_onnx(net, path, image_size)
+        if not path.is_file():
+            raise UserError(f"MindSpore reported no error but wrote no {path}")
+        if meta is not None:
+            meta_path(path).write_text(json.dumps(dict(meta, image_size=image_size), indent=1))
     except OSError as err:
         raise UserError(f"could not write {path} ({err}); check that {path.parent} is writable") from None
-    if not path.is_file():
-        raise UserError(f"MindSpore reported no error but wrote no {path}")
     return path
 
 

@@ -8,7 +8,8 @@ Examples:
 The model is rebuilt in eval mode from the checkpoint's meta (model, num_classes, width, BatchNorm eps);
 --model, --num_classes and --width must agree with it. The batch dimension is dynamic in both formats
 (ONNX: input "images" of shape [batch, 3, resize, resize], output "logits"). The file is written to
---file_name, else next to the checkpoint, with .mindir or .onnx added. ONNX export needs: pip install onnx.
+--file_name, else next to the checkpoint, with .mindir or .onnx added, and the checkpoint's meta (model,
+classes, ...) with the image size to the same name with .json. ONNX export needs: pip install onnx.
 """
 from mobilenetv3 import runtime
 from mobilenetv3.checkpoint import model_from_checkpoint
@@ -21,9 +22,9 @@ KEYS = ["device_target", "pretrained", "model", "num_classes", "width", "bn_eps"
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=KEYS)
     runtime.setup(config.device_target)
-    net, _ = model_from_checkpoint(config)
+    net, meta = model_from_checkpoint(config)
     path = export(net, export_path(config.pretrained, config.file_format, config.file_name), config.file_format,
-                  config.resize)
+                  config.resize, meta)
     print(f"exported {config.pretrained} to {path}")
 
 
