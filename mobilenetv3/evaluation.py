@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import data
+from .errors import UserError
 
 
 @dataclass
@@ -29,7 +30,11 @@ class Metrics:
 
 
 def count_correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """[top-1 correct, top-5 correct, summed cross-entropy, images] of one batch, in float64."""
+    """[top-1 correct, top-5 correct, summed cross-entropy, images] of one batch, in float64.
+
+    Equal logits rank the lower class index first (a stable sort), so a row of ties is top-1 correct
+    for class 0 only, never for all classes at once.
+    """
     logits = logits.astype(np.float64)
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
@@ -66,8 +71,15 @@ def mindspore_predictor(net):
 
 
 def evaluate_folder(net, config, classes=None, dist=None) -> Metrics:
-    """Evaluate `net` on the val split of config.data_url (or the class-folder tree itself)."""
+    """Evaluate `net` on the val split of config.data_url (or the class-folder tree itself).
+
+    `classes` (the checkpoint's) must equal the sorted class-folder names, so label i means the same
+    class to the data and to the model.
+    """
     folder = data.scan_image_folder(data.split_dir(config.data_url, "val"), classes)
+    if len(folder.classes) != net.num_classes:  # checkpoints from elsewhere carry no class list to compare
+        raise UserError(f"{folder.root} has {len(folder.classes)} class folders but the model has {net.num_classes} "
+                        "classes; evaluate on a folder with one subfolder per class of the model")
     dataset = data.create_dataset(folder, config, training=False, num_shards=dist.size if dist else 1,
                                   shard_id=dist.rank if dist else 0)
     was_training = net.training

@@ -1,0 +1,216 @@
+"""Evaluation: exact counts on hand-made logits, and the eval script against an independent recount."""
+import ast
+import json
+import re
+import runpy
+import shutil
+from pathlib import Path
+
+import mindspore as ms
+import mindspore.dataset as ds
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_script, write_image_folder
+from mobilenetv3 import checkpoint, data
+from mobilenetv3.config import build_config, run_cli
+from mobilenetv3.evaluation import count_correct, evaluate
+from mobilenetv3.model import create_model
+from mobilenetv3.trainer import train
+
+# Seven classes, so that Top-5 is a real test (with fewer than 5 classes it is always 1.0).
+COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200), (40, 200, 200),
+           (128, 128, 128)]
+CLASSES = [f"class_{c}" for c in range(len(COLOURS))]
+VAL_PER_CLASS = 3
+SETTINGS = dict(device_target="CPU", num_classes=len(COLOURS), resize=32, batch_size=8, num_parallel_workers=2)
+
+
+def flags(**values):
+    """["--key", "value", ...] of SETTINGS updated with `values`."""
+    return [str(v) for name, value in dict(SETTINGS, **values).items() for v in (f"--{name}", value)]
+
+
+def numpy_log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    return np.log(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def test_count_correct_on_hand_made_logits():
+    logits = np.array([
+        [0, 1, 2, 3, 4, 5, 6],  # ranks 6 5 4 3 2 1 0
+        [6, 5, 4, 3, 2, 1, 0],  # ranks 0 1 2 3 4 5 6
+        [1, 1, 1, 1, 1, 1, 1],  # all tied: ranks 0 1 2 3 4 5 6 (lower index first)
+        [0, 9, 9, 0, 0, 0, 0],  # tie for first between 1 and 2: 1 wins
+        [3, 0, 0, 0, 0, 0, 0],  # ranks 0, then the tied 1 2 3 4 5 6
+    ], np.float32)
+    labels = np.array([6, 5, 0, 2, 6])
+    per_row = [tuple(count_correct(logits[[i]], labels[[i]])[[0, 1, 3]]) for i in range(len(labels))]
+    assert per_row == [(1, 1, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1), (0, 0, 1)]  # (top-1, top-5, images)
+    correct1, correct5, loss_sum, images = count_correct(logits, labels)
+    assert (correct1, correct5, images) == (2, 3, 5)
+    expected_loss = -numpy_log_softmax(logits)[np.arange(5), labels].sum()
+    assert loss_sum == pytest.approx(expected_loss, rel=1e-12)
+    # 20 ties (past the small-array case where every sort is stable): only label 0 is top-1, 0-4 top-5
+    ties = np.zeros((1, 20), np.float32)
+    per_label = [tuple(count_correct(ties, np.array([label]))[:2]) for label in range(20)]
+    assert per_label == [(1, 1)] + [(0, 1)] * 4 + [(0, 0)] * 15
+
+
+def test_top5_with_fewer_than_five_classes_is_top_all():
+    logits = np.array([[0.0, 2.0, 1.0], [5.0, -1.0, 0.0], [0.0, 0.0, 3.0]])
+    labels = np.array([0, 0, 1])
+    correct1, correct5, loss_sum, images = count_correct(logits, labels)
+    assert (correct1, correct5, images) == (1, 3, 3)
+    assert loss_sum == pytest.approx(-numpy_log_softmax(logits)[np.arange(3), labels].sum(), rel=1e-12)
+
+
+def test_loss_is_exact_for_large_logits():
+    """The shift by the row maximum keeps exp() finite: log-softmax of [1000, 0] is [0, -1000]."""
+    _, _, loss_sum, _ = count_correct(np.array([[1000.0, 0.0], [1000.0, 0.0]]), np.array([0, 1]))
+    assert loss_sum == pytest.approx(1000.0, abs=1e-9)
+
+
+def test_evaluate_sums_batches_and_reports_progress(capsys):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((10, 7)).astype(np.float32)
+    labels = rng.integers(0, 7, 10).astype(np.int32)
+    dataset = ds.NumpySlicesDataset({"image": logits, "label": labels}, shuffle=False).batch(3)  # 3+3+3+1
+    metrics = evaluate(lambda batch: batch, dataset, progress_every=2)
+    correct1, correct5, loss_sum, images = count_correct(logits, labels)
+    assert 0 < correct1 < correct5 < images == 10
+    assert (metrics.top1, metrics.top5, metrics.images) == (correct1 / 10, correct5 / 10, 10)
+    assert metrics.loss == pytest.approx(loss_sum / 10, rel=1e-12)
+    progress = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in progress] == ["eval: 2/4 batches", "eval: 4/4 batches"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("seven"), {"train": 6, "val": VAL_PER_CLASS},
+                              colours=COLOURS)
+
+
+@pytest.fixture(scope="module")
+def trained(folder, tmp_path_factory):
+    """Two epochs: enough for accuracies that are neither 0 nor 1 (BN momentum 0.5: settled statistics)."""
+    config = build_config(overrides=dict(
+        device_target="CPU", data_url=str(folder), num_classes=len(COLOURS), batch_size=8, epoch_size=2, resize=32,
+        num_parallel_workers=2, bn_momentum=0.5, max_lr=0.02, decay_epoch=2, dataset_sink_mode=False,
+        log_interval=100, ckpt_save_dir=str(tmp_path_factory.mktemp("ckpt"))))
+    return Path(train(config))
+
+
+@pytest.fixture(scope="module")
+def expected(trained, folder):
+    """Top-1, Top-5 and mean loss recounted without the evaluation code or its data pipeline: images
+    decoded here, one eval transform each, one forward pass, labels from the folder names."""
+    from mindspore.dataset.transforms import Compose
+    meta = checkpoint.load(trained)[1]
+    assert meta["classes"] == CLASSES
+    net = create_model(meta["model"], meta["num_classes"], meta["width"], bn_momentum=meta["bn_momentum"],
+                       bn_eps=meta["bn_eps"])
+    checkpoint.load_weights(net, trained, new_classifier_ok=False)
+    net.set_train(False)
+    transform = Compose(data.eval_transforms(build_config(overrides=dict(resize=32))))
+    paths = sorted((folder / "val").glob("*/*.jpg"))
+    labels = np.array([CLASSES.index(path.parent.name) for path in paths])
+    images = np.stack([transform(np.asarray(Image.open(path).convert("RGB"))) for path in paths])
+    logits = net(ms.Tensor(images)).asnumpy().astype(np.float64)
+    ranks = (logits > logits[np.arange(len(labels)), labels][:, None]).sum(axis=1)  # classes scoring higher
+    top1, top5 = (ranks == 0).sum() / len(labels), (ranks < 5).sum() / len(labels)
+    assert len(labels) == 21 and 0 < top1 < top5 < 1, (top1, top5)  # a test that can fail
+    return dict(top1=top1, top5=top5, loss=-numpy_log_softmax(logits)[np.arange(len(labels)), labels].mean(),
+                images=len(labels))
+
+
+def test_eval_script_prints_the_seed_line(trained, folder, expected, tmp_path):
+    result = run_script("eval", *flags(model="mobilenet_v3_small", data_url=folder, pretrained=trained,
+                                       json=tmp_path / "metrics.json"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = result.stdout.splitlines()[:2]
+    printed = ast.literal_eval(first)
+    assert list(printed) == ["Top_1_Accuracy", "Top_5_Accuracy"]
+    assert printed == {"Top_1_Accuracy": expected["top1"], "Top_5_Accuracy": expected["top5"]}
+    assert first == str(printed)  # the seed's formatting: a dict repr with full float precision
+    assert second == f"loss: {expected['loss']:.4f}, images: 21"
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert list(saved) == ["top1", "top5", "loss", "images"]
+    assert (saved["top1"], saved["top5"], saved["images"]) == (expected["top1"], expected["top5"], 21)
+    assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def eval_main():
+    return runpy.run_path(str(REPO / "scripts" / "eval.py"), run_name="eval_script")["main"]
+
+
+def test_data_url_may_be_a_class_folder_tree(trained, folder, expected, capsys):
+    run_cli(eval_main(), flags(data_url=folder / "val", pretrained=trained))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert ast.literal_eval(first) == {"Top_1_Accuracy": expected["top1"], "Top_5_Accuracy": expected["top5"]}
+
+
+def test_missing_checkpoint_is_one_error_line(folder, tmp_path):
+    missing = tmp_path / "missing.ckpt"
+    result = run_script("eval", *flags(data_url=folder, pretrained=missing))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert errors == [f"error: checkpoint {missing} not found"]
+
+
+def truncated_checkpoint(trained, tmp_path):
+    path = tmp_path / "truncated.ckpt"
+    path.write_bytes(trained.read_bytes()[:len(trained.read_bytes()) // 2])
+    return path
+
+
+def checkpoint_without_classes(trained, tmp_path):
+    """As converted torchvision weights are: no class list to check the folders against."""
+    params, meta = checkpoint.load(trained)
+    path = tmp_path / "no_classes.ckpt"
+    checkpoint.save(path, params, dict(meta, classes=None))
+    return path
+
+
+def renamed_class_folder(folder, tmp_path):
+    root = tmp_path / "renamed"
+    shutil.copytree(folder / "val", root / "val")
+    (root / "val" / "class_6").rename(root / "val" / "zebra")
+    return root
+
+
+def one_class_fewer(folder, tmp_path):
+    root = tmp_path / "six"
+    shutil.copytree(folder / "val", root)
+    shutil.rmtree(root / "class_6")
+    return root
+
+
+ERRORS = {  # case: (flags made from the trained checkpoint, its folder and tmp_path; the error expected)
+    "truncated": (lambda trained, folder, tmp: dict(pretrained=truncated_checkpoint(trained, tmp)),
+                  r"checkpoint \S+/truncated.ckpt is truncated, corrupt or not a MindSpore checkpoint"),
+    "wrong_model": (lambda trained, folder, tmp: dict(model="mobilenet_v3_large"),
+                    r"is for model 'mobilenet_v3_small', but model is 'mobilenet_v3_large'; "
+                    r"pass --model mobilenet_v3_small"),
+    "wrong_num_classes": (lambda trained, folder, tmp: dict(num_classes=5),
+                          r"is for num_classes 7, but num_classes is 5; pass --num_classes 7"),
+    "other_classes": (lambda trained, folder, tmp: dict(data_url=renamed_class_folder(folder, tmp)),
+                      r"class folders of \S+/renamed/val differ from the training classes: "
+                      r"only here: \['zebra'\]; missing here: \['class_6'\]"),
+    "class_count": (lambda trained, folder, tmp: dict(pretrained=checkpoint_without_classes(trained, tmp),
+                                                      data_url=one_class_fewer(folder, tmp)),
+                    r"\S+/six has 6 class folders but the model has 7 classes"),
+}
+
+
+@pytest.mark.parametrize("case", ERRORS)
+def test_user_errors_are_one_line_and_exit_2(trained, folder, tmp_path, capsys, case):
+    make_flags, message = ERRORS[case]
+    with pytest.raises(SystemExit) as stop:
+        run_cli(eval_main(), flags(**dict(dict(data_url=folder, pretrained=trained),
+                                          **make_flags(trained, folder, tmp_path))))
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    assert re.search(message, errors[0]), errors[0]
