@@ -5,14 +5,18 @@ works); files that cannot be read are skipped and reported with the reason, neve
 """
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+import mindspore as ms
 import numpy as np
+from mindspore.dataset.transforms import Compose
+from PIL import Image
 
-from . import checkpoint, data
+from . import checkpoint, data, export
 from .errors import UserError
+from .evaluation import mindspore_predictor
 from .imagenet import class_names as imagenet_class_names
 
 
@@ -34,24 +38,31 @@ def class_names_for(num_classes: int, saved: Optional[List[str]] = None) -> List
 
 
 def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str]]:
-    """(batch of CHW float32 images -> logits, class names) for config.pretrained (.ckpt or .mindir)."""
-    import mindspore as ms
-    from mindspore import nn
-    from .evaluation import mindspore_predictor
+    """(batch of CHW float32 images -> logits, class names) for config.pretrained (.ckpt or .mindir).
 
+    An exported MINDIR is checked against the meta written next to it (export.meta_path): model,
+    num_classes, width and image size must agree with the flags, as for a checkpoint.
+    """
     path = config.pretrained
     if not path:
         raise UserError("no model given: pass --pretrained CKPT or an exported .mindir")
-    if str(path).lower().endswith(".mindir"):
-        if not Path(path).is_file():
-            raise UserError(f"MINDIR file {path} not found")
-        meta_path = Path(path).with_suffix(".json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        net = nn.GraphCell(ms.load(str(path)))
-        return mindspore_predictor(net), class_names_for(meta.get("num_classes", config.num_classes),
-                                                          meta.get("classes"))
-    net, meta = checkpoint.model_from_checkpoint(config)
-    return mindspore_predictor(net), class_names_for(net.num_classes, meta.get("classes"))
+    if Path(path).suffix.lower() != ".mindir":
+        net, meta = checkpoint.model_from_checkpoint(config)
+        return mindspore_predictor(net), class_names_for(net.num_classes, meta.get("classes"))
+    if not Path(path).is_file():
+        raise UserError(f"MINDIR file {path} not found")
+    meta = export.read_meta(path)
+    checkpoint.check_model_matches(meta, path, config.model, config.num_classes, config.width)
+    image_size = meta.get("image_size", config.resize)
+    if image_size != config.resize:
+        raise UserError(f"{path} was exported for {image_size}-pixel images, but resize is {config.resize}; "
+                        f"pass --resize {image_size}")
+    try:
+        graph = ms.load(str(path))
+    except RuntimeError as err:
+        raise UserError(f"{path} is truncated, corrupt or not a MINDIR file ({err})") from None
+    return mindspore_predictor(ms.nn.GraphCell(graph)), class_names_for(meta.get("num_classes", config.num_classes),
+                                                                         meta.get("classes"))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -60,14 +71,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_folder(predict, folder, config, class_names: List[str]):
-    """(predictions in sorted path order, [(path, reason)] of files skipped)."""
-    from mindspore.dataset.transforms import Compose
+    """(predictions in data.list_images order, [(path, reason)] of the files skipped)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"data_url {folder} is not a directory")
     paths = data.list_images(folder)
     if not paths:
-        raise UserError(f"{folder} has no image files ({', '.join(sorted(data.IMAGE_EXTENSIONS))})")
+        raise UserError(f"{folder} has no image files ({', '.join(sorted(data.IMAGE_EXTENSIONS))}, any case, "
+                        "in any subfolder)")
     transform = Compose(data.eval_transforms(config))
     predictions, skipped = [], []
     k = min(config.top_k, len(class_names))
@@ -77,12 +88,15 @@ def predict_folder(predict, folder, config, class_names: List[str]):
             try:
                 batch.append(transform(data.read_rgb(path)))
                 batch_paths.append(path)
-            except (OSError, ValueError, RuntimeError) as err:
+            except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as err:
                 skipped.append((str(path), f"{type(err).__name__}: {err}"))
         if not batch:
             continue
-        probs = softmax(predict(np.stack(batch).astype(np.float32)).astype(np.float64))
-        for path, row in zip(batch_paths, probs):
+        logits = predict(np.stack(batch).astype(np.float32))
+        if logits.shape[1] != len(class_names):  # a MINDIR without its meta and the wrong --num_classes
+            raise UserError(f"the model gives {logits.shape[1]} class scores, but num_classes is {len(class_names)}; "
+                            f"pass --num_classes {logits.shape[1]}")
+        for path, row in zip(batch_paths, softmax(logits.astype(np.float64))):
             top = np.argsort(-row, kind="stable")[:k]
             predictions.append(Prediction(str(path), top.tolist(), [class_names[i] for i in top],
                                           [float(row[i]) for i in top]))
@@ -94,18 +108,29 @@ def format_prediction(prediction: Prediction) -> str:
                                               for name, prob in zip(prediction.names, prediction.probs))
 
 
+OUTPUT_FORMATS = (".json", ".csv")
+
+
+def output_format(path) -> str:
+    """".json" or ".csv" from the file name; checked before predicting so a typo fails at once."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UserError(f"--output {path}: use a file name ending in {' or '.join(OUTPUT_FORMATS)}, got {suffix!r}")
+    return suffix
+
+
 def write_predictions(predictions: List[Prediction], path):
-    """JSON (a list of records) or CSV (path, then index/name/prob for each rank), by the file's suffix."""
+    """JSON (a list of records with path, indices, names, probs) or CSV (path, then index/name/prob for
+    each rank), by the file's suffix."""
     path = Path(path)
+    file_format = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps([p.__dict__ for p in predictions], indent=1))
-    elif path.suffix.lower() == ".csv":
-        k = max((len(p.indices) for p in predictions), default=0)
-        with path.open("w", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
-            for p in predictions:
-                writer.writerow([p.path] + [v for r in zip(p.indices, p.names, p.probs) for v in r])
-    else:
-        raise UserError(f"--output {path}: use a .json or .csv file name")
+    if file_format == ".json":
+        path.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
+        return
+    k = max((len(p.indices) for p in predictions), default=0)
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
+        for p in predictions:
+            writer.writerow([p.path] + [v for r in zip(p.indices, p.names, p.probs) for v in r])

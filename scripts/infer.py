@@ -6,16 +6,21 @@ Examples:
   python scripts/infer.py --config configs/fashion_mnist_demo.yaml --data_url ./photos --pretrained demo.ckpt \\
       --top_k 3 --output preds.json
 
-Class names come from the checkpoint, else ImageNet's for 1000 classes, else indices.
-Unreadable files are skipped and listed at the end with the reason.
+Prints each image's top_k class names and probabilities; --output writes path, indices, names and
+probabilities as a JSON list or a CSV table. Class names come from the checkpoint (for a .mindir: the
+.json that export wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
+(not images, truncated, corrupt) are skipped and listed at the end with the reason.
 """
 from mobilenetv3 import runtime
 from mobilenetv3.config import INFER_KEYS, parse_args, run_cli
-from mobilenetv3.inference import format_prediction, load_predictor, predict_folder, write_predictions
+from mobilenetv3.errors import UserError
+from mobilenetv3.inference import format_prediction, load_predictor, output_format, predict_folder, write_predictions
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=INFER_KEYS)
+    if config.output:
+        output_format(config.output)
     runtime.setup(config.device_target, config.seed)
     predict, class_names = load_predictor(config)
     predictions, skipped = predict_folder(predict, config.data_url, config, class_names)
@@ -23,6 +28,8 @@ def main(argv=None):
         print(format_prediction(prediction))
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
+    if not predictions:
+        raise UserError(f"none of the {len(skipped)} image files in {config.data_url} could be read (listed above)")
     print(f"{len(predictions)} images predicted, {len(skipped)} skipped")
     if config.output:
         write_predictions(predictions, config.output)

@@ -1,0 +1,273 @@
+"""Folder inference: checkpoint and exported MINDIR agree, class names, image kinds, bad files, outputs."""
+import csv
+import json
+import re
+import runpy
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_script
+from mobilenetv3 import checkpoint, data
+from mobilenetv3.config import build_config, run_cli
+from mobilenetv3.export import meta_path
+from mobilenetv3.inference import Prediction, class_names_for, load_predictor, predict_folder, write_predictions
+from mobilenetv3.model import create_model
+from mobilenetv3.trainer import train
+
+CLASSES = ["class_0", "class_1", "class_2"]
+SETTINGS = dict(device_target="CPU", num_classes=3, resize=32, batch_size=6)  # 6 images per val class
+
+
+def flags(**values):
+    """["--key", "value", ...] of SETTINGS updated with `values`."""
+    return [str(v) for name, value in dict(SETTINGS, **values).items() for v in (f"--{name}", value)]
+
+
+def script_main(name):
+    return runpy.run_path(str(REPO / "scripts" / f"{name}.py"), run_name=f"{name}_script")["main"]
+
+
+@pytest.fixture(scope="module")
+def trained(image_folder, tmp_path_factory):
+    """Two epochs at BN momentum 0.5 (settled statistics), so the probabilities differ between images."""
+    config = build_config(overrides=dict(
+        device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=2, resize=32,
+        num_parallel_workers=2, bn_momentum=0.5, max_lr=0.02, decay_epoch=2, dataset_sink_mode=False,
+        log_interval=100, ckpt_save_dir=str(tmp_path_factory.mktemp("ckpt"))))
+    return Path(train(config))
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The checkpoint exported by the export script (in this process): model.mindir and model.json."""
+    path = tmp_path_factory.mktemp("exported") / "model"
+    script_main("export")(["--device_target", "CPU", "--num_classes", "3", "--resize", "32", "--file_format", "MINDIR",
+                           "--pretrained", str(trained), "--file_name", str(path)])
+    return path.with_suffix(".mindir")
+
+
+@pytest.fixture(scope="module")
+def predictors(trained, exported):
+    """(predict, class names) of the checkpoint and of the MINDIR, loaded once: each compiles its graph."""
+    return {kind: load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(path))))
+            for kind, path in (("checkpoint", trained), ("mindir", exported))}
+
+
+def predict(predictor, folder, **settings):
+    predict_logits, class_names = predictor
+    return predict_folder(predict_logits, folder, build_config(overrides=dict(SETTINGS, **settings)), class_names)
+
+
+def test_export_writes_the_checkpoint_meta_next_to_the_mindir(trained, exported):
+    assert meta_path(exported) == exported.with_name("model.json")
+    saved = json.loads(meta_path(exported).read_text())
+    assert saved == dict(checkpoint.load(trained)[1], image_size=32)
+    assert (saved["model"], saved["num_classes"], saved["classes"]) == ("mobilenet_v3_small", 3, CLASSES)
+
+
+def reference_probabilities(trained, paths):
+    """Softmax of the checkpoint's logits, computed without the inference module: Pillow decoding, one
+    eval transform per image, a model built and loaded here."""
+    from mindspore.dataset.transforms import Compose
+    meta = checkpoint.load(trained)[1]
+    net = create_model(meta["model"], meta["num_classes"], meta["width"], bn_momentum=meta["bn_momentum"],
+                       bn_eps=meta["bn_eps"])
+    checkpoint.load_weights(net, trained, new_classifier_ok=False)
+    net.set_train(False)
+    transform = Compose(data.eval_transforms(build_config(overrides=dict(resize=32))))
+    logits = net(ms.Tensor(np.stack([transform(np.asarray(Image.open(p).convert("RGB"))) for p in paths])))
+    logits = logits.asnumpy().astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def test_checkpoint_and_mindir_give_the_same_predictions(trained, predictors, image_folder):
+    folder = image_folder / "val"
+    paths = sorted(folder.glob("*/*.jpg"))
+    reference = reference_probabilities(trained, paths)
+    assert reference.max(axis=1).min() < 0.9 and np.ptp(reference[:, 0]) > 0.05  # neither certain nor constant
+    probs = {}
+    for kind, predictor in predictors.items():
+        assert predictor[1] == CLASSES  # the MINDIR's from the meta written next to it
+        predictions, skipped = predict(predictor, folder)
+        assert skipped == [] and [p.path for p in predictions] == [str(p) for p in paths]
+        for prediction, row in zip(predictions, reference):
+            assert prediction.indices == np.argsort(-row, kind="stable").tolist()  # all 3 classes, best first
+            assert prediction.names == [CLASSES[i] for i in prediction.indices]
+            assert np.abs(np.array(prediction.probs) - row[prediction.indices]).max() <= 1e-5
+        probs[kind] = np.array([p.probs for p in predictions])
+    assert np.abs(probs["checkpoint"] - probs["mindir"]).max() <= 1e-5
+
+
+def test_class_names_for():
+    imagenet = class_names_for(1000)
+    assert len(imagenet) == 1000
+    assert (imagenet[0], imagenet[999]) == ("tench, Tinca tinca", "toilet tissue, toilet paper, bathroom tissue")
+    assert class_names_for(3, ["a", "b", "c"]) == ["a", "b", "c"]
+    assert class_names_for(1000, [f"k{i}" for i in range(1000)])[0] == "k0"  # the checkpoint's own list wins
+    assert class_names_for(3) == ["0", "1", "2"]
+    assert class_names_for(3, None) == class_names_for(3, []) == ["0", "1", "2"]
+
+
+def noise(size=(30, 40), channels=3, seed=0, dtype=np.uint8, high=256):
+    shape = size if channels == 1 else (*size, channels)
+    return np.random.default_rng(seed).integers(0, high, shape).astype(dtype)
+
+
+WALK_ORDER = ["binary.tiff", "bitmap.bmp", "gray.jpg", "photo.WebP", "scan.TIF", "tiny.jpg", "sub/palette.png",
+              "sub/rgba.PNG", "sub/deeper/cmyk.JPEG", "sub/deeper/sixteen_bit.png"]
+
+
+def write_mixed_folder(root: Path):
+    """Good images of every mode and format (nested, upper-case extensions), three bad files and a
+    non-image file; returns (good paths in walk order: a folder's files sorted, then its subfolders,
+    {bad path: expected reason})."""
+    good = {
+        "gray.jpg": Image.fromarray(noise(channels=1), "L"),
+        "sub/rgba.PNG": Image.fromarray(noise(channels=4), "RGBA"),
+        "sub/palette.png": Image.fromarray(noise(seed=1)).convert("P"),
+        "sub/deeper/cmyk.JPEG": Image.fromarray(noise(channels=4, seed=2), "CMYK"),
+        "sub/deeper/sixteen_bit.png": Image.fromarray(noise(channels=1, dtype=np.uint16, high=65536)),
+        "photo.WebP": Image.fromarray(noise(seed=3)),
+        "bitmap.bmp": Image.fromarray(noise(seed=4)),
+        "scan.TIF": Image.fromarray(noise(seed=5)),
+        "binary.tiff": Image.fromarray(noise(channels=1, seed=6) > 127),
+        "tiny.jpg": Image.fromarray(noise(size=(1, 1))),
+    }
+    for name, image in good.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(root / name)
+    assert Image.open(root / "sub/deeper/sixteen_bit.png").mode.startswith("I")  # really 16-bit
+    full = (root / "gray.jpg").read_bytes()
+    (root / "sub" / "truncated.jpg").write_bytes(full[:len(full) // 2])
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.png").write_text("not an image\n")
+    (root / "readme.txt").write_text("not an image extension: ignored\n")
+    bad = {root / "sub" / "truncated.jpg": "OSError: image file is truncated",
+           root / "empty.jpg": "UnidentifiedImageError: cannot identify image file",
+           root / "notes.png": "UnidentifiedImageError: cannot identify image file"}
+    return [root / name for name in WALK_ORDER], bad
+
+
+def test_every_image_kind_is_predicted_and_bad_files_are_listed(trained, tmp_path):
+    good, bad = write_mixed_folder(tmp_path / "mixed")
+    output = tmp_path / "out" / "preds.json"
+    result = run_script("infer", *flags(model="mobilenet_v3_small", data_url=tmp_path / "mixed",
+                                        pretrained=trained, output=output))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    pattern = re.compile(r"^(.+): (class_\d) \((\d\.\d{4})\), (class_\d) \((\d\.\d{4})\), (class_\d) \((\d\.\d{4})\)$")
+    printed = [pattern.match(line) for line in lines if line.startswith(str(tmp_path))]
+    assert [Path(m[1]) for m in printed] == good  # top_k 5 clamped to the 3 classes
+    skipped = [line for line in lines if line.startswith("skipped ")]
+    assert len(skipped) == len(bad)
+    for path, reason in bad.items():
+        assert any(line.startswith(f"skipped {path}: {reason}") for line in skipped), (path, skipped)
+    assert lines.index(skipped[0]) > lines.index(printed[-1][0])  # listed at the end
+    assert f"{len(good)} images predicted, {len(bad)} skipped" in lines
+    records = json.loads(output.read_text())
+    assert [list(r) for r in records] == [["path", "indices", "names", "probs"]] * len(good)
+    assert [r["path"] for r in records] == [m[1] for m in printed]
+    for record, match in zip(records, printed):
+        assert sorted(record["indices"]) == [0, 1, 2]
+        assert record["names"] == [CLASSES[i] for i in record["indices"]] == [match[2], match[4], match[6]]
+        assert record["probs"] == sorted(record["probs"], reverse=True)
+        assert sum(record["probs"]) == pytest.approx(1.0, abs=1e-9)
+        assert [f"{p:.4f}" for p in record["probs"]] == [match[3], match[5], match[7]]
+
+
+def test_mindir_script_writes_csv_with_class_names(exported, predictors, image_folder, tmp_path):
+    output = tmp_path / "preds.csv"
+    result = run_script("infer", *flags(data_url=image_folder / "val", pretrained=exported, output=output,
+                                        top_k=2))
+    assert result.returncode == 0, result.stderr[-2000:]
+    with output.open(newline="") as table:
+        rows = list(csv.reader(table))
+    assert rows[0] == ["path", "index_1", "name_1", "prob_1", "index_2", "name_2", "prob_2"]
+    paths = sorted(str(p) for p in (image_folder / "val").glob("*/*.jpg"))
+    assert [row[0] for row in rows[1:]] == paths
+    expected = {p.path: p for p in predict(predictors["mindir"], image_folder / "val", top_k=2)[0]}
+    for row in rows[1:]:
+        want = expected[row[0]]
+        assert row[1:] == [str(v) for pair in zip(want.indices, want.names, want.probs) for v in pair]
+        assert row[2] == CLASSES[int(row[1])] and row[5] == CLASSES[int(row[4])]
+    assert "18 images predicted, 0 skipped" in result.stdout
+
+
+def test_top_k_is_at_most_the_number_of_classes(predictors, image_folder):
+    for top_k, length in ((1, 1), (2, 2), (3, 3), (50, 3)):
+        predictions, _ = predict(predictors["checkpoint"], image_folder / "val" / "class_0", top_k=top_k)
+        assert {len(p.indices) for p in predictions} == {length}
+
+
+def test_write_predictions_json_and_csv(tmp_path):
+    predictions = [Prediction("a/1.jpg", [2, 0], ["cat", "dog"], [0.75, 0.25]),
+                   Prediction("b,2.png", [0, 1], ["dog", "fish, salmon"], [0.5, 0.5])]
+    write_predictions(predictions, tmp_path / "p.json")
+    assert json.loads((tmp_path / "p.json").read_text()) == [
+        {"path": "a/1.jpg", "indices": [2, 0], "names": ["cat", "dog"], "probs": [0.75, 0.25]},
+        {"path": "b,2.png", "indices": [0, 1], "names": ["dog", "fish, salmon"], "probs": [0.5, 0.5]}]
+    write_predictions(predictions, tmp_path / "P.CSV")
+    assert (tmp_path / "P.CSV").read_bytes().decode() == ("path,index_1,name_1,prob_1,index_2,name_2,prob_2\r\n"
+                                                "a/1.jpg,2,cat,0.75,0,dog,0.25\r\n"
+                                                '"b,2.png",0,dog,0.5,1,"fish, salmon",0.5\r\n')
+
+
+def run_infer_expecting_error(capsys, **values):
+    """The one error line of the infer script, and its stdout."""
+    with pytest.raises(SystemExit) as stop:
+        run_cli(script_main("infer"), flags(**values))
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if not line.startswith("warning:")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
+    return errors[0], captured.out
+
+
+def test_empty_folder_is_an_error(trained, tmp_path, capsys):
+    (tmp_path / "empty" / "nested").mkdir(parents=True)
+    (tmp_path / "empty" / "nested" / "notes.txt").write_text("no images here")
+    error, _ = run_infer_expecting_error(capsys, data_url=tmp_path / "empty", pretrained=trained)
+    assert error.startswith(f"error: {tmp_path / 'empty'} has no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff, "
+                            ".webp, any case, in any subfolder)")
+
+
+def test_a_folder_of_only_unreadable_files_is_an_error(trained, tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jpg").write_bytes(b"")
+    error, out = run_infer_expecting_error(capsys, data_url=tmp_path / "bad", pretrained=trained)
+    assert error == f"error: none of the 1 image files in {tmp_path / 'bad'} could be read (listed above)"
+    assert out.startswith(f"skipped {tmp_path / 'bad' / 'a.jpg'}: UnidentifiedImageError")
+
+
+@pytest.mark.parametrize("values,message", [
+    (dict(output="preds.txt"), r"--output preds.txt: use a file name ending in .json or .csv, got '.txt'"),
+    (dict(resize=64), r"\S+model.mindir was exported for 32-pixel images, but resize is 64; pass --resize 32"),
+    (dict(num_classes=1000), r"\S+model.mindir is for num_classes 3, but num_classes is 1000; pass --num_classes 3"),
+    (dict(pretrained="missing.mindir"), r"MINDIR file missing.mindir not found"),
+], ids=["output_suffix", "resize", "num_classes", "missing"])
+def test_mindir_and_output_errors(exported, image_folder, capsys, values, message):
+    error, _ = run_infer_expecting_error(capsys, **dict(dict(data_url=image_folder / "val", pretrained=exported),
+                                                        **values))
+    assert re.search(message, error), error
+
+
+def test_corrupt_mindir_is_an_error(exported, image_folder, tmp_path, capsys):
+    corrupt = tmp_path / "model.mindir"
+    corrupt.write_bytes(exported.read_bytes()[:1000])
+    error, _ = run_infer_expecting_error(capsys, data_url=image_folder / "val", pretrained=corrupt)
+    assert re.search(r"model.mindir is truncated, corrupt or not a MINDIR file", error), error
+
+
+def test_mindir_without_meta_names_classes_by_index_and_checks_their_number(exported, image_folder, tmp_path,
+                                                                            capsys):
+    bare = tmp_path / "bare.mindir"
+    bare.write_bytes(exported.read_bytes())
+    assert load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(bare))))[1] == ["0", "1", "2"]
+    error, _ = run_infer_expecting_error(capsys, data_url=image_folder / "val" / "class_0", pretrained=bare,
+                                         num_classes=1000)
+    assert error == "error: the model gives 3 class scores, but num_classes is 1000; pass --num_classes 3"
