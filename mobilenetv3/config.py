@@ -76,6 +76,9 @@ class Config:
     auto_augment: bool = key(False, "ImageNet AutoAugment policy in training")
     color_jitter: float = key(0.0, "Colour jitter strength in training (0: off)", minimum=0.0)
     random_erase: float = key(0.0, "Random erasing probability in training", minimum=0.0)
+    min_crop_area: float = key(0.08, "Training random-resized crop: smallest crop as a fraction of the image "
+                               "area (1: whole image, flips only; small images learn faster with less)",
+                               above=0.0)
     interpolation: str = key("bilinear", "Resize interpolation", choices=["bilinear", "bicubic"])
     crop_pct: float = key(0.875, "Eval centre-crop fraction: shorter side resized to resize/crop_pct",
                           above=0.0)
@@ -203,6 +206,8 @@ def check_consistency(config: Config):
         raise ConfigError(f"dropout_rate must be < 1, got {config.dropout_rate}")
     if config.random_erase > 1.0:
         raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
+    if config.min_crop_area > 1.0:
+        raise ConfigError(f"min_crop_area is a fraction of the image area in (0, 1], got {config.min_crop_area}")
 
 
 class _Parser(argparse.ArgumentParser):

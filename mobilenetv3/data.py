@@ -126,8 +126,9 @@ class DecodedImages:
     same number of samples. Keys above len(samples) are later passes of a repeated epoch.
     """
 
-    def __init__(self, samples: List[Tuple[str, int]], augment=False, seed=0, epoch=0):
+    def __init__(self, samples: List[Tuple[str, int]], augment=False, seed=0, epoch=0, min_crop_area=0.08):
         self.samples, self.augment, self.seed, self.epoch = samples, augment, seed, epoch
+        self.min_crop_area = min_crop_area
 
     def __len__(self):
         return len(self.samples)
@@ -144,7 +145,7 @@ class DecodedImages:
             raise UserError("no readable image in the data set")
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, int(key)])
-            top, left, h, w = random_resized_crop_box(*image.shape[:2], rng)
+            top, left, h, w = random_resized_crop_box(*image.shape[:2], rng, scale=(self.min_crop_area, 1.0))
             image = image[top:top + h, left:left + w]
             if rng.random() < 0.5:
                 image = image[:, ::-1]
@@ -229,7 +230,8 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
     workers = clamp_workers(config.num_parallel_workers)
-    source = DecodedImages(folder.samples, augment=training, seed=config.seed, epoch=epoch)
+    source = DecodedImages(folder.samples, augment=training, seed=config.seed, epoch=epoch,
+                           min_crop_area=config.min_crop_area)
     dataset = ds.GeneratorDataset(source, ["image", "label"], sampler=sampler, num_parallel_workers=workers,
                                   python_multiprocessing=False)
     transforms = train_transforms(config) if training else eval_transforms(config)

@@ -169,3 +169,18 @@ def test_extreme_sizes_and_unicode_paths_go_through_both_pipelines(tmp_path, sma
                               .create_tuple_iterator(output_numpy=True))
         assert images.shape == (3, 3, 16, 16) and sorted(labels.tolist()) == [0, 0, 1]
         assert np.isfinite(images).all()
+
+
+def test_min_crop_area_one_keeps_the_whole_image_and_only_flips(tmp_path):
+    pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    path = save(tmp_path / "a.png", Image.fromarray(pixels))
+    whole = data.DecodedImages([(str(path), 0)] * 64, augment=True, min_crop_area=1.0)
+    flips = 0
+    for key in range(64):
+        image = whole[key][0][:, :, 0]
+        flipped = np.array_equal(image, pixels[:, ::-1])
+        assert flipped or np.array_equal(image, pixels), key
+        flips += flipped
+    assert 16 < flips < 48  # about half flipped
+    cropped = data.DecodedImages([(str(path), 0)] * 8, augment=True)  # default 0.08: real crops
+    assert any(cropped[key][0].shape[:2] != (28, 28) for key in range(8))
