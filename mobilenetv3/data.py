@@ -22,6 +22,7 @@ from PIL import Image
 from .errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+UNREADABLE = -1  # label of an evaluation sample whose file could not be read
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -122,8 +123,10 @@ class DecodedImages:
     With `augment`, it also draws the random-resized crop and horizontal flip of each sample from
     (seed, epoch, key) alone: MindSpore's random ops draw from per-worker generators, so their results
     depend on which worker gets which row, and neither a resumed run nor N ranks could reproduce them.
-    An unreadable file is reported and replaced by the next readable one, so every rank still sees the
-    same number of samples. Keys above len(samples) are later passes of a repeated epoch.
+    An unreadable file is reported and, in training (`augment`), replaced by the next readable one, so
+    every rank still runs the same number of steps; in evaluation it yields a black pixel labelled
+    UNREADABLE, which the counts leave out, so no image is counted twice.
+    Keys above len(samples) are later passes of a repeated epoch.
     """
 
     def __init__(self, samples: List[Tuple[str, int]], augment=False, seed=0, epoch=0, min_crop_area=0.08):
@@ -141,6 +144,8 @@ class DecodedImages:
                 break
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 warn_unreadable(path, err)
+                if not self.augment:
+                    return np.zeros((1, 1, 3), np.uint8), np.int32(UNREADABLE)
         else:
             raise UserError("no readable image in the data set")
         if self.augment:

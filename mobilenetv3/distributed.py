@@ -46,7 +46,7 @@ CLUSTER_TIMEOUTS = {
     "MS_NODE_TIMEOUT": "20",  # a rank silent this long is declared dead and the job stops
 }
 SCHEDULER_START_TIMEOUT = 120.0
-SINGLE_PROCESS_WARNING = "run_distribute is true but only one process was launched; training on one process"
+SINGLE_PROCESS_WARNING = "run_distribute is true but only one process was launched; running on one process"
 
 
 @dataclass(frozen=True)

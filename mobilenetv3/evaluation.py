@@ -33,9 +33,10 @@ def count_correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """[top-1 correct, top-5 correct, summed cross-entropy, images] of one batch, in float64.
 
     Equal logits rank the lower class index first (a stable sort), so a row of ties is top-1 correct
-    for class 0 only, never for all classes at once.
+    for class 0 only, never for all classes at once. Rows labelled data.UNREADABLE are left out.
     """
-    logits = logits.astype(np.float64)
+    readable = labels != data.UNREADABLE
+    logits, labels = logits[readable].astype(np.float64), labels[readable]
     k = min(5, logits.shape[1])
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     shifted = logits - logits.max(axis=1, keepdims=True)

@@ -58,7 +58,7 @@ def test_unreadable_images_are_replaced_and_named(tmp_path, capsys):
     good = save(tmp_path / "a" / "good.png", Image.new("RGB", (8, 8), (5, 6, 7)))
     bad = tmp_path / "a" / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 garbage")
-    source = data.DecodedImages([(str(bad), 0), (str(good), 1)])
+    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], augment=True)  # training: replaced
     image, label = source[0]
     assert label == 1 and np.all(image == (5, 6, 7))
     assert f"warning: skipping unreadable image {bad}" in capsys.readouterr().err
@@ -184,3 +184,15 @@ def test_min_crop_area_one_keeps_the_whole_image_and_only_flips(tmp_path):
     assert 16 < flips < 48  # about half flipped
     cropped = data.DecodedImages([(str(path), 0)] * 8, augment=True)  # default 0.08: real crops
     assert any(cropped[key][0].shape[:2] != (28, 28) for key in range(8))
+
+
+def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
+    from mobilenetv3.evaluation import count_correct
+    good = save(tmp_path / "good.png", Image.new("RGB", (8, 8), (5, 6, 7)))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], augment=False)
+    assert source[0][1] == data.UNREADABLE and source[1][1] == 1
+    assert f"skipping unreadable image {bad}" in capsys.readouterr().err
+    logits = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assert count_correct(logits, np.array([data.UNREADABLE, 1])).tolist()[::3] == [0, 1]  # 0 correct of 1 image
