@@ -18,5 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-python -c "import mobilenetv3, mindspore, torch, onnxruntime, pytest" 2>/dev/null || pip install -q -e ".[dev]"
+# (Re)install when anything is missing or mobilenetv3 is imported from another checkout.
+python -c "
+import os, mindspore, torch, onnxruntime, pytest, mobilenetv3
+assert os.path.samefile(os.path.dirname(mobilenetv3.__file__), 'mobilenetv3')" 2>/dev/null || pip install -q -e ".[dev]"
 exec python -m pytest "$@"
