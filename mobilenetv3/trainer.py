@@ -119,13 +119,10 @@ class StepLog(Callback):
         self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
         self.log_interval, self.printing, self.stop_signals = log_interval, printing, stop_signals
         self.epoch, self.skipped = 0, 0  # skipped: steps of this epoch done before a resume
-
-    @property
-    def steps_done(self) -> int:
-        return self.skipped + len(self.losses)
+        self.steps_done = 0
 
     def on_train_epoch_begin(self, run_context):
-        self.losses, self.epoch_start = [], time.time()
+        self.losses, self.epoch_start, self.steps_done = [], time.time(), self.skipped
 
     def on_train_step_begin(self, run_context):
         self.step_start = time.time()
@@ -134,12 +131,13 @@ class StepLog(Callback):
         params = run_context.original_args()
         outputs = params.net_outputs
         loss = float((outputs[0] if isinstance(outputs, (tuple, list)) else outputs).asnumpy())
-        step = self.steps_done + 1
+        # cur_step_num counts the steps of this Model.train call; in sink mode several pass per callback.
+        step = self.steps_done = self.skipped + params.cur_step_num
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss} at epoch {self.epoch}, step {step}: stopping. The last good "
                                 "checkpoint is kept; lower max_lr or check the data, then --resume auto")
         self.losses.append(loss)
-        if self.printing and (step % self.log_interval == 0 or step == self.steps):
+        if self.printing and (step % self.log_interval == 0 or step == self.steps or params.dataset_sink_mode):
             global_step = (self.epoch - 1) * self.steps + step - 1
             print(LOG_FORMAT.format(epoch=self.epoch, epochs=self.epochs, step=step, steps=self.steps, loss=loss,
                                     mean=float(np.mean(self.losses)), ms=1000 * (time.time() - self.step_start),
@@ -150,8 +148,9 @@ class StepLog(Callback):
     def on_train_epoch_end(self, run_context):
         seconds = time.time() - self.epoch_start
         if self.printing:
-            print(f"Epoch {self.epoch} finished: {len(self.losses)} steps in {seconds:.1f} s, "
-                  f"{len(self.losses) * self.batch_size / seconds:.1f} img/s per process, "
+            steps = self.steps_done - self.skipped
+            print(f"Epoch {self.epoch} finished: {steps} steps in {seconds:.1f} s, "
+                  f"{steps * self.batch_size / seconds:.1f} img/s per process, "
                   f"mean loss {np.mean(self.losses):.4f}", flush=True)
 
 
@@ -262,16 +261,18 @@ def train(config, dist=None):
             model.train(1, dataset_for(epoch - 1, skip_steps), callbacks=[log],
                         dataset_sink_mode=config.dataset_sink_mode)
             skip_steps = 0
-            if log.steps_done < steps:  # stopped by a signal
-                last = save(config, train_step, meta, epoch - 1, log.steps_done, steps)
+            finished = log.steps_done == steps
+            if main_process:
+                last = save(config, train_step, meta, *((epoch, 0) if finished else (epoch - 1, log.steps_done)), steps)
+            if stop_signals is not None and stop_signals.received is not None:
                 name = signal.Signals(stop_signals.received).name
                 raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {log.steps_done}/{steps}; saved "
                                           f"{last}. Continue with --resume auto", stop_signals.received)
-            if main_process:
-                last = save(config, train_step, meta, epoch, 0, steps)
             if config.eval_interval and epoch % config.eval_interval == 0:
-                from .evaluation import evaluate_folder
-                metrics = evaluate_folder(net, config, train_folder.classes, dist)
+                from .evaluation import evaluate_folder, mindspore_predictor
+                metrics = evaluate_folder(mindspore_predictor(net), net.num_classes, config, train_folder.classes,
+                                          dist)
+                net.set_train(True)  # mindspore_predictor switched it to eval mode
                 if main_process:
                     print(f"validation after epoch {epoch}: {metrics.seed_dict()}", flush=True)
     return last
