@@ -1,0 +1,512 @@
+"""CPU speed benchmark: our MindSpore MobileNetV3 (GRAPH mode) against the same network in PyTorch eager.
+
+Every model is measured in fresh worker processes, one per framework, so that the first-step
+(compile) time and the peak RSS are those of that model alone and the two frameworks' thread pools
+never share a process. The parent drives both workers in turns, one timed window each, in the
+order ours, baseline, baseline, ours, ...: a load change on a shared machine then hits both figures
+alike and the ratio stays meaningful even when the absolute numbers drift. Warm-up steps are not
+timed; throughputs are medians over the timed windows, latencies the median and 90th percentile of
+single batch-1 calls. The PyTorch twin is mobilenetv3.torch_reference (torchvision's layout); without
+torch the report says so and carries our figures alone.
+
+The data pipeline (mobilenetv3.data.create_dataset with the training transforms) is timed on its own
+over a folder of synthetic 500x375 JPEGs, so the table shows whether the model or the data limits
+training speed.
+"""
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+MODELS = {"small": "mobilenet_v3_small", "large": "mobilenet_v3_large"}
+SOURCE_IMAGE_SIZE = (500, 375)  # a typical ImageNet photo, width x height
+TORCH_INSTALL = "pip install torch==2.13.0"
+LEARNING_RATE = 1e-3  # small, so that random data cannot drive the weights to inf/NaN over the run
+
+
+@dataclass
+class Settings:
+    models: List[str] = field(default_factory=lambda: ["small", "large"])  # keys of MODELS
+    batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
+    image_size: int = 224
+    num_classes: int = 1000
+    threads: int = 0  # 0: one per CPU available to this process
+    num_parallel_workers: int = 0  # data pipeline workers; 0: one per CPU available
+    warmup_steps: int = 3
+    windows: int = 7
+    window_seconds: float = 2.0  # each timed window runs as many steps as fit in about this long
+    data_images: int = 192  # synthetic JPEGs the data pipeline reads
+    quick: bool = False
+    seed: int = 1
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"models must be a non-empty list of {', '.join(MODELS)}, got {self.models!r}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"batch_sizes must be a non-empty list of integers >= 1, got {self.batch_sizes!r}")
+        if self.image_size <= 32:  # the last feature map (image_size / 32) needs 2x2 for BatchNorm at batch 1
+            raise ValueError(f"image_size must be > 32, got {self.image_size}")
+        for name in ("threads", "num_parallel_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: one per CPU), got {getattr(self, name)}")
+        if self.threads == 0:
+            self.threads = available_cpus()
+        if self.num_parallel_workers == 0:
+            self.num_parallel_workers = available_cpus()
+
+    @classmethod
+    def quick_settings(cls, **overrides):
+        """Fewer and shorter windows and a smaller image folder: the CI smoke test, same code path."""
+        values = dict(models=["small"], warmup_steps=1, windows=3, window_seconds=0.3, data_images=48, quick=True)
+        values.update(overrides)
+        return cls(**values)
+
+
+# Metric: (label in the table, unit, which way is better). Ratios are always ours / baseline.
+METRICS = {
+    "train_throughput": ("train", "img/s", "higher"),
+    "infer_throughput": ("infer", "img/s", "higher"),
+    "latency_median": ("latency median", "ms", "lower"),
+    "latency_p90": ("latency p90", "ms", "lower"),
+    "train_first_step": ("train 1st step", "s", "lower"),
+    "infer_first_step": ("infer 1st step", "s", "lower"),
+    "peak_rss": ("peak RSS", "MB", "lower"),
+    "params": ("parameters", "", "equal"),
+}
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def peak_rss_mb() -> float:
+    """High-water resident set size of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_batch(batch_size, image_size, num_classes, seed):
+    """The same images and labels for both frameworks."""
+    rng = np.random.default_rng([seed, batch_size])
+    images = rng.standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)
+    return images, rng.integers(0, num_classes, batch_size).astype(np.int32)
+
+
+def timed_steps(step, count) -> List[float]:
+    """Durations of `count` back-to-back calls of `step` (which must wait for its result)."""
+    durations = []
+    for _ in range(count):
+        start = time.perf_counter()
+        step()
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+class MindSporeRunner:
+    """Our model: the package's train step (loss, backward, Momentum update) and GRAPH-mode inference."""
+
+    framework = "MindSpore"
+
+    def __init__(self, model, settings: Settings):
+        import mindspore as ms
+        from . import runtime
+        from .config import build_config
+        from .model import count_complexity, create_model
+        from .trainer import build_train_step
+        self.ms = ms
+        runtime.setup("CPU", settings.seed)
+        ms.device_context.cpu.op_tuning.threads_num(settings.threads)
+        self.settings = settings
+        self.net = create_model(model, settings.num_classes)
+        complexity = count_complexity(self.net, settings.image_size)
+        self.info = {"params": complexity.params, "macs": complexity.macs, "threads": settings.threads,
+                     "mode": "GRAPH", "jit_level": ms.get_context("jit_config").get("jit_level") or "default"}
+        recipe = build_config(overrides=dict(device_target="CPU", num_classes=settings.num_classes))
+        self.train_step = build_train_step(self.net, recipe, np.float32(LEARNING_RATE))
+        self.steps = {}
+
+    def step(self, mode, batch_size):
+        if (mode, batch_size) not in self.steps:
+            images, labels = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
+                                          self.settings.seed)
+            images, labels = self.ms.Tensor(images), self.ms.Tensor(labels)
+            if mode == "train":
+                self.steps[mode, batch_size] = lambda: self.train_step(images, labels).asnumpy()
+            else:
+                self.steps[mode, batch_size] = lambda: self.net(images).asnumpy()
+        self.net.set_train(mode == "train")
+        return self.steps[mode, batch_size]
+
+
+class TorchRunner:
+    """The baseline: the same architecture, loss and optimiser in PyTorch eager (inference_mode for inference)."""
+
+    framework = "PyTorch"
+
+    def __init__(self, model, settings: Settings):
+        import torch
+        from .config import Config
+        from .torch_reference import TorchMobileNetV3
+        self.torch = torch
+        torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        recipe = Config()
+        self.settings = settings
+        self.net = TorchMobileNetV3(model, settings.num_classes, bn_eps=recipe.bn_eps, dropout_rate=recipe.dropout_rate)
+        params = list(self.net.parameters())
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.SGD(groups, lr=LEARNING_RATE, momentum=recipe.momentum)
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=recipe.smooth_factor)
+        self.info = {"params": sum(p.numel() for p in params), "threads": torch.get_num_threads(), "mode": "eager"}
+        self.steps = {}
+
+    def _train(self, images, labels):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.net(images), labels)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def _infer(self, images):
+        with self.torch.inference_mode():
+            return self.net(images).numpy()
+
+    def step(self, mode, batch_size):
+        if (mode, batch_size) not in self.steps:
+            images, labels = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
+                                          self.settings.seed)
+            images, labels = self.torch.from_numpy(images), self.torch.from_numpy(labels).long()
+            if mode == "train":
+                self.steps[mode, batch_size] = lambda: self._train(images, labels)
+            else:
+                self.steps[mode, batch_size] = lambda: self._infer(images)
+        self.net.train(mode == "train")
+        return self.steps[mode, batch_size]
+
+
+RUNNERS = {"ours": MindSporeRunner, "baseline": TorchRunner}
+SETTLE_LIMIT = 3.0  # seconds
+
+
+def settle():
+    """Wait until this process's threads stop spinning. MindSpore's kernel threads busy-wait about 0.25 s
+    after each graph run: the other framework's window, timed next, would otherwise share the CPUs."""
+    deadline = time.perf_counter() + SETTLE_LIMIT
+    while time.perf_counter() < deadline:
+        cpu = time.process_time()
+        time.sleep(0.02)
+        if time.process_time() - cpu < 0.002:
+            return
+
+
+def _serve(role, model, settings, conn):
+    """Worker process: build the runner, then answer ("run", mode, batch, steps) and ("rss",) requests."""
+    import mobilenetv3  # noqa: F401  (CPU defaults before MindSpore starts)
+    try:
+        runner = RUNNERS[role](model, settings)
+        conn.send(("ready", runner.info))
+    except ImportError as err:
+        conn.send(("unavailable", str(err)))
+        return
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        request = conn.recv()
+        try:
+            if request[0] == "run":
+                _, mode, batch_size, steps = request
+                durations = timed_steps(runner.step(mode, batch_size), steps)
+                settle()
+                conn.send(("ok", durations))
+            elif request[0] == "rss":
+                conn.send(("ok", peak_rss_mb()))
+            else:
+                return
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    def __init__(self, role, model, settings):
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.role = role
+        self.process = context.Process(target=_serve, args=(role, model, settings, child), daemon=True)
+        self.process.start()
+        child.close()
+
+    def ready(self):
+        """(info dict, None) once the model is built, or (None, reason) when the framework is missing."""
+        status, payload = self._receive()
+        return (payload, None) if status == "ready" else (None, payload)
+
+    def _receive(self):
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the {self.role} benchmark worker died (exit code {self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"the {self.role} benchmark worker failed:\n{payload}")
+        return status, payload
+
+    def request(self, *message):
+        self.conn.send(message)
+        return self._receive()[1]
+
+    def close(self):
+        if self.process.is_alive():
+            self.conn.send(("stop",))
+        self.process.join(timeout=30)
+
+
+def measure_model(model, settings: Settings, log=print):
+    """(info per role, why the baseline is missing or None, rows) for one model, both frameworks in turns."""
+    workers = {role: Worker(role, MODELS[model], settings) for role in RUNNERS}
+    try:
+        info, missing = {}, {}
+        for role, worker in workers.items():
+            info[role], missing[role] = worker.ready()
+        if missing["ours"]:
+            raise RuntimeError(f"MindSpore is not importable: {missing['ours']}")
+        active = {role: worker for role, worker in workers.items() if info[role] is not None}
+        runs = {role: {} for role in active}  # (mode, batch) -> list of windows, each a list of step durations
+        first_steps = {role: {} for role in active}
+        for mode, batch_size in measured_cases(settings.batch_sizes):
+            log(f"{model}: {mode}, batch {batch_size}")
+            window_steps = {}
+            for role, worker in active.items():
+                first_steps[role][mode, batch_size] = worker.request("run", mode, batch_size, 1)[0]
+                warmup = worker.request("run", mode, batch_size, settings.warmup_steps)
+                window_steps[role] = max(1, round(settings.window_seconds / float(np.median(warmup))))
+            roles = list(active)
+            for window in range(settings.windows):
+                for role in roles if window % 2 == 0 else roles[::-1]:
+                    durations = active[role].request("run", mode, batch_size, window_steps[role])
+                    runs[role].setdefault((mode, batch_size), []).append(durations)
+        figures = {role: summarize(runs[role], first_steps[role], settings.batch_sizes, info[role]["params"],
+                                   active[role].request("rss")) for role in active}
+        rows = [make_row(model, metric, batch_size, figure, figures.get("baseline", {}).get((metric, batch_size)))
+                for (metric, batch_size), figure in figures["ours"].items()]
+        return info, missing["baseline"], rows
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def measured_cases(batch_sizes) -> list:
+    """(mode, batch size) pairs to run: inference at batch 1 always, for the latency."""
+    return [("train", b) for b in batch_sizes] + [("infer", b) for b in sorted(set(batch_sizes) | {1})]
+
+
+def summarize(runs, first_steps, batch_sizes, params, rss) -> dict:
+    """{(metric, batch size or None): {"value": v, "windows": per-window values}} of one framework."""
+    figures = {}
+    for mode in ("train", "infer"):
+        for batch_size in batch_sizes:
+            windows = [batch_size * len(durations) / sum(durations) for durations in runs[mode, batch_size]]
+            figures[f"{mode}_throughput", batch_size] = {"value": float(np.median(windows)), "windows": windows}
+    calls = np.concatenate(runs["infer", 1]) * 1000
+    figures["latency_median", 1] = {"value": float(np.median(calls)),
+                                    "windows": [float(np.median(d)) * 1000 for d in runs["infer", 1]]}
+    figures["latency_p90", 1] = {"value": float(np.percentile(calls, 90)),
+                                 "windows": [float(np.percentile(d, 90)) * 1000 for d in runs["infer", 1]]}
+    for (mode, batch_size), seconds in first_steps.items():
+        figures[f"{mode}_first_step", batch_size] = {"value": seconds, "windows": [seconds]}
+    figures["peak_rss", None] = {"value": rss, "windows": [rss]}
+    figures["params", None] = {"value": params, "windows": [params]}
+    return figures
+
+
+def make_row(model, metric, batch_size, ours: dict, baseline: Optional[dict]) -> dict:
+    label, unit, better = METRICS[metric]
+    row = {"model": model, "metric": metric, "label": label, "batch_size": batch_size, "unit": unit,
+           "better": better, "ours": ours["value"], "ours_windows": ours["windows"],
+           "baseline": None, "baseline_windows": None, "ratio": None}
+    if baseline is not None:
+        row.update(baseline=baseline["value"], baseline_windows=baseline["windows"],
+                   ratio=ours["value"] / baseline["value"])
+    return row
+
+
+def write_synthetic_jpegs(root: Path, count: int, seed: int) -> Path:
+    """root/class_<c>/<i>.jpg: `count` smooth, noisy 500x375 photos-alike (JPEG sizes near ImageNet's)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    width, height = SOURCE_IMAGE_SIZE
+    for i in range(count):
+        folder = root / f"class_{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((width, height),
+                                                                                          Image.BICUBIC)
+        pixels = np.asarray(coarse, dtype=np.float32) + rng.normal(0, 8, (height, width, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def time_data_pipeline(root, settings: Settings, batch_size: int) -> dict:
+    """img/s of the training pipeline alone: one warm-up pass over the folder, then one pass per window."""
+    import mobilenetv3  # noqa: F401  (CPU defaults before MindSpore starts)
+    from . import data
+    from .config import build_config
+    config = build_config(overrides=dict(device_target="CPU", resize=settings.image_size, batch_size=batch_size,
+                                         num_parallel_workers=settings.num_parallel_workers, seed=settings.seed,
+                                         repeat_num=settings.windows + 1))
+    folder = data.scan_image_folder(Path(root))
+    batches_per_pass = len(folder.samples) // batch_size
+    batches = data.create_dataset(folder, config, training=True).create_tuple_iterator(num_epochs=1,
+                                                                                       output_numpy=True)
+    durations = timed_steps(lambda: next(batches), batches_per_pass * (settings.windows + 1))
+    windows = [batch_size * batches_per_pass / sum(durations[start:start + batches_per_pass])
+               for start in range(batches_per_pass, len(durations), batches_per_pass)]
+    return {"img_per_s": float(np.median(windows)), "windows": windows, "batch_size": batch_size,
+            "workers": settings.num_parallel_workers, "images": len(folder.samples),
+            "source_image_size": list(SOURCE_IMAGE_SIZE), "output_image_size": settings.image_size,
+            "transforms": "random resized crop + flip (Python), resize, normalize, HWC2CHW (MindSpore)"}
+
+
+def measure_data_pipeline(settings: Settings, log=print) -> dict:
+    batch_size = max(settings.batch_sizes)
+    log(f"data pipeline: batch {batch_size}, {settings.num_parallel_workers} workers")
+    with tempfile.TemporaryDirectory(prefix="mobilenetv3_benchmark_") as tmp:
+        root = write_synthetic_jpegs(Path(tmp), max(settings.data_images, 2 * batch_size), settings.seed)
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(time_data_pipeline, (str(root), settings, batch_size))
+
+
+def _version(package) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    model, cores, flags = platform.processor() or "unknown", set(), ""
+    try:
+        physical = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                model = value
+            elif key == "physical id":
+                physical = value
+            elif key == "core id":
+                cores.add((physical, value))
+            elif key == "flags":
+                flags = value
+    except OSError:
+        pass
+    return {"cpu_model": model, "physical_cores": len(cores) or None, "logical_cpus": os.cpu_count(),
+            "cpus_available": available_cpus(), "avx512": "avx512f" in flags.split(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "platform": platform.platform(),
+            "load_average_start": list(os.getloadavg()), "cpu_pressure_start": cpu_pressure()}
+
+
+def cpu_pressure() -> Optional[float]:
+    """Share of the last 10 s in which some runnable task waited for a CPU, in percent (Linux PSI)."""
+    try:
+        return float(Path("/proc/pressure/cpu").read_text().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run(settings: Settings, log=print) -> dict:
+    """Measure every model and the data pipeline; returns the report (see format_table and save_json)."""
+    started = time.time()
+    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
+              "versions": {"python": platform.python_version(), "mobilenetv3": _version("mobilenetv3-mindspore"),
+                           "mindspore": _version("mindspore"), "torch": _version("torch"),
+                           "numpy": _version("numpy"), "pillow": _version("pillow")},
+              "settings": asdict(settings), "models": {}, "rows": []}
+    reason = None
+    for model in settings.models:
+        info, reason, rows = measure_model(model, settings, log)
+        report["models"][model] = {"name": MODELS[model], "params": info["ours"]["params"],
+                                   "macs": info["ours"]["macs"], "image_size": settings.image_size,
+                                   "ours": info["ours"], "baseline": info["baseline"]}
+        report["rows"] += rows
+    report["baseline"] = {"framework": "PyTorch eager", "network": "mobilenetv3.torch_reference.TorchMobileNetV3",
+                          "available": reason is None,
+                          "reason": None if reason is None else f"PyTorch is not importable ({reason}): "
+                                                                f"the baseline is left out; {TORCH_INSTALL}"}
+    report["data_pipeline"] = measure_data_pipeline(settings, log)
+    report["machine"]["load_average_end"] = list(os.getloadavg())
+    report["machine"]["cpu_pressure_end"] = cpu_pressure()
+    report["elapsed_seconds"] = time.time() - started
+    return report
+
+
+def _spread(windows) -> str:
+    """Range of the windows around their median, in percent (the run-to-run noise of one figure)."""
+    if not windows or len(windows) < 2:
+        return ""
+    return f"±{50 * (max(windows) - min(windows)) / float(np.median(windows)):.0f}%"
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    if value >= 1e5:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def format_table(report: dict) -> str:
+    machine, versions, settings = report["machine"], report["versions"], report["settings"]
+    lines = [f"MobileNetV3 CPU benchmark: {settings['image_size']} px, {settings['num_classes']} classes, "
+             f"{settings['threads']} threads, {machine['cpu_model']} ({machine['cpus_available']} CPUs available, "
+             f"load {machine['load_average_start'][0]:.1f} -> {machine['load_average_end'][0]:.1f})",
+             f"ours: MindSpore {versions['mindspore']} GRAPH mode; baseline: PyTorch {versions['torch']} eager"]
+    busiest = max(machine["load_average_start"][0], machine["load_average_end"][0])
+    if busiest > machine["cpus_available"]:
+        lines.append(f"WARNING: the machine was busy (load average {busiest:.1f} on {machine['cpus_available']} CPUs): "
+                     "absolute figures are low and noisy, and PyTorch's OpenMP threads suffer most from it; "
+                     "repeat on an idle machine")
+    if not report["baseline"]["available"]:
+        lines.append(f"NOTE: {report['baseline']['reason']}")
+    for name, model in report["models"].items():
+        lines.append(f"{name}: {model['params']:,} parameters, {model['macs'] / 1e6:.1f} M MACs per image")
+    header = ("model", "metric", "batch", "ours", "spread", "baseline", "spread", "ours/baseline")
+    table = [header]
+    for row in report["rows"]:
+        table.append((row["model"], f"{row['label']} {row['unit']}".strip(),
+                      "" if row["batch_size"] is None else str(row["batch_size"]),
+                      _number(row["ours"]), _spread(row["ours_windows"]), _number(row["baseline"]),
+                      _spread(row["baseline_windows"]), "-" if row["ratio"] is None else f"{row['ratio']:.2f}"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    lines.append("ratio = ours / baseline: above 1 is better for img/s, below 1 for ms, s and MB. "
+                 "spread: half the range of the timed windows around their median.")
+    pipeline = report["data_pipeline"]
+    lines.append(f"data pipeline: {pipeline['img_per_s']:.0f} img/s {_spread(pipeline['windows'])} "
+                 f"(batch {pipeline['batch_size']}, {pipeline['workers']} workers, "
+                 f"{pipeline['source_image_size'][0]}x{pipeline['source_image_size'][1]} JPEGs)")
+    slower = [f"{row['model']} at batch {row['batch_size']} ({row['ours']:.0f} img/s)" for row in report["rows"]
+              if row["metric"] == "train_throughput" and row["ours"] > pipeline["img_per_s"]]
+    lines.append(f"the data pipeline is slower than training of {', '.join(slower)}: the data is the bottleneck there"
+                 if slower else "the data pipeline keeps up with every training throughput measured: "
+                                "the model is the bottleneck")
+    return "\n".join(lines)
+
+
+def save_json(report: dict, path):
+    Path(path).write_text(json.dumps(report, indent=1) + "\n")

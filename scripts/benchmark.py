@@ -1,0 +1,45 @@
+"""CPU speed of MobileNetV3-Small/Large in MindSpore against the same network in PyTorch eager.
+
+Examples:
+  python scripts/benchmark.py                                  # small and large, batch 1 and 32, 224 px
+  python scripts/benchmark.py --models small --batch_sizes 1 8 64 --json bench.json
+  python scripts/benchmark.py --quick --json bench.json         # CI smoke run, under 2 minutes
+
+Prints, per model and batch size, training throughput (forward, loss, backward, Momentum update), inference
+throughput, batch-1 latency (median and p90), first-step (compile) time, peak RSS and parameter count,
+each for ours, the PyTorch baseline (pip install torch==2.13.0; left out when torch is missing) and the
+ratio ours/baseline, then the img/s of the training data pipeline alone. --json writes every figure with
+its timed windows, the machine, versions and settings. On a shared machine, repeat runs and compare.
+"""
+import argparse
+
+from mobilenetv3 import benchmark
+from mobilenetv3.config import run_cli
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(benchmark.MODELS), help="default: small large "
+                        "(--quick: small)")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, help="default: 1 32")
+    parser.add_argument("--image_size", type=int, help="default: 224")
+    parser.add_argument("--threads", type=int, help="compute threads of both frameworks; default: one per CPU")
+    parser.add_argument("--num_parallel_workers", type=int, help="data pipeline workers; default: one per CPU")
+    parser.add_argument("--windows", type=int, help="timed windows per figure; default 7 (--quick: 3)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter windows: a smoke test")
+    parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    args = parser.parse_args(argv)
+    chosen = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "json")}
+    try:
+        settings = (benchmark.Settings.quick_settings if args.quick else benchmark.Settings)(**chosen)
+    except ValueError as err:
+        parser.error(str(err))
+    report = benchmark.run(settings)
+    print(benchmark.format_table(report))
+    if args.json:
+        benchmark.save_json(report, args.json)
+        print(f"report written to {args.json}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
