@@ -3,7 +3,6 @@
 No timing thresholds: the machine is shared, so only signs, counts and exact relations are checked.
 """
 import json
-import sys
 
 import numpy as np
 import pytest
