@@ -91,6 +91,11 @@ class Config:
     output: Optional[str] = key(None, "Output file: predictions (.json or .csv) for infer, "
                                 "the converted .ckpt for convert_weights")
     json: Optional[str] = key(None, "Also write the evaluation metrics to this JSON file")
+    backend: str = key("mindspore", "Engine for eval and infer: onnxruntime runs the checkpoint exported to ONNX "
+                       "(once, cached next to it) or a given .onnx, much faster on CPU (pip install onnxruntime)",
+                       choices=["mindspore", "onnxruntime"])
+    threads: int = key(0, "CPU threads for eval and infer (MindSpore CPU kernels, ONNX Runtime intra-op); "
+                       "0: one per physical core", minimum=0)
     file_format: str = key("MINDIR", "Export format", choices=["MINDIR", "ONNX"])
     file_name: Optional[str] = key(None, "Export file name (default: next to the checkpoint)")
     # Weight conversion from PyTorch.
@@ -106,10 +111,10 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
 EVAL_DATA_KEYS = ["device_target", "data_url", "pretrained", "batch_size", "num_parallel_workers", "resize",
                   "interpolation", "crop_pct", "seed"]
-TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "file_format", "file_name",
-                                                     "source", "input")]
-EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["run_distribute", "json"]
-INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["top_k", "output"]
+TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "backend", "threads", "file_format",
+                                                     "file_name", "source", "input")]
+EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json"]
+INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
 NONE_WORDS = {"", "none", "null", "false"}
 

@@ -71,19 +71,17 @@ def mindspore_predictor(net):
     return lambda images: net(ms.Tensor(images)).asnumpy()
 
 
-def evaluate_folder(net, config, classes=None, dist=None) -> Metrics:
-    """Evaluate `net` on the val split of config.data_url (or the class-folder tree itself).
+def evaluate_folder(predict, num_classes: int, config, classes=None, dist=None) -> Metrics:
+    """Evaluate `predict(images) -> logits` (e.g. from inference.load_model) of a model with `num_classes`
+    classes on the val split of config.data_url (or the class-folder tree itself).
 
-    `classes` (the checkpoint's) must equal the sorted class-folder names, so label i means the same
-    class to the data and to the model.
+    `classes` (the model's own list, if it has one) must equal the sorted class-folder names, so label i
+    means the same class to the data and to the model.
     """
     folder = data.scan_image_folder(data.split_dir(config.data_url, "val"), classes)
-    if len(folder.classes) != net.num_classes:  # checkpoints from elsewhere carry no class list to compare
-        raise UserError(f"{folder.root} has {len(folder.classes)} class folders but the model has {net.num_classes} "
+    if len(folder.classes) != num_classes:  # checkpoints from elsewhere carry no class list to compare
+        raise UserError(f"{folder.root} has {len(folder.classes)} class folders but the model has {num_classes} "
                         "classes; evaluate on a folder with one subfolder per class of the model")
     dataset = data.create_dataset(folder, config, training=False, num_shards=dist.size if dist else 1,
                                   shard_id=dist.rank if dist else 0)
-    was_training = net.training
-    metrics = evaluate(mindspore_predictor(net), dataset, dist)
-    net.set_train(was_training)
-    return metrics
+    return evaluate(predict, dataset, dist)

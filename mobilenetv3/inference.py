@@ -1,4 +1,5 @@
-"""Top-k predictions for every image below a folder, from a checkpoint or an exported MINDIR.
+"""Top-k predictions for every image below a folder, from a checkpoint or an exported MINDIR or ONNX file,
+run by MindSpore or (--backend onnxruntime, see onnx_backend) by ONNX Runtime.
 
 Images go through the eval transforms one by one (decoded with Pillow, so any mode or format
 works); files that cannot be read are skipped and reported with the reason, never fatal.
@@ -14,7 +15,7 @@ import numpy as np
 from mindspore.dataset.transforms import Compose
 from PIL import Image
 
-from . import checkpoint, data, export
+from . import checkpoint, data, export, runtime
 from .errors import UserError
 from .evaluation import mindspore_predictor
 from .imagenet import class_names as imagenet_class_names
@@ -37,32 +38,57 @@ def class_names_for(num_classes: int, saved: Optional[List[str]] = None) -> List
     return [str(i) for i in range(num_classes)]
 
 
-def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str]]:
-    """(batch of CHW float32 images -> logits, class names) for config.pretrained (.ckpt or .mindir).
+EXPORTED_FORMATS = {".mindir": ("MINDIR", "mindspore"), ".onnx": ("ONNX", "onnxruntime")}  # -> (name, backend)
 
-    An exported MINDIR is checked against the meta written next to it (export.meta_path): model,
-    num_classes, width and image size must agree with the flags, as for a checkpoint.
+
+def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """(batch of CHW float32 images -> logits, the model's meta) for config.pretrained on config.backend,
+    with config.threads CPU threads.
+
+    mindspore runs a .ckpt or an exported .mindir, onnxruntime a .ckpt (exported to ONNX once, see
+    onnx_backend) or an exported .onnx. The meta has "num_classes", and "classes" if the model carries its
+    own class list. An exported file is checked against the meta written next to it (exported_meta).
     """
     path = config.pretrained
     if not path:
-        raise UserError("no model given: pass --pretrained CKPT or an exported .mindir")
-    if Path(path).suffix.lower() != ".mindir":
+        raise UserError("no model given: pass --pretrained CKPT or an exported .mindir or .onnx")
+    file_format, backend = EXPORTED_FORMATS.get(Path(path).suffix.lower(), (None, config.backend))
+    if backend != config.backend:
+        raise UserError(f"{path} is an exported {file_format} model: run it with --backend {backend} "
+                        f"(or pass the checkpoint it was exported from)")
+    if config.backend == "onnxruntime":
+        from .onnx_backend import onnx_model
+        return onnx_model(config)
+    runtime.set_cpu_threads(config.threads)
+    if file_format is None:
         net, meta = checkpoint.model_from_checkpoint(config)
-        return mindspore_predictor(net), class_names_for(net.num_classes, meta.get("classes"))
+        return mindspore_predictor(net), dict(meta, num_classes=net.num_classes)
+    meta = exported_meta(path, file_format, config)
+    try:
+        graph = ms.load(str(path))
+    except RuntimeError as err:
+        raise UserError(f"{path} is truncated, corrupt or not a MINDIR file ({err})") from None
+    return mindspore_predictor(ms.nn.GraphCell(graph)), meta
+
+
+def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str]]:
+    """(batch of CHW float32 images -> logits, class names) for config.pretrained: see load_model."""
+    predict, meta = load_model(config)
+    return predict, class_names_for(meta["num_classes"], meta.get("classes"))
+
+
+def exported_meta(path, file_format: str, config) -> dict:
+    """The meta written next to an exported model (export.meta_path), checked like a checkpoint's: model,
+    num_classes, width and image size must agree with the flags. num_classes is the flag's without a meta."""
     if not Path(path).is_file():
-        raise UserError(f"MINDIR file {path} not found")
+        raise UserError(f"{file_format} file {path} not found")
     meta = export.read_meta(path)
     checkpoint.check_model_matches(meta, path, config.model, config.num_classes, config.width)
     image_size = meta.get("image_size", config.resize)
     if image_size != config.resize:
         raise UserError(f"{path} was exported for {image_size}-pixel images, but resize is {config.resize}; "
                         f"pass --resize {image_size}")
-    try:
-        graph = ms.load(str(path))
-    except RuntimeError as err:
-        raise UserError(f"{path} is truncated, corrupt or not a MINDIR file ({err})") from None
-    return mindspore_predictor(ms.nn.GraphCell(graph)), class_names_for(meta.get("num_classes", config.num_classes),
-                                                                         meta.get("classes"))
+    return dict(meta, num_classes=meta.get("num_classes", config.num_classes))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,10 +1,11 @@
-"""Process-wide MindSpore settings: device, execution mode, seed, and the CPU speed defaults.
+"""Process-wide MindSpore settings: device, execution mode, seed, CPU threads, and the CPU speed defaults.
 
 oneDNN picks slow reference kernels for depthwise convolutions on AVX-512 CPUs; capping it at AVX2
 is 10x faster for them. The cap only works if set before the first MindSpore op, so the package sets
 it on import (a value the user already exported wins).
 """
 import os
+from pathlib import Path
 
 
 def _cpu_has_avx512() -> bool:
@@ -40,3 +41,44 @@ def setup(device_target: str, seed: int = 1, graph_mode: bool = True):
     select_device(device_target)
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     ms.set_seed(seed)
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (os.cpu_count() also counts SMT siblings,
+    which share one core's vector units, so dense kernels gain little from them). Read from
+    /sys/devices/system/cpu/cpu<N>/topology; the CPU count where that is missing."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            return len(cpus)
+    return len(cores)
+
+
+def cpu_threads(requested: int) -> int:
+    """The thread count for `--threads requested`: itself, or one per physical core for 0."""
+    if requested < 0:
+        raise ValueError(f"threads must be >= 0 (0: one per physical core), got {requested}")
+    return requested or physical_cores()
+
+
+_cpu_threads = {}
+
+
+def set_cpu_threads(requested: int) -> int:
+    """Size MindSpore's CPU kernel thread pool (cpu_threads(requested)); returns the number set.
+
+    MindSpore takes this setting once per process, so a later call must ask for the same number.
+    """
+    import mindspore as ms
+    threads = cpu_threads(requested)
+    if "threads" not in _cpu_threads:
+        ms.device_context.cpu.op_tuning.threads_num(threads)
+        _cpu_threads["threads"] = threads
+    elif _cpu_threads["threads"] != threads:
+        raise ValueError(f"MindSpore's CPU threads are already set to {_cpu_threads['threads']} in this process; "
+                         f"cannot change them to {threads}")
+    return threads

@@ -1,28 +1,32 @@
-"""Evaluate a checkpoint: Top-1/Top-5 accuracy on DIR/val (or on DIR, a class-folder tree).
+"""Evaluate a checkpoint (or an exported .mindir/.onnx): Top-1/Top-5 accuracy on DIR/val (or on DIR, a
+class-folder tree).
 
 Examples:
   python scripts/eval.py --model mobilenet_v3_small --data_url ./dataset/imagenet --pretrained small.ckpt
   mpirun -n 8 python scripts/eval.py --model mobilenet_v3_large --data_url ./dataset/imagenet --pretrained large.ckpt
   python scripts/eval.py --config configs/fashion_mnist_demo.yaml --pretrained demo.ckpt --json metrics.json
+  python scripts/eval.py --device_target CPU --data_url ./dataset/imagenet --pretrained small.ckpt \\
+      --backend onnxruntime --threads 2
 
 Prints {'Top_1_Accuracy': ..., 'Top_5_Accuracy': ...}, then the mean loss and image count on the next line.
-With fewer than 5 classes, Top-5 is top-num_classes accuracy (always 1.0).
+With fewer than 5 classes, Top-5 is top-num_classes accuracy (always 1.0). --backend onnxruntime exports
+the checkpoint to ONNX once (cached next to it as <name>-<resize>px.onnx) and runs it with ONNX Runtime.
 """
 import json
 
 from mobilenetv3 import runtime
-from mobilenetv3.checkpoint import model_from_checkpoint
 from mobilenetv3.config import EVAL_KEYS, parse_args, run_cli
 from mobilenetv3.distributed import init_distributed
 from mobilenetv3.evaluation import evaluate_folder
+from mobilenetv3.inference import load_model
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=EVAL_KEYS)
     runtime.setup(config.device_target, config.seed)
     dist = init_distributed(config.device_target, config.run_distribute)
-    net, meta = model_from_checkpoint(config)
-    metrics = evaluate_folder(net, config, meta.get("classes"), dist)
+    predict, meta = load_model(config)
+    metrics = evaluate_folder(predict, meta["num_classes"], config, meta.get("classes"), dist)
     if dist.rank == 0:
         print(metrics.seed_dict())
         print(f"loss: {metrics.loss:.4f}, images: {metrics.images}")

@@ -5,11 +5,16 @@ Examples:
   python scripts/infer.py --model mobilenet_v3_large --data_url ./infer --pretrained large.mindir --output preds.csv
   python scripts/infer.py --config configs/fashion_mnist_demo.yaml --data_url ./photos --pretrained demo.ckpt \\
       --top_k 3 --output preds.json
+  python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.ckpt --backend onnxruntime
+  python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.onnx --backend onnxruntime \\
+      --threads 1
 
 Prints each image's top_k class names and probabilities; --output writes path, indices, names and
-probabilities as a JSON list or a CSV table. Class names come from the checkpoint (for a .mindir: the
-.json that export wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
-(not images, truncated, corrupt) are skipped and listed at the end with the reason.
+probabilities as a JSON list or a CSV table. Class names come from the checkpoint (for a .mindir or .onnx:
+the .json that export wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
+(not images, truncated, corrupt) are skipped and listed at the end with the reason. --backend onnxruntime
+runs a checkpoint (exported to ONNX once, cached next to it as <name>-<resize>px.onnx) or an exported .onnx
+with ONNX Runtime: the same predictions, several times faster on CPU.
 """
 from mobilenetv3 import runtime
 from mobilenetv3.config import INFER_KEYS, parse_args, run_cli

@@ -1,0 +1,133 @@
+"""ONNX Runtime backend for eval and infer (--backend onnxruntime): MindSpore trains and stays the source
+of truth, ONNX Runtime runs the same network several times faster on CPU.
+
+A checkpoint is exported once (export.export: BatchNorm folded, HardSwish/HardSigmoid fused) to
+<checkpoint name>-<resize>px.onnx next to it, with its meta in <checkpoint name>-<resize>px.json. The meta
+records the SHA-256 of the checkpoint's bytes and CACHE_VERSION; the export is redone when either no
+longer matches. A content hash rather than mtime+size, because every checkpoint of one model has exactly
+the same size, copies (cp -p, rsync -t) carry an older mtime over, and mtimes are coarse on some file
+systems; hashing a 10-20 MB checkpoint takes tens of milliseconds, an export seconds. The cache is written
+to hidden temporary files and renamed, so processes exporting at once (mpirun) never read half a file.
+
+An .onnx given directly runs as it is, checked against the .json next to it like a MINDIR; without one
+(a file from elsewhere, e.g. torchvision's export), against its input shape.
+"""
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint, export
+from .errors import UserError
+from .inference import exported_meta
+from .runtime import cpu_threads
+
+CACHE_VERSION = 1  # bump when the exported graph changes (export.fuse_onnx_graph), to redo cached exports
+CACHE_KEYS = ("source_sha256", "onnx_cache_version")
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("--backend onnxruntime needs ONNX Runtime: pip install onnxruntime onnx "
+                        "(or pip install .[onnx])") from None
+    return onnxruntime
+
+
+def session_options(threads: int = 0):
+    """All graph optimisations, `threads` threads within each node (0: one per physical core), nodes run
+    one after the other (a chain of convolutions has no independent branches worth threads of their own)."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = cpu_threads(threads)
+    return options
+
+
+def make_session(path, threads: int = 0):
+    """An ONNX Runtime CPU session for the model file `path` with session_options(threads)."""
+    ort = _onnxruntime()
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except (Fail, InvalidGraph, InvalidProtobuf) as err:
+        raise UserError(f"{path} is truncated, corrupt or not an ONNX model ({type(err).__name__}: {err})") from None
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_path(checkpoint_path, image_size: int) -> Path:
+    """Where the checkpoint's export for `image_size`-pixel images is cached: next to it."""
+    checkpoint_path = Path(checkpoint_path)
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}-{image_size}px.onnx")
+
+
+def cached_export(config) -> Path:
+    """The ONNX export of checkpoint config.pretrained for config.resize, made now unless the cached one
+    is of the same checkpoint bytes (see the module docstring). --model, --num_classes and --width are
+    checked against the checkpoint's meta either way."""
+    source = Path(config.pretrained)
+    if not source.is_file():
+        raise UserError(f"checkpoint {source} not found")
+    key = dict(zip(CACHE_KEYS, (file_sha256(source), CACHE_VERSION)))
+    target = cache_path(source, config.resize)
+    cached = export.read_meta(target) if target.is_file() else {}
+    if all(cached.get(name) == value for name, value in key.items()):
+        checkpoint.check_model_matches(cached, source, config.model, config.num_classes, config.width)
+        return target
+    if not os.access(target.parent, os.W_OK):
+        raise UserError(f"cannot cache the ONNX export of {source}: {target.parent} is not writable; export it with "
+                        "scripts/export.py --file_format ONNX --file_name <writable path> and pass that .onnx as "
+                        "--pretrained")
+    net, meta = checkpoint.model_from_checkpoint(config)
+    partial = target.with_name(f".{target.stem}.{os.getpid()}.partial")
+    try:
+        written = export.export(net, partial, "ONNX", config.resize, dict(meta, **key))
+        os.replace(written, target)
+        os.replace(export.meta_path(written), export.meta_path(target))
+    except OSError as err:
+        raise UserError(f"could not write {target} ({err})") from None
+    finally:
+        for leftover in partial.parent.glob(f"{partial.name}.*"):
+            leftover.unlink(missing_ok=True)
+    print(f"exported {source} to {target} for ONNX Runtime", file=sys.stderr)
+    return target
+
+
+def check_input(session, path, image_size: int):
+    """The model must take one NCHW batch of 3 x image_size x image_size with a dynamic batch size."""
+    inputs = session.get_inputs()
+    shape = inputs[0].shape if len(inputs) == 1 else None
+    if shape is None or len(shape) != 4 or isinstance(shape[0], int) or shape[1] != 3 \
+            or any(isinstance(side, int) and side != image_size for side in shape[2:]):
+        given = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        raise UserError(f"{path} takes {given}, but inference needs one input [batch, 3, {image_size}, {image_size}] "
+                        f"with a dynamic batch size; export with scripts/export.py --file_format ONNX or pass "
+                        f"--resize to match")
+
+
+def onnx_model(config):
+    """(batch of CHW float32 images -> logits, the model's meta) for config.pretrained (.ckpt or .onnx)
+    run by ONNX Runtime with config.threads threads: what inference.load_model returns for this backend."""
+    path = Path(config.pretrained)
+    if path.suffix.lower() != ".onnx":
+        path = cached_export(config)
+    meta = exported_meta(path, "ONNX", config)
+    session = make_session(path, config.threads)
+    check_input(session, path, config.resize)
+    input_name = session.get_inputs()[0].name
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    return predict, meta
