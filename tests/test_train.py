@@ -41,7 +41,7 @@ RMSPROP_RESUME_BUG = pytest.mark.xfail(strict=True, reason=(
     "state is bit-identical and repeated runs are deterministic; cause not yet found"))
 
 
-@pytest.mark.parametrize("optimizer,ema", [("momentum", 0.9), pytest.param("rmsprop", 0.0, marks=RMSPROP_RESUME_BUG)])
+@pytest.mark.parametrize("optimizer,ema", [("momentum", 0.9), pytest.param("rmsprop", 0.0, marks=[RMSPROP_RESUME_BUG, pytest.mark.slow])])
 def test_resumed_run_ends_with_identical_parameters(small_config, tmp_path, optimizer, ema):
     """Bit for bit, with EMA on.
 
