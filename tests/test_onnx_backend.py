@@ -228,11 +228,11 @@ def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):
         onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
 
-def test_threads_reach_mindspore_once_per_process(monkeypatch):
+def test_threads_reach_mindspore_once_per_process(model_copy, monkeypatch):
     calls = []
     monkeypatch.setattr(ms.device_context.cpu.op_tuning, "threads_num", calls.append)
     monkeypatch.setattr(runtime, "_cpu_threads", {})
-    assert runtime.set_cpu_threads(3) == 3
+    load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy), threads=3)))
     assert runtime.set_cpu_threads(3) == 3
     with pytest.raises(ValueError, match="already set to 3 in this process; cannot change them to 1"):
         runtime.set_cpu_threads(1)
