@@ -17,7 +17,7 @@ import numpy as np
 
 from . import checkpoint
 from .errors import UserError
-from .imagenet import NUM_CLASSES, class_names
+from .imagenet import NUM_CLASSES, wnids
 from .model import ARCHITECTURES, create_model
 
 SOURCES = ("torchvision", "timm")
@@ -183,6 +183,6 @@ def convert_file(input_path, source: str, model_name: str, output_path, width: f
     if not_loaded:
         raise UserError(f"parameters not loaded from {input_path}: {checkpoint.listing(sorted(not_loaded))}")
     meta = dict(model=model_name, num_classes=num_classes, width=width, bn_eps=bn_eps, bn_momentum=BN_MOMENTUM,
-                classes=class_names() if num_classes == NUM_CLASSES else None, source=source)
+                classes=wnids() if num_classes == NUM_CLASSES else None, source=source)
     checkpoint.save(output_path, {p.name: p for p in net.get_parameters()}, meta)
     return meta

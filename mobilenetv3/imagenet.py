@@ -1,14 +1,36 @@
-"""ImageNet-1k class names in the standard order (sorted WordNet ids, as ImageFolder reads train/ and val/)."""
+"""ImageNet-1k classes in the standard order (sorted WordNet ids, as ImageFolder reads train/ and val/).
+
+Checkpoints store class lists as folder names; for ImageNet those are WordNet ids (n01440764, ...),
+which `display_names` turns into readable names (tench, Tinca tinca, ...).
+"""
 import csv
+from functools import lru_cache
 from pathlib import Path
-from typing import List
+from typing import List, Sequence, Tuple
 
 CLASSES_FILE = Path(__file__).with_name("imagenet1k_classes.tsv")
 NUM_CLASSES = 1000
 
 
+@lru_cache(maxsize=1)
+def _table() -> Tuple[Tuple[str, str], ...]:
+    """(WordNet id, readable name) of classes 0..999."""
+    with CLASSES_FILE.open(encoding="utf-8", newline="") as table:
+        rows = sorted(csv.DictReader(table, delimiter="\t"), key=lambda row: int(row["index"]))
+    return tuple((row["wnid"], row["name"]) for row in rows)
+
+
+def wnids() -> List[str]:
+    """The 1000 WordNet ids: the class-folder names of an ImageNet train/ or val/ tree."""
+    return [wnid for wnid, _ in _table()]
+
+
 def class_names() -> List[str]:
     """The 1000 human-readable names, index i naming class i of torchvision and timm weights."""
-    with CLASSES_FILE.open(encoding="utf-8", newline="") as table:
-        rows = list(csv.DictReader(table, delimiter="\t"))
-    return [row["name"] for row in sorted(rows, key=lambda row: int(row["index"]))]
+    return [name for _, name in _table()]
+
+
+def display_names(classes: Sequence[str]) -> List[str]:
+    """Readable names for class-folder names: WordNet ids become ImageNet names, others stay."""
+    readable = dict(_table())
+    return [readable.get(name, name) for name in classes]

@@ -18,7 +18,7 @@ from PIL import Image
 from . import checkpoint, data, export, runtime
 from .errors import UserError
 from .evaluation import mindspore_predictor
-from .imagenet import class_names as imagenet_class_names
+from .imagenet import class_names as imagenet_class_names, display_names
 
 
 @dataclass
@@ -30,9 +30,10 @@ class Prediction:
 
 
 def class_names_for(num_classes: int, saved: Optional[List[str]] = None) -> List[str]:
-    """The checkpoint's own class list, else ImageNet's names for 1000 classes, else the indices."""
+    """The checkpoint's own class list (WordNet ids shown as ImageNet names), else ImageNet's names for
+    1000 classes, else the indices."""
     if saved and len(saved) == num_classes:
-        return list(saved)
+        return display_names(saved)
     if num_classes == 1000:
         return imagenet_class_names()
     return [str(i) for i in range(num_classes)]

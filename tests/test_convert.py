@@ -199,7 +199,8 @@ def test_script_converts_timm_weights_that_eval_rebuilds(tmp_path):
     _, meta = checkpoint.load(tmp_path / "small.ckpt")
     assert {k: meta[k] for k in ("model", "num_classes", "width", "bn_eps", "bn_momentum", "source")} == dict(
         model="mobilenet_v3_small", num_classes=1000, width=1.0, bn_eps=1e-5, bn_momentum=0.99, source="timm")
-    assert len(meta["classes"]) == 1000 and meta["classes"][0] == "tench, Tinca tinca"
+    # The class list is the ImageNet val folders' names, so eval on an ImageNet tree passes its class check.
+    assert len(meta["classes"]) == 1000 and meta["classes"][:2] == ["n01440764", "n01443537"]
     config = build_config(overrides=dict(model="mobilenet_v3_small", pretrained=str(tmp_path / "small.ckpt")))
     net, _ = checkpoint.model_from_checkpoint(config)
     images = random_images(64, seed=5)

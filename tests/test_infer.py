@@ -109,6 +109,7 @@ def test_class_names_for():
     assert (imagenet[0], imagenet[999]) == ("tench, Tinca tinca", "toilet tissue, toilet paper, bathroom tissue")
     assert class_names_for(3, ["a", "b", "c"]) == ["a", "b", "c"]
     assert class_names_for(1000, [f"k{i}" for i in range(1000)])[0] == "k0"  # the checkpoint's own list wins
+    assert class_names_for(2, ["n01440764", "dog"]) == ["tench, Tinca tinca", "dog"]  # WordNet ids read as names
     assert class_names_for(3) == ["0", "1", "2"]
     assert class_names_for(3, None) == class_names_for(3, []) == ["0", "1", "2"]
 
