@@ -1,0 +1,96 @@
+"""scripts/quickstart.sh end to end in its reduced mode (--smoke: 300 Fashion-MNIST images, 1 epoch),
+then again to check that finished steps are skipped. Needs the real Fashion-MNIST IDX files."""
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, STEP_LINE
+from mobilenetv3.errors import UserError
+from mobilenetv3.fashion_mnist import CLASS_NAMES, find_idx_files
+
+SCRIPT = REPO / "scripts" / "quickstart.sh"
+ACCURACY_LINE = re.compile(r"^\{'Top_1_Accuracy': [0-9.]+, 'Top_5_Accuracy': [0-9.]+\}$", re.M)
+PREDICTION_LINE = re.compile(r"^(\S+\.png): (.+)$", re.M)
+SUMMARY_LINE = re.compile(r"^  (checkpoint|train log|metrics|predictions): +(\S+)$", re.M)
+SMOKE_STEPS = [3, 6, 9]  # 30 images x 10 classes, batch 32 (last partial batch dropped), log every 3 steps
+
+
+def fashion_mnist_present() -> bool:
+    try:
+        find_idx_files()
+        return True
+    except UserError:
+        return False
+
+
+def run_quickstart(cwd: Path, *args, timeout=600):
+    environ = dict(os.environ, PYTHON=sys.executable)
+    for name in ("QUICKSTART_SMOKE", "QUICKSTART_OUTPUT", "QUICKSTART_DATA", "QUICKSTART_IDX_DIR", "QUICKSTART_NP"):
+        environ.pop(name, None)
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=environ, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.skipif(not fashion_mnist_present(), reason="Fashion-MNIST IDX files not installed "
+                    "(apt-get install dataset-fashion-mnist)")
+def test_smoke_run_prints_every_stage_and_writes_what_the_summary_names(tmp_path):
+    args = ("--smoke", "--output", "out", "--data_dir", "fm", "--np", "1")
+    first = run_quickstart(tmp_path, *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout
+
+    steps = [line for line in out.splitlines() if STEP_LINE.match(line)]
+    assert [int(re.search(r"step:\[ *(\d+)/ *9\]", line).group(1)) for line in steps] == SMOKE_STEPS
+    assert all(line.startswith("Epoch:[  1/  1]") for line in steps)
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert [line for line in log.splitlines() if STEP_LINE.match(line)] == steps  # tee'd, not just printed
+
+    accuracy_lines = ACCURACY_LINE.findall(out)
+    assert len(accuracy_lines) == 1
+    printed = ast.literal_eval(accuracy_lines[0])
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["images"] == 100 and metrics["top1"] == printed["Top_1_Accuracy"]
+    assert "loss: " in out and "images: 100" in out
+
+    predictions = PREDICTION_LINE.findall(out)
+    folders = sorted(CLASS_NAMES)[:8]  # the first image of each of the first 8 class folders
+    assert [Path(path).name.rsplit("_", 1)[0] for path, _ in predictions] == folders
+    for _, ranked in predictions:
+        names = re.findall(r"(\S+) \((\d\.\d{4})\)", ranked)
+        assert len(names) == 3 and all(name in CLASS_NAMES for name, _ in names), ranked
+    saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [Path(record["path"]).name for record in saved] == [Path(path).name for path, _ in predictions]
+
+    summary = dict(SUMMARY_LINE.findall(out))
+    assert sorted(summary) == ["checkpoint", "metrics", "predictions", "train log"]
+    for name, path in summary.items():
+        assert (tmp_path / path).is_file(), (name, path)
+    assert re.fullmatch(r"out/checkpoints/mobilenet_v3_small-1_9\.ckpt", summary["checkpoint"].removeprefix("./"))
+
+    # A second run skips what is done: no install, no PNG writing, no training; eval and infer again.
+    second = run_quickstart(tmp_path, *args)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "mobilenetv3 and mindspore are installed" in second.stdout
+    assert "already complete, nothing written" in second.stdout
+    assert "continuing from the last checkpoint in" in second.stdout
+    assert "nothing to do: the checkpoint is at epoch 1 of 1" in second.stdout
+    assert not [line for line in second.stdout.splitlines() if STEP_LINE.match(line)]
+    assert ACCURACY_LINE.findall(second.stdout) == accuracy_lines  # the same checkpoint, the same numbers
+
+
+def test_bad_option_and_missing_idx_files_are_one_clear_error(tmp_path):
+    bad = run_quickstart(tmp_path, "--epochs", "3")
+    assert bad.returncode == 2
+    assert "unknown option '--epochs'" in bad.stderr
+
+    (tmp_path / "empty").mkdir()
+    missing = run_quickstart(tmp_path, "--smoke", "--idx_dir", "empty", "--np", "1")
+    assert missing.returncode == 2
+    assert "--idx_dir empty lacks" in missing.stderr and "train-images-idx3-ubyte" in missing.stderr
+    assert not (tmp_path / "demo_output_smoke" / "train.log").exists()  # stopped before training
