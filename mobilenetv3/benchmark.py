@@ -67,8 +67,9 @@ class Settings:
 
     @classmethod
     def quick_settings(cls, **overrides):
-        """Fewer and shorter windows and a smaller image folder: the CI smoke test, same code path."""
-        values = dict(models=["small"], warmup_steps=1, windows=3, window_seconds=0.3, data_images=48, quick=True)
+        """Small only, batch 1 and 8, fewer and shorter windows, fewer images: a smoke test, same code path."""
+        values = dict(models=["small"], batch_sizes=[1, 8], warmup_steps=1, windows=3, window_seconds=0.3,
+                      data_images=48, quick=True)
         values.update(overrides)
         return cls(**values)
 
@@ -121,8 +122,6 @@ def timed_steps(step, count) -> List[float]:
 class MindSporeRunner:
     """Our model: the package's train step (loss, backward, Momentum update) and GRAPH-mode inference."""
 
-    framework = "MindSpore"
-
     def __init__(self, model, settings: Settings):
         import mindspore as ms
         from . import runtime
@@ -156,8 +155,6 @@ class MindSporeRunner:
 
 class TorchRunner:
     """The baseline: the same architecture, loss and optimiser in PyTorch eager (inference_mode for inference)."""
-
-    framework = "PyTorch"
 
     def __init__(self, model, settings: Settings):
         import torch
@@ -217,8 +214,8 @@ def settle():
 
 
 def _serve(role, model, settings, conn):
-    """Worker process: build the runner, then answer ("run", mode, batch, steps) and ("rss",) requests."""
-    import mobilenetv3  # noqa: F401  (CPU defaults before MindSpore starts)
+    """Worker process: build the runner, then answer ("run", mode, batch, steps) and ("rss",) requests.
+    (Unpickling this function imported the mobilenetv3 package, which set the CPU defaults.)"""
     try:
         runner = RUNNERS[role](model, settings)
         conn.send(("ready", runner.info))
@@ -363,7 +360,6 @@ def write_synthetic_jpegs(root: Path, count: int, seed: int) -> Path:
 
 def time_data_pipeline(root, settings: Settings, batch_size: int) -> dict:
     """img/s of the training pipeline alone: one warm-up pass over the folder, then one pass per window."""
-    import mobilenetv3  # noqa: F401  (CPU defaults before MindSpore starts)
     from . import data
     from .config import build_config
     config = build_config(overrides=dict(device_target="CPU", resize=settings.image_size, batch_size=batch_size,

@@ -3,7 +3,7 @@
 Examples:
   python scripts/benchmark.py                                  # small and large, batch 1 and 32, 224 px
   python scripts/benchmark.py --models small --batch_sizes 1 8 64 --json bench.json
-  python scripts/benchmark.py --quick --json bench.json         # CI smoke run, under 2 minutes
+  python scripts/benchmark.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
 
 Prints, per model and batch size, training throughput (forward, loss, backward, Momentum update), inference
 throughput, batch-1 latency (median and p90), first-step (compile) time, peak RSS and parameter count,
@@ -21,7 +21,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=sorted(benchmark.MODELS), help="default: small large "
                         "(--quick: small)")
-    parser.add_argument("--batch_sizes", nargs="+", type=int, help="default: 1 32")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, help="default: 1 32 (--quick: 1 8)")
     parser.add_argument("--image_size", type=int, help="default: 224")
     parser.add_argument("--threads", type=int, help="compute threads of both frameworks; default: one per CPU")
     parser.add_argument("--num_parallel_workers", type=int, help="data pipeline workers; default: one per CPU")
