@@ -5,15 +5,14 @@ training step and 46% of inference. The kernel, run as MindSpore AOT custom ops 
 makes whole-model training 1.6x and inference about 2x faster (1 thread, batch 32, 224 px) and agrees
 with nn.Conv2d to float32 rounding (tests/test_depthwise.py).
 
-depthwise_conv2d() returns a DepthwiseConv2d where the kernel can run, and a plain nn.Conv2d where it
-cannot: on GPU/Ascend, on a CPU without AVX2 and FMA, or when the library cannot be built. The library
+model.conv2d() builds a DepthwiseConv2d where the kernel can run (library_for), and a plain nn.Conv2d
+where it cannot: on GPU/Ascend, on a CPU without AVX2 and FMA, or when the library cannot be built. The library
 is compiled on first use into $XDG_CACHE_HOME/mobilenetv3/<hash>/ (~/.cache by default), keyed by the
 source, the compiler flags and the MindSpore version; a failure is reported once on stderr with the
 command that would fix it. Either way the parameter is nn.Conv2d's `weight` of shape (C, 1, k, k), so
 checkpoints and parameter names do not depend on which one runs, and export writes plain convolutions
-(plain_convolutions).
+(model.portable_ops).
 """
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -144,6 +143,17 @@ def _output_size(size, kernel, stride):
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
+def output_shape(stride: int):
+    """out_shape of a depthwise op taking (x, w, ...): NCHW with kernel-size padding and `stride`."""
+    return lambda x, w, *_: [x[0], x[1], _output_size(x[2], w[2], stride), _output_size(x[3], w[3], stride)]
+
+
+def custom_op(library: str, entry: str, out_shape, bprop=None):
+    """One of the library's entry points as a MindSpore op; its output has the first input's dtype."""
+    return ops.Custom(f"{library}:{entry}", out_shape=out_shape, out_dtype=lambda x, *_: x, func_type="aot",
+                      bprop=bprop)
+
+
 def _custom_ops(library: str, stride: int):
     """The forward op f(x, w) -> y, whose bprop is the backward op g(x, w, dy) -> (dx, dw)."""
     backward = ops.Custom(f"{library}:DwBwd{stride}", out_shape=lambda x, w, dy: (x, w),
@@ -152,52 +162,34 @@ def _custom_ops(library: str, stride: int):
     def bprop(x, weight, out, dout):
         return backward(x, weight, dout)
 
-    return ops.Custom(f"{library}:DwFwd{stride}",
-                      out_shape=lambda x, w: [x[0], x[1], _output_size(x[2], w[2], stride),
-                                              _output_size(x[3], w[3], stride)],
-                      out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
+    return custom_op(library, f"DwFwd{stride}", output_shape(stride), bprop)
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """nn.Conv2d(channels, channels, kernel, stride, padding kernel // 2, group=channels, no bias) that
-    runs the AVX2 kernel of `library`; use_kernel = False (see plain_convolutions) runs nn.Conv2d's op."""
+    """nn.Conv2d(channels, channels, kernel, stride, padding kernel // 2, group=channels) that runs the AVX2
+    kernel of `library`, with a bias only if `bias_init` is given (BatchNorm folded into it for inference).
+    portable = True (model.portable_ops, for export) compiles nn.Conv2d's op instead."""
 
-    def __init__(self, channels, kernel, stride, library: str, weight_init="normal"):
+    def __init__(self, channels, kernel, stride, library: str, weight_init="normal", bias_init=None):
         if not kernel_supports(channels, kernel, stride):
             raise ValueError(f"the depthwise kernel takes an odd kernel size up to {MAX_KERNEL} and stride "
                              f"{' or '.join(map(str, STRIDES))}; got kernel {kernel}, stride {stride}")
         super().__init__(channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels,
-                         has_bias=False, weight_init=weight_init)
+                         has_bias=bias_init is not None, weight_init=weight_init, bias_init=bias_init)
         self.depthwise = _custom_ops(library, stride)
-        self.use_kernel = True
+        self.portable = False
 
     def construct(self, x):
         # A compile-time choice in GRAPH mode; the kernel is float32 only (mixed precision gets nn.Conv2d's op).
-        if self.use_kernel and x.dtype == ms.float32:
-            return self.depthwise(x, self.weight)
-        return self.conv2d(x, self.weight)
+        if self.portable or x.dtype != ms.float32:
+            y = self.conv2d(x, self.weight)
+        else:
+            y = self.depthwise(x, self.weight)
+        if self.has_bias:
+            y = self.bias_add(y, self.bias)
+        return y
 
 
-def depthwise_conv2d(channels, kernel, stride, weight_init="normal") -> nn.Conv2d:
-    """The depthwise convolution for this process: a DepthwiseConv2d where the kernel can run, else the
-    equivalent nn.Conv2d (same parameter name and shape either way)."""
-    library = kernel_library() if kernel_supports(channels, kernel, stride) else None
-    if library is None:
-        return nn.Conv2d(channels, channels, kernel, stride, pad_mode="pad", padding=(kernel - 1) // 2, group=channels,
-                         has_bias=False, weight_init=weight_init)
-    return DepthwiseConv2d(channels, kernel, stride, library, weight_init)
-
-
-@contextlib.contextmanager
-def plain_convolutions(net: nn.Cell):
-    """Inside the block, `net`'s DepthwiseConv2d cells compile to nn.Conv2d's op (for export: MINDIR and
-    ONNX files must hold plain Conv nodes, not a custom op naming a local library)."""
-    cells = [cell for _, cell in net.cells_and_names() if isinstance(cell, DepthwiseConv2d)]
-    saved = [cell.use_kernel for cell in cells]
-    for cell in cells:
-        cell.use_kernel = False
-    try:
-        yield net
-    finally:
-        for cell, use_kernel in zip(cells, saved):
-            cell.use_kernel = use_kernel
+def library_for(channels, kernel, stride) -> Optional[str]:
+    """The kernel library if a depthwise convolution of this shape can run on it in this process, else None."""
+    return kernel_library() if kernel_supports(channels, kernel, stride) else None

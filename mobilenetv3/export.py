@@ -18,8 +18,8 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 
-from .depthwise import plain_convolutions
 from .errors import UserError
+from .model import portable_ops
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
@@ -65,7 +65,7 @@ def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = 
     net.set_train(False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with plain_convolutions(net):  # Conv nodes, not the CPU kernel's custom op naming a local library
+        with portable_ops(net):  # ops both formats know, no custom op naming a local library
             if file_format == "MINDIR":
                 ms.export(net, ms.Tensor(shape=[None, 3, image_size, image_size], dtype=ms.float32),
                           file_name=str(path), file_format=file_format)

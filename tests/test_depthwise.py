@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn
 
 from mobilenetv3 import depthwise
-from mobilenetv3.model import ARCHITECTURES, create_model, make_divisible
+from mobilenetv3.model import ARCHITECTURES, conv2d, create_model, make_divisible, portable_ops
 
 if depthwise.kernel_library() is None:
     pytest.skip("the depthwise kernel cannot run here (see the reason on stderr)", allow_module_level=True)
@@ -71,7 +71,7 @@ def test_every_depthwise_layer_of_both_models_is_covered():
 
 @pytest.mark.parametrize("channels,kernel,stride,size,batch", CASES)
 def test_matches_nn_conv2d_forward_and_both_gradients(channels, kernel, stride, size, batch):
-    conv = depthwise.depthwise_conv2d(channels, kernel, stride)
+    conv = conv2d(channels, channels, kernel, stride, channels)
     assert isinstance(conv, depthwise.DepthwiseConv2d) and conv.weight.shape == (channels, 1, kernel, kernel)
     x, dy = inputs(channels, kernel, stride, size, batch)
     ours = forward_and_gradients(conv, x, dy)
@@ -82,8 +82,20 @@ def test_matches_nn_conv2d_forward_and_both_gradients(channels, kernel, stride, 
         assert np.max(np.abs(b)) > 0, name  # not vacuous
 
 
+def test_with_a_bias_matches_nn_conv2d_with_that_bias():
+    bias = ms.Tensor(np.random.default_rng(3).standard_normal(40, dtype=np.float32))
+    conv = conv2d(40, 40, 5, 1, 40, bias_init=bias)
+    assert isinstance(conv, depthwise.DepthwiseConv2d) and conv.bias.shape == (40,)
+    reference = nn.Conv2d(40, 40, 5, 1, pad_mode="pad", padding=2, group=40, has_bias=True,
+                          weight_init=ms.Tensor(conv.weight.asnumpy()), bias_init=bias)
+    x, _ = inputs(40, 5, 1, 9, 2)
+    ours, expected = conv(x).asnumpy(), reference(x).asnumpy()
+    assert np.max(np.abs(ours - expected)) <= 1e-5 * np.max(np.abs(expected))
+    assert np.max(np.abs(ours - conv2d(40, 40, 5, 1, 40, weight_init=conv.weight.value())(x).asnumpy())) > 0.1
+
+
 def test_bit_identical_run_to_run_and_for_any_thread_count():
-    conv = depthwise.depthwise_conv2d(72, 5, 2)
+    conv = conv2d(72, 72, 5, 2, 72)
     x, dy = inputs(72, 5, 2, 29, 4, seed=1)
     runs = []
     try:
@@ -116,7 +128,7 @@ def test_whole_model_logits_match_the_nn_conv2d_formulation():
                                      for p in nets[0].get_parameters()})
     x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 64, 64), dtype=np.float32))
     ours = nets[0](x).asnumpy()
-    with depthwise.plain_convolutions(nets[1]):  # compiled with nn.Conv2d's op
+    with portable_ops(nets[1]):  # compiled with nn.Conv2d's op
         plain = nets[1](x).asnumpy()
     assert np.max(np.abs(plain)) > 0
     assert np.max(np.abs(ours - plain)) <= 1e-5 * np.max(np.abs(plain))
@@ -176,6 +188,6 @@ def test_kernel_refuses_what_it_cannot_compute():
     assert depthwise.kernel_supports(16, 3, 1) and depthwise.kernel_supports(16, 7, 2)
     assert not depthwise.kernel_supports(16, 4, 1) and not depthwise.kernel_supports(16, 9, 1)
     assert not depthwise.kernel_supports(16, 3, 3)
-    assert type(depthwise.depthwise_conv2d(16, 3, 3)) is nn.Conv2d
+    assert type(conv2d(16, 16, 3, 3, 16)) is nn.Conv2d
     with pytest.raises(ValueError, match="got kernel 4, stride 1"):
         depthwise.DepthwiseConv2d(16, 4, 1, depthwise.kernel_library())

@@ -3,7 +3,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from mobilenetv3.model import (ARCHITECTURES, HardSigmoid, HardSwish, count_complexity, create_model,
+from mobilenetv3.model import (ARCHITECTURES, GlobalAvgPool, HardSigmoid, HardSwish, count_complexity, create_model,
                                list_models, make_divisible)
 from mobilenetv3.trainer import TrainStep
 
@@ -98,10 +98,15 @@ def test_same_seed_same_model_and_output():
     assert not np.array_equal(a.classifier[3].weight.asnumpy(), c.classifier[3].weight.asnumpy())
 
 
-def test_exportable_activations_match_mindspore_kernels():
-    x = ms.Tensor(np.linspace(-6, 6, 10001), ms.float32)
-    assert np.abs(HardSwish()(x).asnumpy() - nn.HSwish()(x).asnumpy()).max() < 1e-6
-    assert np.abs(HardSigmoid()(x).asnumpy() - nn.HSigmoid()(x).asnumpy()).max() < 1e-6
+def test_fused_kernels_match_their_written_out_export_form():
+    x = ms.Tensor(np.linspace(-6, 6, 10008).reshape(1, 3, 6, 556), ms.float32)
+    for make in (HardSwish, HardSigmoid, GlobalAvgPool, lambda: GlobalAvgPool(keep_dims=False)):
+        fused, portable = make(), make()
+        portable.portable = True
+        expected = portable(x).asnumpy()
+        assert fused(x).shape == expected.shape and np.abs(fused(x).asnumpy() - expected).max() < 1e-6
+        assert np.abs(expected).max() > 0.1
+    assert np.abs(HardSwish()(x).asnumpy() - nn.HSwish()(x).asnumpy()).max() == 0.0
 
 
 def test_training_steps_lower_the_loss_in_graph_mode():
