@@ -137,12 +137,14 @@ def timed_steps(step, count) -> List[float]:
 
 
 class MindSporeRunner:
-    """Our model: the package's train step (loss, backward, Momentum update) and GRAPH-mode inference."""
+    """Our model: the package's train step (loss, backward, Momentum update) and GRAPH-mode inference of
+    the network eval.py and infer.py run (BatchNorm folded: inference.load_model)."""
 
     def __init__(self, model, settings: Settings):
         import mindspore as ms
         from . import runtime
         from .config import build_config
+        from .folding import fold_for_inference
         from .model import count_complexity, create_model
         from .trainer import build_train_step
         self.ms = ms
@@ -155,6 +157,7 @@ class MindSporeRunner:
                      "mode": "GRAPH", "jit_level": ms.get_context("jit_config").get("jit_level") or "default"}
         recipe = build_config(overrides=dict(device_target="CPU", num_classes=settings.num_classes))
         self.train_step = build_train_step(self.net, recipe, np.float32(LEARNING_RATE))
+        self.inference_net = fold_for_inference(create_model(model, settings.num_classes))
         self.steps = {}
 
     def step(self, mode, batch_size):
@@ -165,7 +168,7 @@ class MindSporeRunner:
             if mode == "train":
                 self.steps[mode, batch_size] = lambda: self.train_step(images, labels).asnumpy()
             else:
-                self.steps[mode, batch_size] = lambda: self.net(images).asnumpy()
+                self.steps[mode, batch_size] = lambda: self.inference_net(images).asnumpy()
         self.net.set_train(mode == "train")
         return self.steps[mode, batch_size]
 

@@ -1,36 +1,92 @@
-"""BatchNorm folding: an inference-only network whose convolutions carry the BatchNorm scale and shift.
+"""The inference network: BatchNorm folded into the convolutions, and on CPU fused kernels.
 
 In inference BatchNorm is a fixed per-channel affine map, y = (conv(x) - mean) * gamma / sqrt(var + eps)
 + beta, so it can be merged into the convolution before it: weight * s and bias beta - mean * s with
-s = gamma / sqrt(var + eps), computed in float64. This removes every BatchNorm kernel call (16% of the
-CPU inference time of MobileNetV3-Small at batch 32). The logits change by float32 rounding only, about
-1e-6 of their size (2.3e-5 on logits up to 24; tests/test_folding.py). The folded network cannot train and its parameter names differ from the
-checkpoint's (each folded conv gains a bias, BatchNorm parameters are gone): load weights first, fold
+s = gamma / sqrt(var + eps), computed in float64. Where the CPU kernel library runs (depthwise.py),
+each folded convolution's bias and activation then take one kernel (a depthwise convolution with them,
+all in one) and each squeeze-excitation one kernel, where MindSpore would run 2-8 small kernels:
+BatchNorm, the element-wise ops of hard-swish and the squeeze-excitation were half of the CPU inference
+time of MobileNetV3-Small at batch 1 (docs/performance.md). Elsewhere the folded convolutions run
+Conv2D + BiasAdd and the model's own activations.
+
+The logits change by float32 rounding only, about 1e-6 of their size (tests/test_folding.py). The
+inference network cannot train, and its parameters are not the checkpoint's (folded convolutions hold a
+weight and a bias under the ConvBNAct's name, BatchNorm parameters are gone): load weights first, fold
 after, and fold a fresh network, never the one being trained.
 """
 import numpy as np
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
-from .model import ConvBNAct
+from .depthwise import DepthwiseConv2d, custom_op, kernel_library, output_shape
+from .model import ConvBNAct, HardSwish, SqueezeExcitation
 
-
-def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    scale = bn.gamma.asnumpy().astype(np.float64) / np.sqrt(bn.moving_variance.asnumpy().astype(np.float64) + bn.eps)
-    weight = conv.weight.asnumpy().astype(np.float64) * scale[:, None, None, None]
-    bias = bn.beta.asnumpy().astype(np.float64) - bn.moving_mean.asnumpy().astype(np.float64) * scale
-    return nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, pad_mode=conv.pad_mode,
-                     padding=conv.padding, dilation=conv.dilation, group=conv.group, has_bias=True,
-                     weight_init=ms.Tensor(weight.astype(np.float32)), bias_init=ms.Tensor(bias.astype(np.float32)))
+KERNEL_ACTIVATIONS = {type(None): "Id", nn.ReLU: "Relu", HardSwish: "HSwish"}  # -> the library's entry names
 
 
-def fold_batchnorm(net: nn.Cell) -> nn.Cell:
-    """Fold every ConvBNAct's BatchNorm into its conv, in place; returns `net`, set to inference mode."""
-    blocks = [(name, cell) for name, cell in net.cells_and_names() if isinstance(cell, ConvBNAct)]
-    for name, block in blocks:
-        if not isinstance(block[1], nn.BatchNorm2d):
-            continue  # folded already
-        block[0] = _folded_conv(block[0], block[1])
-        block[0].update_parameters_name(f"{name}.0.")
-        block[1] = nn.Identity()
+class FoldedConvAct(nn.Cell):
+    """A ConvBNAct for inference: activation(conv(x, weight) + bias), its BatchNorm folded into weight and bias.
+
+    With `library`, a depthwise convolution runs as one kernel and any other convolution as Conv2D and
+    one bias-and-activation kernel; without, as Conv2D, BiasAdd and the activation cell.
+    """
+
+    def __init__(self, block: ConvBNAct, library=None):
+        super().__init__()
+        conv, bn = block[0], block[1]
+        self.activation = block[2] if len(block) > 2 else None
+        scale = bn.gamma.asnumpy().astype(np.float64) / np.sqrt(bn.moving_variance.asnumpy().astype(np.float64) + bn.eps)
+        weight = conv.weight.asnumpy().astype(np.float64) * scale[:, None, None, None]
+        bias = bn.beta.asnumpy().astype(np.float64) - bn.moving_mean.asnumpy().astype(np.float64) * scale
+        self.weight = ms.Parameter(ms.Tensor(weight.astype(np.float32)), name="weight")
+        self.bias = ms.Parameter(ms.Tensor(bias.astype(np.float32)), name="bias")
+        self.conv2d = conv.conv2d  # nn.Conv2d's op, configured with its padding, stride and groups
+        self.bias_add = ops.BiasAdd()
+        self.mode = "plain"
+        if library is not None:
+            activation = KERNEL_ACTIVATIONS[type(self.activation)]
+            if isinstance(conv, DepthwiseConv2d):
+                self.mode, self.fused = "depthwise", custom_op(library, f"DwFwd{activation}{conv.stride[0]}",
+                                                              output_shape(conv.stride[0]))
+            else:
+                self.mode, self.fused = "bias", custom_op(library, f"Bias{activation}", lambda x, b: x)
+
+    def construct(self, x):
+        if self.mode == "depthwise":
+            return self.fused(x, self.weight, self.bias)
+        y = self.conv2d(x, self.weight)
+        if self.mode == "bias":
+            return self.fused(y, self.bias)
+        y = self.bias_add(y, self.bias)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+
+class FusedSqueezeExcitation(nn.Cell):
+    """SqueezeExcitation as one kernel: mean, fc1 + ReLU, fc2 + hard-sigmoid and the rescale."""
+
+    def __init__(self, se: SqueezeExcitation, library):
+        super().__init__()
+        # copies: assigning the cells themselves would rename the parameters of `se`
+        self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias = (
+            ms.Parameter(param.value().copy(), name=name) for name, param in
+            (("fc1_weight", se.fc1.weight), ("fc1_bias", se.fc1.bias), ("fc2_weight", se.fc2.weight),
+             ("fc2_bias", se.fc2.bias)))
+        self.squeeze_excite = custom_op(library, "SqueezeExcite", lambda x, *_: x)
+
+    def construct(self, x):
+        return self.squeeze_excite(x, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)
+
+
+def fold_for_inference(net: nn.Cell, fused_kernels: bool = True) -> nn.Cell:
+    """Fold every ConvBNAct's BatchNorm, in place, and with `fused_kernels` use the CPU kernel library where
+    it runs (kernel_library()); returns `net`, set to inference mode. Folding twice changes nothing."""
+    library = kernel_library() if fused_kernels else None
+    for parent in [cell for _, cell in net.cells_and_names() if isinstance(cell, nn.SequentialCell)]:
+        for index, cell in enumerate(parent):
+            if isinstance(cell, ConvBNAct) and isinstance(cell[1], nn.BatchNorm2d):
+                parent[index] = FoldedConvAct(cell, library)
+            elif isinstance(cell, SqueezeExcitation) and library is not None:
+                parent[index] = FusedSqueezeExcitation(cell, library)
     return net.set_train(False)

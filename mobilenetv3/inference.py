@@ -18,6 +18,7 @@ from PIL import Image
 from . import checkpoint, data, export, runtime
 from .errors import UserError
 from .evaluation import mindspore_predictor
+from .folding import fold_for_inference
 from .imagenet import class_names as imagenet_class_names, display_names
 
 
@@ -46,8 +47,9 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
     """(batch of CHW float32 images -> logits, the model's meta) for config.pretrained on config.backend,
     with config.threads CPU threads.
 
-    mindspore runs a .ckpt or an exported .mindir, onnxruntime a .ckpt (exported to ONNX once, see
-    onnx_backend) or an exported .onnx. The meta has "num_classes", and "classes" if the model carries its
+    mindspore runs a .ckpt (with BatchNorm folded into the convolutions, see folding; logits agree with the
+    unfolded network to float32 rounding) or an exported .mindir, onnxruntime a .ckpt (exported to ONNX
+    once, see onnx_backend) or an exported .onnx. The meta has "num_classes", and "classes" if the model carries its
     own class list. An exported file is checked against the meta written next to it (exported_meta).
     """
     path = config.pretrained
@@ -63,7 +65,7 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
     runtime.set_cpu_threads(config.threads)
     if file_format is None:
         net, meta = checkpoint.model_from_checkpoint(config)
-        return mindspore_predictor(net), dict(meta, num_classes=net.num_classes)
+        return mindspore_predictor(fold_for_inference(net)), dict(meta, num_classes=net.num_classes)
     meta = exported_meta(path, file_format, config)
     try:
         graph = ms.load(str(path))

@@ -7,6 +7,11 @@
 // Entry points: DwFwd{1,2}(x, w -> y), DwBwd{1,2}(x, w, dy -> dx, dw), digit = stride;
 // DwSetThreads(n) sizes the thread pool (mobilenetv3/depthwise.py calls it through ctypes).
 //
+// Inference with BatchNorm folded (mobilenetv3/folding.py) adds fused ops, act = Id, Relu or HSwish:
+// DwFwd{act}{1,2}(x, w, b -> act(conv(x) + b)), Bias{act}(x, b -> act(x + b)) after a pointwise
+// convolution, and SqueezeExcite(x, w1, b1, w2, b2 -> x * hsigmoid(fc2(relu(fc1(mean(x)))))), each one
+// kernel where MindSpore runs 2-8 (its CPU element-wise kernels cost 30-90 us each at batch 1).
+//
 // Determinism: every output element is computed by one task in a fixed order, and the weight
 // gradient of a channel block is summed over the batch by the one task owning that block, so results
 // are bit-identical for any thread count and any scheduling.
@@ -309,11 +314,32 @@ void correlate(const float *in, int64_t cols, const float *wb, int64_t k, int64_
   correlate_k<0>(in, cols, wb, k, s, oh, ow, out);
 }
 
-// params: x, w, y. One task per (image, channel block).
-void forward(const Shape &g, void **params) {
-  const float *x = static_cast<const float *>(params[0]);
-  const float *w = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
+enum Activation { kIdentity, kRelu, kHardSwish };
+
+// The same arithmetic as the written-out x * relu6(x + 3) / 6 (model.HardSwish), lane by lane.
+template <int A>
+inline __m256 activate(__m256 v) {
+  if (A == kRelu) return _mm256_max_ps(v, _mm256_setzero_ps());
+  if (A == kHardSwish) {
+    __m256 r6 = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.f)), _mm256_setzero_ps()),
+                              _mm256_set1_ps(6.f));
+    return _mm256_div_ps(_mm256_mul_ps(v, r6), _mm256_set1_ps(6.f));
+  }
+  return v;
+}
+
+template <int A>
+inline float activate(float v) {
+  if (A == kRelu) return std::max(v, 0.f);
+  if (A == kHardSwish) return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+  return v;
+}
+
+inline float hard_sigmoid(float v) { return std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f; }
+
+// y = act(conv(x, w) + b), b optional (nullptr: plain convolution). One task per (image, channel block).
+template <int A>
+void forward(const Shape &g, const float *x, const float *w, const float *b, float *y) {
   int64_t blocks = (g.c + L - 1) / L;
   pool().parallel_for((int)(g.n * blocks), [&](int task) {
     int64_t n = task / blocks, c0 = task % blocks * L;
@@ -322,7 +348,83 @@ void forward(const Shape &g, void **params) {
     weights_block(w, c0, cc, g.k, false, wb);
     to_block(x + (n * g.c + c0) * g.h * g.w, g.h * g.w, cc, g.h, g.w, xb, g.hp, g.wp, g.p);
     correlate(xb, g.wp, wb, g.k, g.s, g.oh, g.ow, yb);
+    if (b != nullptr) {
+      alignas(32) float lanes[L] = {};
+      std::memcpy(lanes, b + c0, sizeof(float) * cc);
+      __m256 bias = _mm256_load_ps(lanes);
+      for (int64_t i = 0; i < g.oh * g.ow; ++i)
+        _mm256_storeu_ps(yb + i * L, activate<A>(_mm256_add_ps(_mm256_loadu_ps(yb + i * L), bias)));
+    }
     from_block(yb, g.ow, 0, cc, g.oh, g.ow, y + (n * g.c + c0) * g.oh * g.ow, g.oh * g.ow);
+  });
+}
+
+// Planes of an NCHW tensor in tasks of about kChunk floats; small tensors stay on the calling thread.
+constexpr int64_t kChunk = 16384;
+
+template <typename Fn>
+void for_planes(int64_t planes, int64_t plane_size, Fn fn) {
+  int64_t per_task = std::max<int64_t>(1, kChunk / std::max<int64_t>(plane_size, 1));
+  int64_t tasks = (planes + per_task - 1) / per_task;
+  std::function<void(int)> run = [&](int task) {
+    for (int64_t p = task * per_task; p < std::min(planes, (task + 1) * per_task); ++p) fn(p);
+  };
+  if (tasks == 1) return run(0);
+  pool().parallel_for((int)tasks, run);
+}
+
+// y = act(x + b[c]) over NCHW x
+template <int A>
+void bias_activation(const int64_t *xs, const float *x, const float *b, float *y) {
+  int64_t channels = xs[1], size = xs[2] * xs[3];
+  for_planes(xs[0] * channels, size, [&](int64_t plane) {
+    const float *src = x + plane * size;
+    float *dst = y + plane * size;
+    float bias = b[plane % channels];
+    __m256 bv = _mm256_set1_ps(bias);
+    int64_t i = 0;
+    for (; i + L <= size; i += L) _mm256_storeu_ps(dst + i, activate<A>(_mm256_add_ps(_mm256_loadu_ps(src + i), bv)));
+    for (; i < size; ++i) dst[i] = activate<A>(src[i] + bias);
+  });
+}
+
+// Squeeze-and-excitation of one image per task: mean per channel, fc1 + ReLU, fc2 + hard-sigmoid, rescale.
+void squeeze_excite(const int64_t *xs, int64_t squeezed, const float *x, const float *w1, const float *b1,
+                    const float *w2, const float *b2, float *y) {
+  int64_t n = xs[0], channels = xs[1], size = xs[2] * xs[3];
+  pool().parallel_for((int)n, [&](int image) {
+    float *mean = scratch(0, channels), *hidden = scratch(1, squeezed), *scale = scratch(2, channels);
+    const float *xi = x + image * channels * size;
+    float *yi = y + image * channels * size;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float *src = xi + c * size;
+      __m256 acc = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + L <= size; i += L) acc = _mm256_add_ps(acc, _mm256_loadu_ps(src + i));
+      alignas(32) float lanes[L];
+      _mm256_store_ps(lanes, acc);
+      float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+      for (; i < size; ++i) sum += src[i];
+      mean[c] = sum / (float)size;
+    }
+    for (int64_t s = 0; s < squeezed; ++s) {
+      float sum = b1[s];
+      for (int64_t c = 0; c < channels; ++c) sum += w1[s * channels + c] * mean[c];
+      hidden[s] = std::max(sum, 0.f);
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      float sum = b2[c];
+      for (int64_t s = 0; s < squeezed; ++s) sum += w2[c * squeezed + s] * hidden[s];
+      scale[c] = hard_sigmoid(sum);
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      const float *src = xi + c * size;
+      float *dst = yi + c * size;
+      __m256 sv = _mm256_set1_ps(scale[c]);
+      int64_t i = 0;
+      for (; i + L <= size; i += L) _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), sv));
+      for (; i < size; ++i) dst[i] = src[i] * scale[c];
+    }
   });
 }
 
@@ -397,13 +499,33 @@ void backward(const Shape &g, void **params) {
   });
 }
 
-// The shapes and types this kernel handles; anything else is an error, never a wrong result.
-bool supported(int nparam, int expected, const int *ndims, int64_t **shapes, const char **dtypes) {
-  if (nparam != expected) return false;
+// The shapes and types these kernels handle; anything else is an error, never a wrong result.
+bool float32(int nparam, const char **dtypes) {
   for (int i = 0; i < nparam; ++i)
-    if (ndims[i] != 4 || std::strcmp(dtypes[i], "float32") != 0) return false;
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  return true;
+}
+
+bool depthwise_shapes(const int *ndims, int64_t **shapes) {  // x and w at 0 and 1
   const int64_t *xs = shapes[0], *ws = shapes[1];
-  return ws[0] == xs[1] && ws[1] == 1 && ws[2] == ws[3] && ws[2] % 2 == 1 && ws[2] <= kMaxKernel;
+  return ndims[0] == 4 && ndims[1] == 4 && ws[0] == xs[1] && ws[1] == 1 && ws[2] == ws[3] && ws[2] % 2 == 1 &&
+         ws[2] <= kMaxKernel;
+}
+
+bool supported(int nparam, int expected, const int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != expected || !float32(nparam, dtypes) || !depthwise_shapes(ndims, shapes)) return false;
+  for (int i = 2; i < nparam; ++i)
+    if (ndims[i] != 4) return false;
+  return true;
+}
+
+bool is_bias(const int *ndims, int64_t **shapes, int index, int64_t channels) {
+  return ndims[index] == 1 && shapes[index][0] == channels;
+}
+
+void forward_plain(const Shape &g, void **params) {
+  forward<kIdentity>(g, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), nullptr,
+                     static_cast<float *>(params[2]));
 }
 
 }  // namespace
@@ -418,7 +540,57 @@ extern "C" void DwSetThreads(int threads) { pool().set_threads(threads); }
     return 0;                                                                                                 \
   }
 
-ENTRY(DwFwd1, forward, 3, 1)
-ENTRY(DwFwd2, forward, 3, 2)
+ENTRY(DwFwd1, forward_plain, 3, 1)
+ENTRY(DwFwd2, forward_plain, 3, 2)
 ENTRY(DwBwd1, backward, 5, 1)
 ENTRY(DwBwd2, backward, 5, 2)
+
+// x, w, b -> y
+#define BIASED_ENTRY(name, act, stride)                                                                       \
+  extern "C" int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,  \
+                      void *) {                                                                               \
+    if (nparam != 4 || !float32(nparam, dtypes) || !depthwise_shapes(ndims, shapes) ||                        \
+        !is_bias(ndims, shapes, 2, shapes[0][1]) || ndims[3] != 4)                                            \
+      return 1;                                                                                               \
+    forward<act>(Shape(shapes[0], shapes[1], shapes[3], stride), static_cast<const float *>(params[0]),       \
+                 static_cast<const float *>(params[1]), static_cast<const float *>(params[2]),                \
+                 static_cast<float *>(params[3]));                                                            \
+    return 0;                                                                                                 \
+  }
+
+BIASED_ENTRY(DwFwdId1, kIdentity, 1)
+BIASED_ENTRY(DwFwdId2, kIdentity, 2)
+BIASED_ENTRY(DwFwdRelu1, kRelu, 1)
+BIASED_ENTRY(DwFwdRelu2, kRelu, 2)
+BIASED_ENTRY(DwFwdHSwish1, kHardSwish, 1)
+BIASED_ENTRY(DwFwdHSwish2, kHardSwish, 2)
+
+// x (NCHW), b (C) -> y
+#define BIAS_ENTRY(name, act)                                                                                 \
+  extern "C" int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,  \
+                      void *) {                                                                               \
+    if (nparam != 3 || !float32(nparam, dtypes) || ndims[0] != 4 || !is_bias(ndims, shapes, 1, shapes[0][1])) \
+      return 1;                                                                                               \
+    bias_activation<act>(shapes[0], static_cast<const float *>(params[0]), static_cast<const float *>(params[1]), \
+                         static_cast<float *>(params[2]));                                                    \
+    return 0;                                                                                                 \
+  }
+
+BIAS_ENTRY(BiasId, kIdentity)
+BIAS_ENTRY(BiasRelu, kRelu)
+BIAS_ENTRY(BiasHSwish, kHardSwish)
+
+// x (N,C,H,W), w1 (S,C,1,1), b1 (S), w2 (C,S,1,1), b2 (C) -> y
+extern "C" int SqueezeExcite(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                             void *) {
+  if (nparam != 6 || !float32(nparam, dtypes) || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
+  int64_t channels = shapes[0][1], squeezed = shapes[1][0];
+  if (shapes[1][1] != channels || shapes[1][2] * shapes[1][3] != 1 || !is_bias(ndims, shapes, 2, squeezed) ||
+      shapes[3][0] != channels || shapes[3][1] != squeezed || shapes[3][2] * shapes[3][3] != 1 ||
+      !is_bias(ndims, shapes, 4, channels))
+    return 1;
+  squeeze_excite(shapes[0], squeezed, static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                 static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                 static_cast<const float *>(params[4]), static_cast<float *>(params[5]));
+  return 0;
+}
