@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.12",
     packages=find_packages(include=["mobilenetv3", "mobilenetv3.*"]),
-    package_data={"mobilenetv3": ["imagenet1k_classes.tsv", "csrc/depthwise.cc"]},  # the .cc is built on first use
+    package_data={"mobilenetv3": ["imagenet1k_classes.tsv", "csrc/cpu_kernels.cc"]},  # the .cc is built on first use
     install_requires=Path("requirements.txt").read_text().split(),
     extras_require={
         # torch 2.13.0 is the CPU build; a bare "torch" would pull a multi-GB CUDA build.

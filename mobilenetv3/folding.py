@@ -18,7 +18,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from .depthwise import DepthwiseConv2d, custom_op, kernel_library, output_shape
+from .cpu_kernels import DepthwiseConv2d, custom_op, kernel_library, output_shape
 from .model import ConvBNAct, HardSwish, SqueezeExcitation
 
 KERNEL_ACTIVATIONS = {type(None): "Id", nn.ReLU: "Relu", HardSwish: "HSwish"}  # -> the library's entry names

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, Normal
 
-from .depthwise import DepthwiseConv2d, library_for
+from .cpu_kernels import DepthwiseConv2d, global_mean_op, hard_swish_op, library_for
 from .dropout import StepDropout
 
 
@@ -24,9 +24,9 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
-# MindSpore's fused CPU kernels for hard-swish, hard-sigmoid and the global pool are 2-4x faster than the
-# written-out ops (10-14% of a training or inference step), but ONNX export knows none of them: cells with a
-# `portable` attribute switch to the written-out form inside portable_ops(). Both agree to float32 rounding.
+# Single kernels for hard-swish, hard-sigmoid and the global pool (the CPU kernel library's where it runs,
+# else MindSpore's) are 2-4x faster than the written-out ops, but ONNX export knows none of them: cells with
+# a `portable` attribute switch to the written-out form inside portable_ops(). Both agree to float32 rounding.
 
 class HardSwish(nn.Cell):
     """x * ReLU6(x + 3) / 6."""
@@ -34,10 +34,13 @@ class HardSwish(nn.Cell):
     def __init__(self):
         super().__init__()
         self.portable = False
+        self.kernel = hard_swish_op()
 
     def construct(self, x):
         if self.portable:
             return x * ops.relu6(x + 3.0) / 6.0
+        if x.dtype == ms.float32:
+            return self.kernel(x)
         return ops.hardswish(x)
 
 
@@ -61,11 +64,12 @@ class GlobalAvgPool(nn.Cell):
         super().__init__()
         self.keep_dims = keep_dims
         self.portable = False
+        self.kernel = global_mean_op()
 
     def construct(self, x):
         if self.portable:
             return ops.mean(x, (2, 3), keep_dims=self.keep_dims)
-        pooled = ops.adaptive_avg_pool2d(x, 1)
+        pooled = self.kernel(x) if x.dtype == ms.float32 else ops.adaptive_avg_pool2d(x, 1)
         return pooled if self.keep_dims else ops.flatten(pooled)
 
 

@@ -78,8 +78,8 @@ def set_cpu_threads(requested: int) -> int:
     if "threads" not in _cpu_threads:
         ms.device_context.cpu.op_tuning.threads_num(threads)
         _cpu_threads["threads"] = threads
-        from . import depthwise
-        depthwise.set_threads(threads)  # its kernel's own pool follows MindSpore's setting
+        from . import cpu_kernels
+        cpu_kernels.set_threads(threads)  # the kernel library's own pool follows MindSpore's setting
     elif _cpu_threads["threads"] != threads:
         raise ValueError(f"MindSpore's CPU threads are already set to {_cpu_threads['threads']} in this process; "
                          f"cannot change them to {threads}")

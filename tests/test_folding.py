@@ -7,7 +7,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from mobilenetv3.depthwise import DepthwiseConv2d, kernel_library
+from mobilenetv3.cpu_kernels import DepthwiseConv2d, kernel_library
 from mobilenetv3.folding import FoldedConvAct, FusedSqueezeExcitation, fold_for_inference
 from mobilenetv3.model import ARCHITECTURES, ConvBNAct, SqueezeExcitation, create_model
 

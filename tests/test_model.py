@@ -106,7 +106,6 @@ def test_fused_kernels_match_their_written_out_export_form():
         expected = portable(x).asnumpy()
         assert fused(x).shape == expected.shape and np.abs(fused(x).asnumpy() - expected).max() < 1e-6
         assert np.abs(expected).max() > 0.1
-    assert np.abs(HardSwish()(x).asnumpy() - nn.HSwish()(x).asnumpy()).max() == 0.0
 
 
 def test_training_steps_lower_the_loss_in_graph_mode():

@@ -1,6 +1,7 @@
-"""The AVX2 depthwise kernel: equal to nn.Conv2d(group=C) forward and backward for every depthwise layer of
-both models, bit-identical run to run and across thread counts, used by create_model on CPU, and a clean
-fall back to nn.Conv2d (one line on stderr) when it cannot be built."""
+"""The AVX2 kernels: the depthwise one equal to nn.Conv2d(group=C) forward and backward for every depthwise
+layer of both models, bit-identical run to run and across thread counts, used by create_model on CPU;
+hard-swish and the mean equal to the written-out ops with their gradients; a clean fall back to MindSpore's
+ops (one line on stderr) when the library cannot be built. The inference-only kernels: tests/test_folding.py."""
 import json
 import os
 import subprocess
@@ -9,13 +10,14 @@ import sys
 import numpy as np
 import pytest
 import mindspore as ms
-from mindspore import nn
+from mindspore import nn, ops
 
-from mobilenetv3 import depthwise
-from mobilenetv3.model import ARCHITECTURES, conv2d, create_model, make_divisible, portable_ops
+from mobilenetv3 import cpu_kernels
+from mobilenetv3.model import (ARCHITECTURES, GlobalAvgPool, HardSwish, conv2d, create_model, make_divisible,
+                               portable_ops)
 
-if depthwise.kernel_library() is None:
-    pytest.skip("the depthwise kernel cannot run here (see the reason on stderr)", allow_module_level=True)
+if cpu_kernels.kernel_library() is None:
+    pytest.skip("the AVX2 kernels cannot run here (see the reason on stderr)", allow_module_level=True)
 
 
 def depthwise_layers():
@@ -72,7 +74,7 @@ def test_every_depthwise_layer_of_both_models_is_covered():
 @pytest.mark.parametrize("channels,kernel,stride,size,batch", CASES)
 def test_matches_nn_conv2d_forward_and_both_gradients(channels, kernel, stride, size, batch):
     conv = conv2d(channels, channels, kernel, stride, channels)
-    assert isinstance(conv, depthwise.DepthwiseConv2d) and conv.weight.shape == (channels, 1, kernel, kernel)
+    assert isinstance(conv, cpu_kernels.DepthwiseConv2d) and conv.weight.shape == (channels, 1, kernel, kernel)
     x, dy = inputs(channels, kernel, stride, size, batch)
     ours = forward_and_gradients(conv, x, dy)
     expected = forward_and_gradients(reference_conv(conv), x, dy)
@@ -85,7 +87,7 @@ def test_matches_nn_conv2d_forward_and_both_gradients(channels, kernel, stride, 
 def test_with_a_bias_matches_nn_conv2d_with_that_bias():
     bias = ms.Tensor(np.random.default_rng(3).standard_normal(40, dtype=np.float32))
     conv = conv2d(40, 40, 5, 1, 40, bias_init=bias)
-    assert isinstance(conv, depthwise.DepthwiseConv2d) and conv.bias.shape == (40,)
+    assert isinstance(conv, cpu_kernels.DepthwiseConv2d) and conv.bias.shape == (40,)
     reference = nn.Conv2d(40, 40, 5, 1, pad_mode="pad", padding=2, group=40, has_bias=True,
                           weight_init=ms.Tensor(conv.weight.asnumpy()), bias_init=bias)
     x, _ = inputs(40, 5, 1, 9, 2)
@@ -94,16 +96,40 @@ def test_with_a_bias_matches_nn_conv2d_with_that_bias():
     assert np.max(np.abs(ours - conv2d(40, 40, 5, 1, 40, weight_init=conv.weight.value())(x).asnumpy())) > 0.1
 
 
+class WeightedSum(nn.Cell):
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, x, weights):
+        return (self.cell(x) * weights).sum()
+
+
+@pytest.mark.parametrize("make", [HardSwish, GlobalAvgPool])
+def test_hard_swish_and_mean_kernels_match_the_written_out_forms_and_their_gradients(make):
+    kernel, written_out = make(), make()
+    written_out.portable = True
+    assert isinstance(kernel.kernel, ops.Custom)  # the library's op, not MindSpore's
+    x = ms.Tensor(np.random.default_rng(4).uniform(-5, 5, (3, 13, 7, 9)).astype(np.float32))
+    ones = ms.Tensor(np.random.default_rng(5).uniform(0.5, 2, (3, 13, 7, 9) if make is HardSwish else (3, 13, 1, 1))
+                     .astype(np.float32))
+    gradients = [ms.grad(WeightedSum(cell)) for cell in (kernel, written_out)]
+    for ours, expected in ((kernel(x), written_out(x)), (gradients[0](x, ones), gradients[1](x, ones))):
+        ours, expected = ours.asnumpy(), expected.asnumpy()
+        assert ours.shape == expected.shape and np.max(np.abs(expected)) > 0.01
+        assert np.max(np.abs(ours - expected)) <= 1e-6 * np.max(np.abs(expected))
+
+
 def test_bit_identical_run_to_run_and_for_any_thread_count():
     conv = conv2d(72, 72, 5, 2, 72)
     x, dy = inputs(72, 5, 2, 29, 4, seed=1)
     runs = []
     try:
         for threads in (2, 2, 1, 3):
-            depthwise.set_threads(threads)
+            cpu_kernels.set_threads(threads)
             runs.append(forward_and_gradients(conv, x, dy))
     finally:
-        depthwise.set_threads(depthwise._default_threads())
+        cpu_kernels.set_threads(cpu_kernels._default_threads())
     for run in runs[1:]:
         for a, b in zip(runs[0], run):
             assert a.tobytes() == b.tobytes()
@@ -111,14 +137,14 @@ def test_bit_identical_run_to_run_and_for_any_thread_count():
 
 def test_create_model_uses_the_kernel_for_every_depthwise_layer_and_keeps_the_names():
     net = create_model("mobilenet_v3_small")
-    kernels = {name: cell for name, cell in net.cells_and_names() if isinstance(cell, depthwise.DepthwiseConv2d)}
+    kernels = {name: cell for name, cell in net.cells_and_names() if isinstance(cell, cpu_kernels.DepthwiseConv2d)}
     assert len(kernels) == 11
     assert kernels["features.1.block.0.0"].weight.name == "features.1.block.0.0.weight"
     assert kernels["features.2.block.1.0"].weight.name == "features.2.block.1.0.weight"
     assert kernels["features.2.block.1.0"].weight.shape == (72, 1, 3, 3)
     assert all(not isinstance(cell, nn.Conv2d) or cell.group == 1 for name, cell in net.cells_and_names()
                if name not in kernels)
-    assert sum(isinstance(cell, depthwise.DepthwiseConv2d) for _, cell in create_model("mobilenet_v3_large")
+    assert sum(isinstance(cell, cpu_kernels.DepthwiseConv2d) for _, cell in create_model("mobilenet_v3_large")
                .cells_and_names()) == 15
 
 
@@ -161,33 +187,33 @@ def test_without_a_compiler_the_model_is_the_nn_conv2d_one_with_one_line_saying_
     base = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), GLOG_v="3")
     fallback, stderr = model_summary(dict(base, CXX="/nonexistent"))
     assert fallback["convs"] == ["mindspore.nn.layer.conv.Conv2d"]
-    reasons = [line for line in stderr.splitlines() if "depthwise" in line]
-    assert reasons == ["mobilenetv3: depthwise convolutions use nn.Conv2d, not the faster AVX2 kernel: no C++ "
-                       "compiler (/nonexistent not found); install one (apt-get install g++) or set CXX to a C++17 "
-                       "compiler"]
+    reasons = [line for line in stderr.splitlines() if "AVX2" in line]
+    assert reasons == ["mobilenetv3: not using the faster AVX2 kernels (MindSpore's ops instead, same results): no "
+                       "C++ compiler (/nonexistent not found); install one (apt-get install g++) or set CXX to a "
+                       "C++17 compiler"]
     assert not list((tmp_path / "cache").rglob("*.so"))
     # Built into the (empty) cache: the kernel model has the same parameters, names and initial values.
     with_kernel, stderr = model_summary(base)
-    assert with_kernel["convs"] == ["mindspore.nn.layer.conv.Conv2d", "mobilenetv3.depthwise.DepthwiseConv2d"]
-    assert "depthwise" not in stderr
+    assert with_kernel["convs"] == ["mindspore.nn.layer.conv.Conv2d", "mobilenetv3.cpu_kernels.DepthwiseConv2d"]
+    assert "AVX2" not in stderr
     assert with_kernel["params"] == fallback["params"]
     assert fallback["params"]["features.1.block.0.0.weight"][0] == [16, 1, 3, 3]
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert [p.relative_to(tmp_path / "cache") for p in (tmp_path / "cache").rglob("*") if p.is_file()] \
-        == [depthwise.library_path().relative_to(tmp_path / "cache")]  # no temporary files left
+        == [cpu_kernels.library_path().relative_to(tmp_path / "cache")]  # no temporary files left
 
 
 def test_a_failing_build_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "false")
-    reason = depthwise._build(tmp_path / "lib.so")
+    reason = cpu_kernels._build(tmp_path / "lib.so")
     assert reason.startswith("compiling it failed (exit status 1); run `false -O3 -mavx2 -mfma")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_kernel_refuses_what_it_cannot_compute():
-    assert depthwise.kernel_supports(16, 3, 1) and depthwise.kernel_supports(16, 7, 2)
-    assert not depthwise.kernel_supports(16, 4, 1) and not depthwise.kernel_supports(16, 9, 1)
-    assert not depthwise.kernel_supports(16, 3, 3)
+    assert cpu_kernels.kernel_supports(16, 3, 1) and cpu_kernels.kernel_supports(16, 7, 2)
+    assert not cpu_kernels.kernel_supports(16, 4, 1) and not cpu_kernels.kernel_supports(16, 9, 1)
+    assert not cpu_kernels.kernel_supports(16, 3, 3)
     assert type(conv2d(16, 16, 3, 3, 16)) is nn.Conv2d
     with pytest.raises(ValueError, match="got kernel 4, stride 1"):
-        depthwise.DepthwiseConv2d(16, 4, 1, depthwise.kernel_library())
+        cpu_kernels.DepthwiseConv2d(16, 4, 1, cpu_kernels.kernel_library())
