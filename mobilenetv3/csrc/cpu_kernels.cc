@@ -427,15 +427,33 @@ void hard_swish_grad(int64_t n, const float *x, const float *dy, float *dx) {
   });
 }
 
+inline float lane_sum(__m256 v) {
+  alignas(32) float lanes[L];
+  _mm256_store_ps(lanes, v);
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
 float plane_mean(const float *src, int64_t size) {
   __m256 acc = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + L <= size; i += L) acc = _mm256_add_ps(acc, _mm256_loadu_ps(src + i));
-  alignas(32) float lanes[L];
-  _mm256_store_ps(lanes, acc);
-  float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  float sum = lane_sum(acc);
   for (; i < size; ++i) sum += src[i];
   return sum / (float)size;
+}
+
+// sum a[i] * b[i], two independent accumulators (the FMA latency, not the loads, would bound one)
+float dot(const float *a, const float *b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + L), _mm256_loadu_ps(b + i + L), acc1);
+  }
+  if (i + L <= n) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0), i += L;
+  float sum = lane_sum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
 }
 
 void global_mean(const int64_t *xs, const float *x, float *y) {
@@ -460,16 +478,8 @@ void squeeze_excite(const int64_t *xs, int64_t squeezed, const float *x, const f
     const float *xi = x + image * channels * size;
     float *yi = y + image * channels * size;
     for (int64_t c = 0; c < channels; ++c) mean[c] = plane_mean(xi + c * size, size);
-    for (int64_t s = 0; s < squeezed; ++s) {
-      float sum = b1[s];
-      for (int64_t c = 0; c < channels; ++c) sum += w1[s * channels + c] * mean[c];
-      hidden[s] = std::max(sum, 0.f);
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      float sum = b2[c];
-      for (int64_t s = 0; s < squeezed; ++s) sum += w2[c * squeezed + s] * hidden[s];
-      scale[c] = hard_sigmoid(sum);
-    }
+    for (int64_t s = 0; s < squeezed; ++s) hidden[s] = std::max(b1[s] + dot(w1 + s * channels, mean, channels), 0.f);
+    for (int64_t c = 0; c < channels; ++c) scale[c] = hard_sigmoid(b2[c] + dot(w2 + c * squeezed, hidden, squeezed));
     for (int64_t c = 0; c < channels; ++c) {
       const float *src = xi + c * size;
       float *dst = yi + c * size;
