@@ -3,6 +3,9 @@
 No timing thresholds: the machine is shared, so only signs, counts and exact relations are checked.
 """
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -183,3 +186,12 @@ def test_missing_torch_makes_the_baseline_worker_unavailable(tmp_path, monkeypat
 def test_bad_settings_are_refused_before_measuring(flags, message, tmp_path):
     result = run_script("benchmark", *flags, cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workers_are_pinned_to_as_many_cpus_as_threads():
+    script = ("import os; from mobilenetv3.benchmark import pin_to; pin_to({}); "
+              "print(len(os.sched_getaffinity(0)))")
+    available = len(os.sched_getaffinity(0))
+    counts = [int(subprocess.run([sys.executable, "-c", script.format(threads)], capture_output=True, text=True,
+                                 check=True).stdout.split()[-1]) for threads in (1, available + 1)]
+    assert counts == [1, available]
