@@ -2,7 +2,7 @@
 
 In inference BatchNorm is a fixed per-channel affine map, y = (conv(x) - mean) * gamma / sqrt(var + eps)
 + beta, so it can be merged into the convolution before it: weight * s and bias beta - mean * s with
-s = gamma / sqrt(var + eps), computed in float64. Where the CPU kernel library runs (depthwise.py),
+s = gamma / sqrt(var + eps), computed in float64. Where the CPU kernel library runs (cpu_kernels.py),
 each folded convolution's bias and activation then take one kernel (a depthwise convolution with them,
 all in one) and each squeeze-excitation one kernel, where MindSpore would run 2-8 small kernels:
 BatchNorm, the element-wise ops of hard-swish and the squeeze-excitation were half of the CPU inference

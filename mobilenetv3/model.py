@@ -150,7 +150,7 @@ STEM_CHANNELS = 16
 
 def conv2d(in_ch, out_ch, kernel, stride=1, groups=1, weight_init="normal", bias_init=None) -> nn.Conv2d:
     """nn.Conv2d with torchvision's padding, biased only with `bias_init`; a depthwise one runs the AVX2
-    kernel where it can (depthwise.py), with the same parameters."""
+    kernel where it can (cpu_kernels.py), with the same parameters."""
     library = library_for(in_ch, kernel, stride) if groups == in_ch == out_ch > 1 else None
     if library:
         return DepthwiseConv2d(in_ch, kernel, stride, library, weight_init, bias_init)
