@@ -103,7 +103,7 @@ def _why_unavailable(path: Path) -> Optional[str]:
 
 
 def kernel_library() -> Optional[str]:
-    """The built library's path if depthwise convolutions can use the kernel in this process, else None.
+    """The built library's path if its kernels can run in this process, else None.
     Decided once per process; on CPU a reason is printed once on stderr when it cannot."""
     if "library" in _state:
         return _state["library"]
@@ -132,7 +132,7 @@ def _default_threads() -> int:
 
 
 def set_threads(threads: int):
-    """Size the kernel's thread pool (caller included). runtime.set_cpu_threads calls this, so the pool
+    """Size the kernels' thread pool (caller included). runtime.set_cpu_threads calls this, so the pool
     follows MindSpore's CPU thread setting; until then it has one thread per physical core."""
     _state["threads"] = threads
     if "handle" in _state:
