@@ -361,18 +361,24 @@ void forward(const Shape &g, const float *x, const float *w, const float *b, flo
   });
 }
 
-// Planes of an NCHW tensor in tasks of about kChunk floats; small tensors stay on the calling thread.
+// Element-wise work goes in tasks of about kChunk floats; small tensors stay on the calling thread.
 constexpr int64_t kChunk = 16384;
 
+// fn(begin, end) over [0, n) in tasks of `per_task` items
+template <typename Fn>
+void for_ranges(int64_t n, int64_t per_task, Fn fn) {
+  int64_t tasks = (n + per_task - 1) / per_task;
+  std::function<void(int)> run = [&](int task) { fn(task * per_task, std::min(n, (task + 1) * per_task)); };
+  if (tasks <= 1) return run(0);
+  pool().parallel_for((int)tasks, run);
+}
+
+// fn(plane) for the planes of an NCHW tensor, whole planes per task
 template <typename Fn>
 void for_planes(int64_t planes, int64_t plane_size, Fn fn) {
-  int64_t per_task = std::max<int64_t>(1, kChunk / std::max<int64_t>(plane_size, 1));
-  int64_t tasks = (planes + per_task - 1) / per_task;
-  std::function<void(int)> run = [&](int task) {
-    for (int64_t p = task * per_task; p < std::min(planes, (task + 1) * per_task); ++p) fn(p);
-  };
-  if (tasks == 1) return run(0);
-  pool().parallel_for((int)tasks, run);
+  for_ranges(planes, std::max<int64_t>(1, kChunk / std::max<int64_t>(plane_size, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) fn(p);
+  });
 }
 
 // y = act(x + b[c]) over NCHW x
@@ -390,17 +396,8 @@ void bias_activation(const int64_t *xs, const float *x, const float *b, float *y
   });
 }
 
-// fn(begin, end) over [0, n) in tasks of kChunk floats
-template <typename Fn>
-void for_chunks(int64_t n, Fn fn) {
-  int64_t tasks = (n + kChunk - 1) / kChunk;
-  std::function<void(int)> run = [&](int task) { fn(task * kChunk, std::min(n, (task + 1) * kChunk)); };
-  if (tasks <= 1) return run(0);
-  pool().parallel_for((int)tasks, run);
-}
-
 void hard_swish(int64_t n, const float *x, float *y) {
-  for_chunks(n, [&](int64_t begin, int64_t end) {
+  for_ranges(n, kChunk, [&](int64_t begin, int64_t end) {
     int64_t i = begin;
     for (; i + L <= end; i += L) _mm256_storeu_ps(y + i, activate<kHardSwish>(_mm256_loadu_ps(x + i)));
     for (; i < end; ++i) y[i] = activate<kHardSwish>(x[i]);
@@ -409,7 +406,7 @@ void hard_swish(int64_t n, const float *x, float *y) {
 
 // dx = dy * d hswish(x) / dx: 0 below -3, x / 3 + 0.5 up to 3, 1 above (PyTorch's hardswish_backward)
 void hard_swish_grad(int64_t n, const float *x, const float *dy, float *dx) {
-  for_chunks(n, [&](int64_t begin, int64_t end) {
+  for_ranges(n, kChunk, [&](int64_t begin, int64_t end) {
     const __m256 three = _mm256_set1_ps(3.f), minus_three = _mm256_set1_ps(-3.f), third = _mm256_set1_ps(1.f / 3.f);
     const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
     int64_t i = begin;
