@@ -8,7 +8,7 @@ setup(
     description="MobileNetV3-Small/Large for MindSpore: train with mpirun, evaluate, infer, export",
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.9,<3.12",
+    python_requires=">=3.10,<3.13",  # mindspore 2.10.0 publishes wheels for CPython 3.10-3.12 only
     packages=find_packages(include=["mobilenetv3", "mobilenetv3.*"]),
     package_data={"mobilenetv3": ["imagenet1k_classes.tsv", "csrc/cpu_kernels.cc"]},  # the .cc is built on first use
     install_requires=Path("requirements.txt").read_text().split(),
