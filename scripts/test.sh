@@ -11,7 +11,7 @@ project_python "$PWD" dev mindspore torch onnxruntime pytest || exit $?
 
 # OpenMPI for the mpirun tests, Fashion-MNIST for the demo test: Debian packages, installed when we can.
 missing=()
-command -v mpirun >/dev/null || missing+=(openmpi-bin libopenmpi-dev)
+command -v mpirun >/dev/null || missing+=(openmpi-bin)
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
 if [ ${#missing[@]} -gt 0 ] && ! apt_install "${missing[@]}"; then
   echo "note: cannot install ${missing[*]} (needs apt-get as root or password-less sudo); the tests that need them are skipped"

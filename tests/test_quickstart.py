@@ -1,9 +1,11 @@
 """scripts/quickstart.sh end to end in its reduced mode (--smoke: 300 Fashion-MNIST images, 1 epoch),
-then again to check that finished steps are skipped. Needs the real Fashion-MNIST IDX files."""
+then again to check that finished steps are skipped; and from a fresh clone with the system's externally
+managed Python (PEP 668), including the commands it prints at the end. Needs the real Fashion-MNIST IDX files."""
 import ast
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +31,24 @@ def fashion_mnist_present() -> bool:
         return False
 
 
-def run_quickstart(cwd: Path, *args, timeout=600):
-    environ = dict(os.environ, PYTHON=sys.executable)
-    for name in ("QUICKSTART_SMOKE", "QUICKSTART_OUTPUT", "QUICKSTART_DATA", "QUICKSTART_IDX_DIR", "QUICKSTART_NP"):
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def externally_managed(python: Path) -> bool:
+    """PEP 668: the interpreter's stdlib folder holds an EXTERNALLY-MANAGED marker."""
+    if not python.exists():
+        return False
+    stdlib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+                            capture_output=True, text=True).stdout.strip()
+    return bool(stdlib) and (Path(stdlib) / "EXTERNALLY-MANAGED").exists()
+
+
+def run_quickstart(cwd: Path, *args, timeout=600, python=sys.executable, script=SCRIPT):
+    environ = dict(os.environ, PYTHON=str(python))
+    for name in ("QUICKSTART_SMOKE", "QUICKSTART_OUTPUT", "QUICKSTART_DATA", "QUICKSTART_IDX_DIR", "QUICKSTART_NP",
+                 "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH"):
         environ.pop(name, None)
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=environ, capture_output=True, text=True,
+    return subprocess.run(["bash", str(script), *args], cwd=cwd, env=environ, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -76,7 +91,7 @@ def test_smoke_run_prints_every_stage_and_writes_what_the_summary_names(tmp_path
     # A second run skips what is done: no install, no PNG writing, no training; eval and infer again.
     second = run_quickstart(tmp_path, *args)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "mobilenetv3 and mindspore are installed" in second.stdout
+    assert "mobilenetv3 is installed, with mindspore" in second.stdout
     assert "already complete, nothing written" in second.stdout
     assert "continuing from the last checkpoint in" in second.stdout
     assert "nothing to do: the checkpoint is at epoch 1 of 1" in second.stdout
@@ -94,3 +109,55 @@ def test_bad_option_and_missing_idx_files_are_one_clear_error(tmp_path):
     assert missing.returncode == 2
     assert "--idx_dir empty lacks" in missing.stderr and "train-images-idx3-ubyte" in missing.stderr
     assert not (tmp_path / "demo_output_smoke" / "train.log").exists()  # stopped before training
+
+
+@pytest.mark.skipif(not fashion_mnist_present(), reason="Fashion-MNIST IDX files not installed "
+                    "(apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not externally_managed(SYSTEM_PYTHON),
+                    reason=f"{SYSTEM_PYTHON} is missing or not externally managed (PEP 668): nothing to show")
+def test_fresh_clone_with_an_externally_managed_python_installs_into_dot_venv_and_its_next_commands_run(tmp_path):
+    clone = tmp_path / "clone"  # what is committed, as a new user gets it
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    args = ("--smoke", "--output", "out", "--data_dir", "fm")
+    first = run_quickstart(clone, *args, python=SYSTEM_PYTHON, script=clone / "scripts" / "quickstart.sh")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"creating the project's Python environment: {SYSTEM_PYTHON} -m venv {clone}/.venv" in first.stdout
+    assert (clone / ".venv" / "bin" / "python").exists() and len(ACCURACY_LINE.findall(first.stdout)) == 1
+    untracked = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
+    assert ".venv" not in untracked  # ignored by git
+
+    # Every command printed under "Next:" runs as pasted, from the clone, in a shell without the venv active.
+    block = first.stdout.split("\nNext", 1)[1]
+    commands = [line.strip() for line in block.splitlines()[1:] if line.startswith("  ") and line.strip()
+                and not line.strip().startswith("#")]
+    assert [shlex.split(c)[0] for c in commands] == [".venv/bin/python"] * 3 + ["mpirun"], commands
+    assert sum("--allow-run-as-root" in c for c in commands) == (os.getuid() == 0)
+    for command in commands:
+        done = subprocess.run(command, shell=True, cwd=clone, capture_output=True, text=True, timeout=600,
+                              env={k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")})
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+        if "eval.py" in command:
+            assert ACCURACY_LINE.findall(done.stdout) == ACCURACY_LINE.findall(first.stdout)
+    assert (clone / "out" / "export" / "mobilenet_v3_small.mindir").is_file()
+    assert list((clone / "out" / "retrain").glob("mobilenet_v3_small-5_*.ckpt"))
+
+    # A second run reuses the environment: nothing is created or installed again.
+    second = run_quickstart(clone, *args, python=SYSTEM_PYTHON, script=clone / "scripts" / "quickstart.sh")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "creating the project's Python environment" not in second.stdout
+    assert f"Python: {clone}/.venv/bin/python" in second.stdout and "installing:" not in second.stdout
+
+
+def test_a_python_mindspore_has_no_wheel_for_is_refused_before_any_download(tmp_path):
+    scripts = tmp_path / "repo" / "scripts"  # a checkout without .venv, so the interpreter given is the one judged
+    scripts.mkdir(parents=True)
+    for name in ("quickstart.sh", "python_env.sh"):
+        (scripts / name).write_text((SCRIPT.parent / name).read_text())
+    fake = tmp_path / "python3.9"  # answers as a CPython 3.9 outside any environment would
+    fake.write_text('#!/bin/sh\ncase "$*" in *sys.exit*) exit 1;; *version_info*) echo 3.9;; esac\n')
+    fake.chmod(0o755)
+    done = run_quickstart(tmp_path, "--smoke", python=fake, script=scripts / "quickstart.sh")
+    assert done.returncode == 2
+    assert f"error: {fake} is Python 3.9; mindspore 2.10 has wheels for CPython 3.10, 3.11 or 3.12 only" in done.stderr
+    assert "PYTHON=/path/to/python3.11" in done.stderr
+    assert "installing" not in done.stdout and not (tmp_path / "repo" / ".venv").exists()
