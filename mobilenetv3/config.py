@@ -82,6 +82,10 @@ class Config:
     interpolation: str = key("bilinear", "Resize interpolation", choices=["bilinear", "bicubic"])
     crop_pct: float = key(0.875, "Eval centre-crop fraction: shorter side resized to resize/crop_pct",
                           above=0.0)
+    mean: List[float] = key([0.485, 0.456, 0.406], "Per-channel (R, G, B) mean subtracted from images in [0, 1] "
+                            "(default ImageNet's)")
+    std: List[float] = key([0.229, 0.224, 0.225], "Per-channel (R, G, B) standard deviation images are divided by "
+                           "(default ImageNet's)")
     seed: int = key(1, "Random seed", minimum=0)
     log_interval: int = key(1, "Print the step log every this many steps", minimum=1)
     eval_interval: int = key(0, "Validate every this many epochs (0: never)", minimum=0)
@@ -99,20 +103,23 @@ class Config:
     file_format: str = key("MINDIR", "Export format", choices=["MINDIR", "ONNX"])
     file_name: Optional[str] = key(None, "Export file name (default: next to the checkpoint)")
     # Weight conversion from PyTorch.
-    source: str = key("torchvision", "Parameter naming of the PyTorch weights to convert",
-                      choices=["torchvision", "timm"])
-    input: Optional[str] = key(None, "PyTorch .pth file to convert: a state_dict, or a dict holding one "
-                               "under 'state_dict' or 'model'")
+    source: str = key("auto", "Parameter naming of the weights to convert (auto: told by the names)",
+                      choices=["auto", "torchvision", "timm"])
+    input: Optional[str] = key(None, "Weights to convert: a .safetensors file, or a PyTorch .pth holding a "
+                               "state_dict (or one under 'state_dict' or 'model')")
+    preset: Optional[str] = key(None, "Published weight set the input is (e.g. timm/mobilenetv3_large_100.ra_in1k): "
+                                "records its preprocessing and accuracy in the checkpoint")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 # The keys each script offers as flags (a YAML file may carry any key; the others are ignored there).
 MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
+PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
 EVAL_DATA_KEYS = ["device_target", "data_url", "pretrained", "batch_size", "num_parallel_workers", "resize",
-                  "interpolation", "crop_pct", "seed"]
+                  *PREPROCESSING_KEYS, "seed"]
 TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "backend", "threads", "file_format",
-                                                     "file_name", "source", "input")]
+                                                     "file_name", "source", "input", "preset")]
 EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json"]
 INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
@@ -198,6 +205,8 @@ def build_config(config_path=None, overrides: Optional[dict] = None, source=lamb
         values[name] = _convert(name, value, source(name))
     config = Config(**values)
     check_consistency(config)
+    # The keys set by the caller (flags), which win over what a checkpoint records (see preprocessing.resolve).
+    config.flags = frozenset(overrides or ())
     return config
 
 
@@ -211,6 +220,12 @@ def check_consistency(config: Config):
         raise ConfigError(f"dropout_rate must be < 1, got {config.dropout_rate}")
     if config.random_erase > 1.0:
         raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
+    # In units of pixel / 255; MindSpore's Normalize takes mean in [0, 255] and std in (0, 255].
+    for name, low, bounds in (("mean", 0.0, "in [0, 1]"), ("std", None, "in (0, 1]")):
+        values = getattr(config, name)
+        if len(values) != 3 or not all((low is not None and v == low or 0 < v) and v <= 1 for v in values):
+            raise ConfigError(f"{name} needs 3 numbers (R, G, B) {bounds}, e.g. --{name} "
+                              f"{','.join(map(str, FIELDS[name].default_factory()))}; got {values}")
     if config.min_crop_area > 1.0:
         raise ConfigError(f"min_crop_area is a fraction of the image area in (0, 1], got {config.min_crop_area}")
 

@@ -1,4 +1,8 @@
-"""Convert PyTorch MobileNetV3 weights (torchvision or timm naming) into a MindSpore checkpoint.
+"""Convert published MobileNetV3 weights (torchvision or timm naming) into a MindSpore checkpoint.
+
+Reads .safetensors files (as timm publishes its weights) with the safetensors package alone, no torch,
+and PyTorch .pth files with torch when it is installed. The naming is told by the tensor names unless
+given; --preset names a published weight set and records its preprocessing and accuracy in the meta.
 
 Every tensor is mapped by name and checked for shape; anything unmapped or missing is an error that
 lists the names. Our model has torchvision's layout, so torchvision names map one-to-one (BatchNorm
@@ -9,8 +13,9 @@ variants use TensorFlow "same" padding and are not supported.
 """
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -21,6 +26,7 @@ from .imagenet import NUM_CLASSES, wnids
 from .model import ARCHITECTURES, create_model
 
 SOURCES = ("torchvision", "timm")
+SAFETENSORS_SUFFIX = ".safetensors"
 BN_EPS = {"torchvision": 1e-3, "timm": 1e-5}
 # torch's BatchNorm momentum 0.01 weighs the new batch; MindSpore's 0.99 weighs the running value.
 BN_MOMENTUM = 0.99
@@ -40,6 +46,51 @@ TIMM_STAGE_SIZES = {
 TIMM_SEPARABLE = {"depthwise": ("conv_dw", "bn1"), "project": ("conv_pw", "bn2")}
 TIMM_INVERTED = {"expand": ("conv_pw", "bn1"), "depthwise": ("conv_dw", "bn2"), "project": ("conv_pwl", "bn3")}
 TIMM_SE = {"fc1": "se.conv_reduce", "fc2": "se.conv_expand"}
+IMAGENET_NORMALIZATION = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published weight set: where it comes from and how it was evaluated for its published accuracy."""
+    source: str
+    model: str
+    file: str  # the file its publisher serves
+    interpolation: str
+    crop_pct: float
+    top1: float
+    top5: Optional[float]  # None where the publisher gives none
+    mean: Tuple[float, ...] = tuple(IMAGENET_NORMALIZATION["mean"])
+    std: Tuple[float, ...] = tuple(IMAGENET_NORMALIZATION["std"])
+
+    def preprocessing(self) -> dict:
+        return dict(interpolation=self.interpolation, crop_pct=self.crop_pct, mean=list(self.mean), std=list(self.std))
+
+
+# Preprocessing from the publishers' own configs (torchvision's weight enums, timm's pretrained_cfg); accuracy
+# on ImageNet-1k val at 224 px as they publish it.
+PRESETS = {
+    "torchvision/mobilenet_v3_small.IMAGENET1K_V1": Preset(
+        "torchvision", "mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth", "bilinear", 224 / 256, 67.668, 87.402),
+    "torchvision/mobilenet_v3_large.IMAGENET1K_V1": Preset(
+        "torchvision", "mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth", "bilinear", 224 / 256, 74.042, 91.340),
+    "torchvision/mobilenet_v3_large.IMAGENET1K_V2": Preset(
+        "torchvision", "mobilenet_v3_large", "mobilenet_v3_large-5c1a4163.pth", "bilinear", 224 / 232, 75.274, 92.566),
+    "timm/mobilenetv3_small_100.lamb_in1k": Preset(
+        "timm", "mobilenet_v3_small", "model.safetensors", "bicubic", 0.875, 67.636, None),
+    "timm/mobilenetv3_large_100.ra_in1k": Preset(
+        "timm", "mobilenet_v3_large", "model.safetensors", "bicubic", 0.875, 75.766, 92.542),
+    "timm/mobilenetv3_large_100.miil_in21k_ft_in1k": Preset(
+        "timm", "mobilenet_v3_large", "model.safetensors", "bilinear", 0.875, 77.92, None, (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0)),
+}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown --preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
 BLOCK_KEY = re.compile(r"^features\.(?P<block>\d+)\.block\.(?P<layer>\d+)\.(?P<rest>.+)$")
 
 
@@ -169,13 +220,49 @@ def read_torch_state_dict(path) -> dict:
     return loaded
 
 
-def convert_file(input_path, source: str, model_name: str, output_path, width: float = 1.0) -> dict:
-    """Convert a .pth into a checked MindSpore checkpoint at `output_path`; returns the checkpoint's meta.
+def read_safetensors(path) -> dict:
+    """{name: numpy array} of a .safetensors file, read without torch."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, TypeError) as err:
+        raise UserError(f"{path} is not a readable safetensors file ({err})") from None
 
-    The meta carries model, num_classes, width, bn_eps and bn_momentum, which rebuild the exact model
-    (timm weights need bn_eps 1e-5), plus ImageNet class names for 1000-class weights and the source.
+
+def read_weights(path) -> dict:
+    """The tensors of a .safetensors file (no torch needed) or of a PyTorch .pth (see read_torch_state_dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"weights file {path} not found")
+    if path.is_dir():
+        raise UserError(f"--input {path} is a directory; pass the weights file in it (e.g. {path}/model.safetensors)")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return read_safetensors(path)
+    return read_torch_state_dict(path)
+
+
+def detect_source(state_dict) -> str:
+    """"torchvision" or "timm", told by the classifier's name (they name every other tensor differently too)."""
+    found = [source for source in SOURCES if CLASSIFIER_WEIGHT[source] in state_dict]
+    if len(found) != 1:
+        raise UserError(f"cannot tell the naming of the weights: expected {CLASSIFIER_WEIGHT['torchvision']!r} "
+                        f"(torchvision) or {CLASSIFIER_WEIGHT['timm']!r} (timm) among their "
+                        f"{len(state_dict)} tensors; pass --source")
+    return found[0]
+
+
+def convert_file(input_path, source: str, model_name: str, output_path, width: float = 1.0,
+                 preset_name: Optional[str] = None) -> dict:
+    """Convert a .safetensors or .pth file into a checked MindSpore checkpoint at `output_path`; returns its meta.
+
+    `source` "auto" is told by the tensor names. The meta carries model, num_classes, width, bn_eps and
+    bn_momentum, which rebuild the exact model (timm weights need bn_eps 1e-5), plus ImageNet class names for
+    1000-class weights and the source; with a preset, also its preprocessing and published accuracy.
     """
-    weights, bn_eps = convert_state_dict(read_torch_state_dict(input_path), source, model_name, width)
+    state_dict = read_weights(input_path)
+    source = detect_source(state_dict) if source == "auto" else source
+    weights, bn_eps = convert_state_dict(state_dict, source, model_name, width)
     num_classes = weights["classifier.3.bias"].shape[0]
     net = create_model(model_name, num_classes, width, bn_momentum=BN_MOMENTUM, bn_eps=bn_eps)
     not_loaded, _ = ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()},
@@ -184,5 +271,9 @@ def convert_file(input_path, source: str, model_name: str, output_path, width: f
         raise UserError(f"parameters not loaded from {input_path}: {checkpoint.listing(sorted(not_loaded))}")
     meta = dict(model=model_name, num_classes=num_classes, width=width, bn_eps=bn_eps, bn_momentum=BN_MOMENTUM,
                 classes=wnids() if num_classes == NUM_CLASSES else None, source=source)
+    if preset_name:
+        chosen = preset(preset_name)
+        meta.update(preset=preset_name, preprocessing=chosen.preprocessing(),
+                    published={"top1": chosen.top1, "top5": chosen.top5})
     checkpoint.save(output_path, {p.name: p for p in net.get_parameters()}, meta)
     return meta

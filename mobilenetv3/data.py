@@ -23,8 +23,6 @@ from .errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UNREADABLE = -1  # label of an evaluation sample whose file could not be read
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -201,6 +199,12 @@ def _interpolation(name: str):
     return {"bilinear": Inter.BILINEAR, "bicubic": Inter.BICUBIC}[name]
 
 
+def normalize(config):
+    """(pixel - 255 * mean) / (255 * std) per channel, on uint8 HWC images."""
+    from mindspore.dataset import vision
+    return vision.Normalize([255 * m for m in config.mean], [255 * s for s in config.std])
+
+
 def train_transforms(config) -> list:
     from mindspore.dataset import vision
     inter = _interpolation(config.interpolation)
@@ -210,7 +214,7 @@ def train_transforms(config) -> list:
     if config.color_jitter > 0:
         strength = config.color_jitter
         ops.append(vision.RandomColorAdjust(brightness=strength, contrast=strength, saturation=strength))
-    ops += [vision.Normalize([255 * m for m in IMAGENET_MEAN], [255 * s for s in IMAGENET_STD]), vision.HWC2CHW()]
+    ops += [normalize(config), vision.HWC2CHW()]
     if config.random_erase > 0:
         ops.append(vision.RandomErasing(prob=config.random_erase))
     return ops
@@ -221,7 +225,7 @@ def eval_transforms(config) -> list:
     from mindspore.dataset import vision
     return [vision.Resize(int(config.resize / config.crop_pct), interpolation=_interpolation(config.interpolation)),
             vision.CenterCrop(config.resize),
-            vision.Normalize([255 * m for m in IMAGENET_MEAN], [255 * s for s in IMAGENET_STD]),
+            normalize(config),
             vision.HWC2CHW()]
 
 

@@ -74,10 +74,10 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
     return mindspore_predictor(ms.nn.GraphCell(graph)), meta
 
 
-def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str]]:
-    """(batch of CHW float32 images -> logits, class names) for config.pretrained: see load_model."""
+def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str], dict]:
+    """(batch of CHW float32 images -> logits, class names, the model's meta) for config.pretrained: see load_model."""
     predict, meta = load_model(config)
-    return predict, class_names_for(meta["num_classes"], meta.get("classes"))
+    return predict, class_names_for(meta["num_classes"], meta.get("classes")), meta
 
 
 def exported_meta(path, file_format: str, config) -> dict:

@@ -20,7 +20,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.train import Callback, Model
 
-from . import checkpoint, data, dropout, optim, schedules
+from . import checkpoint, data, dropout, optim, preprocessing, schedules
 from .errors import UserError
 from .model import create_model
 
@@ -189,7 +189,8 @@ def restore_training_state(train_step, params: dict, path):
 
 def model_meta(config, classes) -> dict:
     return {"model": config.model, "num_classes": config.num_classes, "width": config.width,
-            "bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum, "classes": classes}
+            "bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum, "classes": classes,
+            "preprocessing": preprocessing.of_config(config)}
 
 
 def resolve_resume(config):
@@ -226,8 +227,11 @@ def train(config, dist=None):
                         f"{config.num_classes}; pass --num_classes {len(train_folder.classes)}")
     net = create_model(config.model, config.num_classes, config.width, config.dropout_rate,
                        config.bn_momentum, config.bn_eps)
-    if config.pretrained:
-        checkpoint.load_weights(net, config.pretrained, new_classifier_ok=True)
+    if config.pretrained:  # fine-tuning: with the preprocessing those weights expect
+        config, line = preprocessing.resolve(config, checkpoint.load_weights(net, config.pretrained,
+                                                                             new_classifier_ok=True))
+        if main_process:
+            print(line, file=sys.stderr)
 
     def dataset_for(epoch, skip_steps=0):  # epoch counts from 0
         ms.dataset.config.set_seed(config.seed * 100003 + epoch)  # for the optional random ops in the pipeline

@@ -1,31 +1,50 @@
-"""Convert PyTorch MobileNetV3 weights (torchvision or timm) into a MindSpore checkpoint.
+"""Convert published MobileNetV3 weights (torchvision or timm) into a MindSpore checkpoint.
 
 Examples:
-  python scripts/convert_weights.py --source torchvision --input mobilenet_v3_large-8738ca79.pth \\
-      --model mobilenet_v3_large --output large.ckpt
+  # timm's weights as published (model.safetensors; no torch needed), with their preprocessing and accuracy
+  python scripts/convert_weights.py --input model.safetensors --preset timm/mobilenetv3_large_100.ra_in1k \\
+      --output large_ra.ckpt
+  # torchvision's .pth (needs torch: pip install torch==2.13.0)
+  python scripts/convert_weights.py --input mobilenet_v3_large-8738ca79.pth \\
+      --preset torchvision/mobilenet_v3_large.IMAGENET1K_V1 --output large.ckpt
   python scripts/convert_weights.py --source timm --input mobilenetv3_small_100.pth --model mobilenet_v3_small
 
-The .pth holds a state_dict, or a training checkpoint with one under 'state_dict' or 'model' (timm's
-mobilenetv3_small_100 / mobilenetv3_large_100, width 1.0 only; not its tf_* variants). The number of
-classes comes from the weights; --output defaults to the input's name with .ckpt. The checkpoint's meta
-records the model, num_classes, width and BatchNorm eps (timm: 1e-5), which eval, infer and export
-read to rebuild the exact model. Needs torch: pip install torch==2.13.0.
+--input is a .safetensors file, or a .pth holding a state_dict (or one under 'state_dict' or 'model'):
+timm's mobilenetv3_small_100 / mobilenetv3_large_100 (width 1.0 only; not its tf_* variants) or
+torchvision's mobilenet_v3_small / mobilenet_v3_large. The naming is told by the tensor names (--source to
+say it), the number of classes by the weights; --output defaults to the input's name with .ckpt. The
+checkpoint's meta records the model, num_classes, width and BatchNorm eps (timm: 1e-5), which eval, infer
+and export read to rebuild the exact model. --preset (model and naming follow from it) also records the
+preprocessing the weight set was evaluated with and its published accuracy; eval, infer and export then use
+those transforms unless --interpolation, --crop_pct, --mean or --std say otherwise (the presets are listed
+below; the README gives their accuracy).
 """
 from pathlib import Path
 
 from mobilenetv3.config import parse_args, run_cli
-from mobilenetv3.convert import convert_file
+from mobilenetv3.convert import PRESETS, convert_file, preset
 from mobilenetv3.errors import UserError
 
 
 def main(argv=None):
-    config = parse_args(argv, description=__doc__, keys=["source", "input", "model", "width", "output"])
+    config = parse_args(argv, description=__doc__, epilog="presets:\n  " + "\n  ".join(PRESETS),
+                        keys=["source", "input", "model", "width", "output", "preset"])
     if not config.input:
-        raise UserError("no weights given: pass --input WEIGHTS.pth")
+        raise UserError("no weights given: pass --input WEIGHTS (.safetensors or .pth)")
+    source, model = config.source, config.model
+    if config.preset:
+        chosen = preset(config.preset)
+        for name, value in (("source", chosen.source), ("model", chosen.model)):
+            given = getattr(config, name)
+            if name in config.flags and given not in (value, "auto"):
+                raise UserError(f"--preset {config.preset} is {name} {value}, but --{name} is {given}; "
+                                f"drop --{name}")
+        source, model = chosen.source, chosen.model
     output = config.output or Path(config.input).with_suffix(".ckpt")
-    meta = convert_file(config.input, config.source, config.model, output, config.width)
-    print(f"converted {config.input} ({config.source}, {meta['model']}, width {meta['width']}, "
-          f"{meta['num_classes']} classes, bn_eps {meta['bn_eps']}) -> {output}")
+    meta = convert_file(config.input, source, model, output, config.width, config.preset)
+    print(f"converted {config.input} ({meta['source']}, {meta['model']}, width {meta['width']}, "
+          f"{meta['num_classes']} classes, bn_eps {meta['bn_eps']}"
+          + (f", preset {config.preset}" if config.preset else "") + f") -> {output}")
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ Examples:
   python scripts/eval.py --device_target CPU --data_url ./dataset/imagenet --pretrained small.ckpt \\
       --backend onnxruntime --threads 2
 
-Prints {'Top_1_Accuracy': ..., 'Top_5_Accuracy': ...}, then the mean loss and image count on the next line.
+Prints {'Top_1_Accuracy': ..., 'Top_5_Accuracy': ...}, then the mean loss and image count; on stderr, the
+preprocessing used (the model's own, recorded in its meta, unless --interpolation, --crop_pct, --mean or --std
+say otherwise).
 With fewer than 5 classes, Top-5 is top-num_classes accuracy (always 1.0). --backend onnxruntime exports
 the checkpoint to ONNX once (cached next to it as <name>-<resize>px.onnx) and runs it with ONNX Runtime.
 """
 import json
+import sys
 
-from mobilenetv3 import runtime
+from mobilenetv3 import preprocessing, runtime
 from mobilenetv3.config import EVAL_KEYS, parse_args, run_cli
 from mobilenetv3.distributed import init_distributed
 from mobilenetv3.evaluation import evaluate_folder
@@ -26,6 +29,9 @@ def main(argv=None):
     runtime.setup(config.device_target, config.seed)
     dist = init_distributed(config.device_target, config.run_distribute)
     predict, meta = load_model(config)
+    config, preprocessing_line = preprocessing.resolve(config, meta)
+    if dist.rank == 0:
+        print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
     metrics = evaluate_folder(predict, meta["num_classes"], config, meta.get("classes"), dist)
     if dist.rank == 0:
         print(metrics.seed_dict())

@@ -9,20 +9,27 @@ The model is rebuilt in eval mode from the checkpoint's meta (model, num_classes
 --model, --num_classes and --width must agree with it. The batch dimension is dynamic in both formats
 (ONNX: input "images" of shape [batch, 3, resize, resize], output "logits"). The file is written to
 --file_name, else next to the checkpoint, with .mindir or .onnx added, and the checkpoint's meta (model,
-classes, ...) with the image size to the same name with .json. ONNX export needs: pip install onnx.
+classes, the preprocessing the model expects, ...) with the image size to the same name with .json.
+ONNX export needs: pip install onnx.
 """
-from mobilenetv3 import runtime
+import sys
+
+from mobilenetv3 import preprocessing, runtime
 from mobilenetv3.checkpoint import model_from_checkpoint
-from mobilenetv3.config import parse_args, run_cli
+from mobilenetv3.config import PREPROCESSING_KEYS, parse_args, run_cli
 from mobilenetv3.export import export, export_path
 
-KEYS = ["device_target", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format", "file_name", "resize"]
+KEYS = ["device_target", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format", "file_name", "resize",
+        *PREPROCESSING_KEYS]
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=KEYS)
     runtime.setup(config.device_target)
     net, meta = model_from_checkpoint(config)
+    config, preprocessing_line = preprocessing.resolve(config, meta)
+    print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
+    meta = dict(meta, preprocessing=preprocessing.of_config(config))
     path = export(net, export_path(config.pretrained, config.file_format, config.file_name), config.file_format,
                   config.resize, meta)
     print(f"exported {config.pretrained} to {path}")

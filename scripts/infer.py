@@ -9,14 +9,17 @@ Examples:
   python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.onnx --backend onnxruntime \\
       --threads 1
 
-Prints each image's top_k class names and probabilities; --output writes path, indices, names and
-probabilities as a JSON list or a CSV table. Class names come from the checkpoint (for a .mindir or .onnx:
+Prints each image's top_k class names and probabilities (and, on stderr, the preprocessing used: the model's
+own unless a flag says otherwise); --output writes path, indices, names and probabilities as a JSON list or a
+CSV table. Class names come from the checkpoint (for a .mindir or .onnx:
 the .json that export wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
 (not images, truncated, corrupt) are skipped and listed at the end with the reason. --backend onnxruntime
 runs a checkpoint (exported to ONNX once, cached next to it as <name>-<resize>px.onnx) or an exported .onnx
 with ONNX Runtime: the same predictions, several times faster on CPU.
 """
-from mobilenetv3 import runtime
+import sys
+
+from mobilenetv3 import preprocessing, runtime
 from mobilenetv3.config import INFER_KEYS, parse_args, run_cli
 from mobilenetv3.errors import UserError
 from mobilenetv3.inference import format_prediction, load_predictor, output_format, predict_folder, write_predictions
@@ -27,7 +30,9 @@ def main(argv=None):
     if config.output:
         output_format(config.output)
     runtime.setup(config.device_target, config.seed)
-    predict, class_names = load_predictor(config)
+    predict, class_names, meta = load_predictor(config)
+    config, preprocessing_line = preprocessing.resolve(config, meta)
+    print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
     predictions, skipped = predict_folder(predict, config.data_url, config, class_names)
     for prediction in predictions:
         print(format_prediction(prediction))

@@ -122,14 +122,17 @@ def test_crop_boxes_stay_inside_and_follow_scale_and_ratio():
     assert random_resized_crop_box(80, 60, rng, scale=(2, 2)) == (0, 0, 80, 60)
 
 
-def test_pipeline_output_is_normalised_chw(tmp_path, small_config):
+@pytest.mark.parametrize("mean, std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's, the default
+                                       ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # timm's miil weights
+                                       ((0.5, 0.25, 0.1), (0.5, 1.0, 0.25))])
+def test_pipeline_output_is_normalised_chw(tmp_path, small_config, mean, std):
     for c in range(2):
         save(tmp_path / "d" / "val" / f"c{c}" / "0.png", Image.new("RGB", (50, 40), (124, 116, 104)))
     folder = data.scan_image_folder(tmp_path / "d" / "val")
-    config = small_config(data_url=str(tmp_path / "d"), batch_size=2, resize=16)
+    config = small_config(data_url=str(tmp_path / "d"), batch_size=2, resize=16, mean=list(mean), std=list(std))
     images, labels = next(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))
     assert images.shape == (2, 3, 16, 16) and images.dtype == np.float32 and labels.tolist() == [0, 1]
-    expected = (np.array([124, 116, 104]) / 255 - data.IMAGENET_MEAN) / data.IMAGENET_STD
+    expected = (np.array([124, 116, 104]) / 255 - np.array(mean)) / np.array(std)
     assert np.abs(images[0, :, 5, 5] - expected).max() < 1e-5
 
 

@@ -155,7 +155,7 @@ def test_missing_checkpoint_is_one_error_line(folder, tmp_path):
     missing = tmp_path / "missing.ckpt"
     result = run_script("eval", *flags(data_url=folder, pretrained=missing))
     assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    errors = [line for line in result.stderr.splitlines() if not line.startswith(("warning:", "preprocessing:"))]
     assert errors == [f"error: checkpoint {missing} not found"]
 
 
@@ -211,6 +211,6 @@ def test_user_errors_are_one_line_and_exit_2(trained, folder, tmp_path, capsys, 
         run_cli(eval_main(), flags(**dict(dict(data_url=folder, pretrained=trained),
                                           **make_flags(trained, folder, tmp_path))))
     assert stop.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "preprocessing:"))]
     assert len(errors) == 1 and errors[0].startswith("error: "), errors
     assert re.search(message, errors[0]), errors[0]

@@ -154,11 +154,11 @@ def test_a_changed_image_size_gets_an_export_of_its_own(model_copy):
 
 def test_given_onnx_from_the_export_script(model_copy, image_folder, tmp_path, capsys):
     given = export_onnx(model_copy, tmp_path / "exported" / "model", capsys)
-    predict, names = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(given),
+    predict, names, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(given),
                                                                 backend="onnxruntime")))
-    cached_predict, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy),
+    cached_predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy),
                                                                    backend="onnxruntime")))
-    mindspore_predict, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))
+    mindspore_predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))
     images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
     assert names == CLASSES  # from model.json
     np.testing.assert_array_equal(predict(images), cached_predict(images))  # the same export, bit for bit
@@ -209,7 +209,7 @@ def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):
 
     monkeypatch.setattr(onnx_backend, "make_session", recording_make_session)
     for threads in (1, 3, 0):
-        predict, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy),
+        predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy),
                                                                 backend="onnxruntime", threads=threads)))
         assert predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)
     assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1, 3, runtime.physical_cores()]

@@ -1,0 +1,45 @@
+"""The image preprocessing a model expects: resize interpolation, eval centre-crop fraction, mean and std.
+
+Weight sets differ here (timm evaluates its ra_in1k weights with bicubic resizing, its miil weights with
+mean 0 and std 1, torchvision with bilinear), and the wrong transforms cost accuracy without any error. So
+every artifact records the preprocessing in its meta ("preprocessing": checkpoints written by training,
+conversion with --preset, exports), and eval, infer and export use it. Precedence: a key given on the
+command line, then what the model records, then the config file and the defaults.
+"""
+import dataclasses
+from typing import Tuple
+
+from .config import PREPROCESSING_KEYS
+
+
+def of_config(config) -> dict:
+    """The preprocessing keys of `config`, as recorded in a meta."""
+    return {name: getattr(config, name) for name in PREPROCESSING_KEYS}
+
+
+def recorded(meta: dict) -> dict:
+    """What a model's meta says about its preprocessing: its "preprocessing", else the keys of the training
+    config it carries (checkpoints written before "preprocessing" existed); {} for a model from elsewhere."""
+    saved = meta.get("preprocessing") or meta.get("config") or {}
+    return {name: saved[name] for name in PREPROCESSING_KEYS if name in saved}
+
+
+def describe(values: dict) -> str:
+    mean, std = (", ".join(f"{v:g}" for v in values[name]) for name in ("mean", "std"))
+    return f"{values['interpolation']}, crop_pct {values['crop_pct']:g}, mean ({mean}), std ({std})"
+
+
+def resolve(config, meta: dict) -> Tuple[object, str]:
+    """(`config` with the preprocessing the model expects, one line saying what is used and where it comes from)."""
+    flags = getattr(config, "flags", frozenset())
+    saved = recorded(meta)
+    chosen = dict(of_config(config), **{k: v for k, v in saved.items() if k not in flags})
+    overridden = sorted(k for k in flags & set(saved) if saved[k] != getattr(config, k))
+    origin = meta.get("preset") or "the model's meta"
+    if not saved:
+        where = "the config (the model records none)"
+    elif overridden:
+        where = f"{origin}, except {', '.join('--' + k for k in overridden)} from the command line"
+    else:
+        where = origin
+    return dataclasses.replace(config, **chosen), f"preprocessing: {describe(chosen)} (from {where})"
