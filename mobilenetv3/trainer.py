@@ -254,16 +254,37 @@ def training_state(train_step) -> dict:
     return state
 
 
-def restore_training_state(train_step, params: dict, path):
+# The state of dynamic loss scaling (O2/O3): TrainOneStepWithLossScaleCell's scale and its update
+# cell's counters. A run without loss scaling has none, so checkpoints move between AMP levels without it.
+LOSS_SCALE_STATE = tuple(checkpoint.OPTIMIZER_PREFIX + name
+                         for name in ("scale_sense", "current_iterator_step", "last_overflow_iterator_step"))
+
+
+def restore_training_state(train_step, params: dict, path) -> list:
+    """Load `params` into `train_step`; returns notes for the user about state it had to do without.
+
+    Resuming across devices and AMP levels works: loss-scale state missing from the checkpoint starts
+    afresh (at the configured loss_scale), and the checkpoint's own is unused by a run without it.
+    """
     own = training_state(train_step)
-    missing = sorted(set(own) - set(params))
+    missing = sorted(set(own) - set(params) - set(LOSS_SCALE_STATE))
     if missing:
         raise UserError(f"checkpoint {path} lacks training state {', '.join(missing[:5])}: it cannot be resumed "
                         "(use it with --pretrained to start a new run from its weights)")
     for name, param in own.items():
+        if name not in params:
+            continue
         if params[name].shape != param.shape:
             raise UserError(f"checkpoint {path}: {name} has shape {params[name].shape}, expected {param.shape}")
         param.set_data(params[name].data if isinstance(params[name], ms.Parameter) else params[name])
+    scale_name = LOSS_SCALE_STATE[0]
+    if any(name in own and name not in params for name in LOSS_SCALE_STATE):
+        return [f"{path} holds no loss-scale state (saved by a run without loss scaling, e.g. O0 on CPU): the "
+                f"loss scale starts at {float(own[scale_name].asnumpy()):g}"]
+    if any(name in params and name not in own for name in LOSS_SCALE_STATE):
+        return [f"{path} holds loss-scale state (scale {float(params[scale_name].asnumpy()):g}) that this run "
+                "without loss scaling does not use"]
+    return []
 
 
 def model_meta(config, classes) -> dict:
@@ -322,9 +343,11 @@ def train(config, dist=None):
     if resume_path:
         params, saved = checkpoint.load(resume_path)
         checkpoint.check_model_matches(saved, resume_path, config.model, config.num_classes, config.width)
-        restore_training_state(train_step, params, resume_path)
+        notes = restore_training_state(train_step, params, resume_path)
         start_epoch, skip_steps = saved.get("epoch", 0), saved.get("epoch_step", 0)
         if main_process:
+            for note in notes:
+                print(note)
             print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {skip_steps + 1}")
     # Dropout masks follow (seed, rank, global step), so a resumed run draws those of an uninterrupted one.
     dropout.set_state(net, config.seed * size + rank, start_epoch * steps + skip_steps)
