@@ -12,7 +12,10 @@ Launchers, told apart by the variables they export:
   port, waits until it listens and broadcasts its address over mpi4py; rank r becomes MS_WORKER r.
 - msrun (MS_ROLE): msrun has exported everything and `init()` joins. msrun also runs the script as the
   scheduler (MS_ROLE=MS_SCHED), whose `init()` serves the cluster and exits without returning.
-- neither: one process, no collectives.
+- MPICH's or Intel MPI's mpiexec (PMI_SIZE) and Slurm's srun (SLURM_STEP_NUM_TASKS, which srun sets
+  and an sbatch script does not): refused when they start several processes, as MindSpore's mpirun
+  path needs OpenMPI and nothing here can gather the ranks otherwise.
+- none of these: one process, no collectives.
 
 A rank that dies ends the job: mpirun kills the other ranks when one exits abnormally, and the scheduler
 dies with rank 0. Under msrun the scheduler notices the missing heartbeat after MS_NODE_TIMEOUT and
@@ -62,13 +65,32 @@ class DistInfo:
 _state = {"info": DistInfo(), "joined": False, "warned_single": False, "all_gather": None}
 
 
+# Launchers that start several processes this package cannot join: the variable holding their number.
+UNSUPPORTED_LAUNCHERS = {
+    "MPICH or Intel MPI mpiexec": "PMI_SIZE",
+    "Slurm srun": "SLURM_STEP_NUM_TASKS",
+}
+
+
+def _process_count(environ, variable) -> int:
+    try:
+        return int(environ.get(variable) or 1)
+    except ValueError:
+        return 1
+
+
 def detect_launcher(environ=None) -> str:
-    """'mpirun', 'msrun' or 'single'."""
+    """'mpirun' (OpenMPI), 'msrun', a key of UNSUPPORTED_LAUNCHERS (several processes) or 'single'.
+
+    OpenMPI is checked first: its mpirun starts ranks through srun inside a Slurm allocation."""
     environ = os.environ if environ is None else environ
     if "OMPI_COMM_WORLD_SIZE" in environ:
         return "mpirun"
     if "MS_ROLE" in environ:
         return "msrun"
+    for launcher, variable in UNSUPPORTED_LAUNCHERS.items():
+        if _process_count(environ, variable) > 1:
+            return launcher
     return "single"
 
 
@@ -80,7 +102,7 @@ def apply_log_defaults(environ=None):
     """
     environ = os.environ if environ is None else environ
     launcher = detect_launcher(environ)
-    if launcher == "single":
+    if launcher not in ("mpirun", "msrun"):
         return
     rank = environ.get("OMPI_COMM_WORLD_RANK") if launcher == "mpirun" else environ.get("MS_NODE_ID")
     if environ.get("MS_ROLE") == "MS_SCHED" or rank not in (None, "0"):
@@ -102,11 +124,16 @@ def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
     """
     import mindspore as ms
 
+    launcher = detect_launcher()
+    if launcher in UNSUPPORTED_LAUNCHERS:
+        variable = UNSUPPORTED_LAUNCHERS[launcher]
+        raise UserError(f"{launcher} started {os.environ[variable]} processes ({variable}), which cannot join one "
+                        "job here: each would train alone as rank 0 on the same device. Launch with OpenMPI's "
+                        "mpirun (mpirun -n N python scripts/train.py ...) or MindSpore's msrun")
     from .runtime import select_device
     select_device(device_target)  # init() needs it, and runtime.setup may select it again afterwards
     if _state["joined"]:
         return _state["info"]
-    launcher = detect_launcher()
     size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MS_WORKER_NUM") or 1)
     if run_distribute and size == 1 and not _state["warned_single"]:
         _state["warned_single"] = True
