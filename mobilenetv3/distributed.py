@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, mindspore_cause
 
 # MindSpore's dynamic-cluster timeouts in seconds, set unless the user exported them. Its defaults
 # (30 min to form the cluster, 30 s without heartbeat) leave a broken job hanging long after the cause.
@@ -283,17 +283,22 @@ def _init_communication(device_target: str, launcher: str):
     try:
         init(backend)
     except RuntimeError as err:
-        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if cause.endswith(":") and ". " in cause:  # drop the heading of a list of reasons on the next lines
-            cause = cause[:cause.rindex(". ") + 1]
+        cause = mindspore_cause(err)
         if os.environ.get("MS_ROLE") == "MS_SCHED":
             raise UserError(f"the MindSpore scheduler ended the job: {cause} See the workers' logs") from None
-        check = {"mpirun": "that mpirun, mpi4py and MindSpore use the same OpenMPI and that each rank sees its "
-                           "device (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES)",
-                 "msrun": "msrun's --master_addr (reachable from every machine), --master_port (free) and "
-                          "--worker_num (the number of processes started on all machines)"}[launcher]
         raise UserError(f"MindSpore could not set up communication on {device_target} under {launcher} "
-                        f"({cause}); check {check}") from None
+                        f"({cause}); check {_communication_hint(device_target, launcher, cause)}") from None
+
+
+def _communication_hint(device_target: str, launcher: str, cause: str) -> str:
+    if launcher == "msrun":
+        return "msrun's --master_addr (reachable from every machine), --master_port (free) and --worker_num (the " \
+               "number of processes started on all machines)"
+    if "mpi" in cause.lower():
+        return "that mpirun is OpenMPI 4 (MindSpore loads libmpi.so.40) and mpi4py was built with that MPI"
+    check_gpu = "; python scripts/check_gpu.py checks the GPU libraries" if device_target == "GPU" else ""
+    return "that each rank sees its device (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES: at least as many " \
+           f"devices as ranks on each machine){check_gpu}"
 
 
 def all_reduce_sum(array) -> np.ndarray:

@@ -7,6 +7,8 @@ it on import (a value the user already exported wins).
 import os
 from pathlib import Path
 
+from .errors import UserError, mindspore_cause
+
 
 def _cpu_has_avx512() -> bool:
     try:
@@ -25,11 +27,23 @@ _selected_device = {}
 
 
 def select_device(device_target: str):
-    """`ms.set_device(device_target)` once per process. Communication init gives rank r device r, after
-    which a second plain set_device asks for device 0 and fails on every rank but 0."""
+    """`ms.set_device(device_target)` once per process. Communication init gives rank r device r,
+    after which a second plain set_device asks for device 0 and fails on every rank but 0.
+
+    A device MindSpore cannot start raises UserError naming the cause: for a GPU the first problem
+    gpu_env finds (MindSpore's own message then often lists only the Ascend libraries it tried), else
+    MindSpore's message with its detail lines.
+    """
     import mindspore as ms
     if "target" not in _selected_device:
-        ms.set_device(device_target)
+        try:
+            ms.set_device(device_target)
+        except RuntimeError as err:
+            from . import gpu_env
+            cause = (gpu_env.start_up_problem() if device_target == "GPU" else None) or mindspore_cause(err)
+            check = "python scripts/check_gpu.py lists what it needs; " if device_target == "GPU" else ""
+            raise UserError(f"device_target {device_target}: MindSpore cannot start on it here: {cause}. {check}"
+                            "--device_target CPU trains on the CPU") from None
         _selected_device["target"] = device_target
     elif _selected_device["target"] != device_target:
         raise ValueError(f"device {_selected_device['target']} is already selected; cannot switch to {device_target}")

@@ -1,0 +1,122 @@
+"""GPU readiness checked without a GPU: scripts/check_gpu.py, the cause named when GPU start-up fails,
+MindSpore's error text kept whole. The CUDA toolkit is stood in for by a script that answers like
+nvcc --version (all MindSpore reads of it)."""
+import ctypes
+import subprocess
+import sys
+
+import pytest
+
+from mobilenetv3 import gpu_env
+from mobilenetv3.errors import mindspore_cause
+from conftest import REPO, run_script
+
+
+def _has_driver():
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+no_gpu_here = pytest.mark.skipif(_has_driver(), reason="this machine has an NVIDIA driver")
+NO_DRIVER = "NVIDIA driver: libcuda.so.1 not found: no NVIDIA driver is installed (no GPU here?)"
+
+
+def fake_cuda(tmp_path, release):
+    nvcc = tmp_path / f"cuda-{release}" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text(f'#!/bin/sh\necho "Cuda compilation tools, release {release}, V{release}.100"\n')
+    nvcc.chmod(0o755)
+    return str(nvcc.parent.parent)
+
+
+@pytest.mark.parametrize("cuda, plugin", [((11, 1), (11, 1)), ((11, 4), (11, 1)), ((11, 6), (11, 6)),
+                                          ((11, 8), (11, 6)), ((11, 0), None), ((12, 2), None), ((10, 1), None)])
+def test_plugin_choice_follows_mindspore(cuda, plugin):
+    """As MindSpore 2.10's loader chose, asked with each of these nvcc releases (its INFO log)."""
+    assert gpu_env.plugin_for(cuda, {(11, 1): "a", (11, 6): "b"}) == plugin
+
+
+def test_the_wheel_ships_cuda_11_plugins_and_nccl():
+    assert sorted(gpu_env.gpu_plugins(gpu_env.mindspore_dir())) == [(11, 1), (11, 6)]
+    assert gpu_env.nccl(gpu_env.mindspore_dir()) == gpu_env.Check("NCCL", True, "2.16.5, bundled with MindSpore")
+
+
+@no_gpu_here
+def test_check_gpu_without_a_gpu_says_why_and_fails(tmp_path):
+    env = {"CUDA_HOME": ""}
+    result = run_script("check_gpu", env=env)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stderr
+    assert lines[0] == "MindSpore 2.10.0: GPU plugins for CUDA 11.1, 11.6"
+    assert lines[1] == f"[FAIL] {NO_DRIVER}"
+    assert lines[2].startswith("[FAIL] CUDA_HOME: not set: MindSpore picks its GPU plugin by $CUDA_HOME/bin/nvcc "
+                               "--version and needs CUDA 11.1 or a later 11.x")
+    assert lines[3] == "[  ok] NCCL: 2.16.5, bundled with MindSpore"
+    assert lines[4].startswith("[  ok] OpenMPI (mpirun only): libmpi.so.40 at ") or \
+        lines[4].startswith("[FAIL] OpenMPI (mpirun only): libmpi.so.40 not found")
+    assert lines[5:] == [f"GPU training cannot start here: {NO_DRIVER}"]
+
+    result = run_script("check_gpu", env={"CUDA_HOME": fake_cuda(tmp_path, "12.2")})
+    assert f"[FAIL] CUDA_HOME: CUDA 12.2 (from {tmp_path}/cuda-12.2/bin/nvcc), but this MindSpore needs CUDA 11.1 " \
+           "or a later 11.x (it has GPU plugins for 11.1, 11.6); point CUDA_HOME at such a toolkit" in result.stdout
+
+
+def test_missing_cuda_libraries_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_env, "driver", lambda: gpu_env.Check("NVIDIA driver", True, "stand-in"))
+    problem = gpu_env.start_up_problem({"CUDA_HOME": fake_cuda(tmp_path, "11.8")})
+    assert problem.startswith("CUDA libraries: libmindspore_gpu.so.11.6 cannot find libcublas.so.11, ")
+    for library in ("libcudart.so.11.0", "libcudnn.so.8", "libnvrtc.so.11.2"):
+        assert library in problem
+    assert problem.endswith(": install CUDA 11's libraries and cuDNN 8 and add their lib directories to "
+                            "LD_LIBRARY_PATH")
+    assert "libcuda.so.1" not in problem  # the driver has its own line
+
+
+def test_check_gpu_does_not_import_mindspore():
+    code = "import sys; from mobilenetv3 import gpu_env; gpu_env.checks(); print('mindspore' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@no_gpu_here
+def test_training_on_the_default_gpu_without_one_names_the_cause(tmp_path):
+    """Before: MindSpore's traceback, whose message lists the Ascend libraries it tried."""
+    result = run_script("train", "--data_url", tmp_path / "no_data", env={"CUDA_HOME": ""})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: device_target GPU: MindSpore cannot start on it here: {NO_DRIVER}. python scripts/check_gpu.py "
+        "lists what it needs; --device_target CPU trains on the CPU")
+
+
+DEVICE_LOAD_ERROR = """Unsupported device target GPU. This process only supports one of the ['CPU']. Please check \
+whether the GPU environment is installed and configured correctly. For details, please refer to "Device load error \
+message".
+
+----------------------------------------------------
+- Device load error message:
+----------------------------------------------------
+Load dynamic library: libmindspore_gpu.so.11.6 failed. libcublas.so.11: cannot open shared object file: No such \
+file or directory
+
+----------------------------------------------------
+- C++ Call Stack: (For framework developers)
+----------------------------------------------------
+mindspore/core/utils/ms_context.cc:291 SetDeviceTargetFromInner
+"""
+
+
+def test_mindspore_cause_keeps_the_detail_lines_not_the_call_stack():
+    """MindSpore 2.10's message for CUDA_HOME at an 11.6 toolkit without its libraries (abridged)."""
+    assert mindspore_cause(RuntimeError(DEVICE_LOAD_ERROR)) == (
+        "Unsupported device target GPU. This process only supports one of the ['CPU']. Please check whether the GPU "
+        "environment is installed and configured correctly. For details, please refer to \"Device load error "
+        "message\". Load dynamic library: libmindspore_gpu.so.11.6 failed. libcublas.so.11: cannot open shared "
+        "object file: No such file or directory")
+    listing = "Failed to initialize the cluster. Possible causes are as follows:\n1. a\n2. b"
+    assert mindspore_cause(RuntimeError(listing)) == "Failed to initialize the cluster."
+    assert mindspore_cause(RuntimeError("")) == "RuntimeError"
