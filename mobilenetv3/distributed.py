@@ -116,7 +116,7 @@ def is_main_process() -> bool:
     return _state["info"].rank == 0
 
 
-def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
+def init_distributed(device_target: str, run_distribute: bool, device_id: int = 0) -> DistInfo:
     """Select the device and, if several processes were launched, join them for data-parallel training.
 
     Sets DATA_PARALLEL with gradients_mean=True, so N ranks at batch B step like one process at batch N*B.
@@ -130,11 +130,15 @@ def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
         raise UserError(f"{launcher} started {os.environ[variable]} processes ({variable}), which cannot join one "
                         "job here: each would train alone as rank 0 on the same device. Launch with OpenMPI's "
                         "mpirun (mpirun -n N python scripts/train.py ...) or MindSpore's msrun")
+    size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MS_WORKER_NUM") or 1)
+    if device_id and launcher != "single" and (size > 1 or launcher == "msrun"):
+        raise UserError(f"device_id {device_id} is for a single process: under {launcher} rank r of each machine "
+                        "takes its r-th visible device; choose the GPUs with CUDA_VISIBLE_DEVICES (mpirun -x "
+                        "CUDA_VISIBLE_DEVICES=4,5,6,7 ...) and leave device_id at 0")
     from .runtime import select_device
-    select_device(device_target)  # init() needs it, and runtime.setup may select it again afterwards
+    select_device(device_target, device_id)  # init() needs it, and runtime.setup may select it again afterwards
     if _state["joined"]:
         return _state["info"]
-    size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MS_WORKER_NUM") or 1)
     if run_distribute and size == 1 and not _state["warned_single"]:
         _state["warned_single"] = True
         print(f"warning: {SINGLE_PROCESS_WARNING}", file=sys.stderr)

@@ -79,20 +79,32 @@ def linked_libraries(path: Path) -> dict:
     return libraries
 
 
+def visible_gpus() -> Optional[int]:
+    """How many GPUs the driver shows this process (after CUDA_VISIBLE_DEVICES); None without a driver."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def driver() -> Check:
-    """The NVIDIA driver's libcuda.so.1: the CUDA version it supports and the GPUs it sees."""
+    """The NVIDIA driver's libcuda.so.1: the CUDA version it supports and the GPUs it shows."""
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
         return Check("NVIDIA driver", False, "libcuda.so.1 not found: no NVIDIA driver is installed (no GPU here?)")
-    version, count = ctypes.c_int(0), ctypes.c_int(0)
-    status = cuda.cuInit(0)
+    version = ctypes.c_int(0)
     cuda.cuDriverGetVersion(ctypes.byref(version))
     supports = f"supports CUDA up to {version.value // 1000}.{version.value % 1000 // 10}"
-    if status != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-        return Check("NVIDIA driver", False, f"{supports} but sees no GPU (cuInit error {status}; check "
-                                             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})")
-    return Check("NVIDIA driver", True, f"{supports}, {count.value} GPU(s) visible")
+    count = visible_gpus()
+    if not count:
+        return Check("NVIDIA driver", False, f"{supports} but shows no GPU (CUDA_VISIBLE_DEVICES="
+                                             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})")
+    return Check("NVIDIA driver", True, f"{supports}, {count} GPU(s) visible")
 
 
 def _cudnn_version(path: str) -> str:

@@ -16,12 +16,13 @@ from mobilenetv3.checkpoint import model_from_checkpoint
 from mobilenetv3.config import parse_args, run_cli
 from mobilenetv3.export import export, export_path
 
-KEYS = ["device_target", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format", "file_name", "resize"]
+KEYS = ["device_target", "device_id", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format",
+        "file_name", "resize"]
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=KEYS)
-    runtime.setup(config.device_target)
+    runtime.setup(config.device_target, device_id=config.device_id)
     net, meta = model_from_checkpoint(config)
     path = export(net, export_path(config.pretrained, config.file_format, config.file_name), config.file_format,
                   config.resize, meta)

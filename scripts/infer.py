@@ -26,7 +26,7 @@ def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=INFER_KEYS)
     if config.output:
         output_format(config.output)
-    runtime.setup(config.device_target, config.seed)
+    runtime.setup(config.device_target, config.seed, device_id=config.device_id)
     predict, class_names = load_predictor(config)
     predictions, skipped = predict_folder(predict, config.data_url, config, class_names)
     for prediction in predictions:

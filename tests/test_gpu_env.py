@@ -120,3 +120,48 @@ def test_mindspore_cause_keeps_the_detail_lines_not_the_call_stack():
     listing = "Failed to initialize the cluster. Possible causes are as follows:\n1. a\n2. b"
     assert mindspore_cause(RuntimeError(listing)) == "Failed to initialize the cluster."
     assert mindspore_cause(RuntimeError("")) == "RuntimeError"
+
+
+def test_device_id_flag_is_parsed_and_checked():
+    from mobilenetv3.config import EVAL_KEYS, INFER_KEYS, TRAIN_KEYS, ConfigError, parse_args
+    assert parse_args(["--device_id", "3"], keys=TRAIN_KEYS).device_id == 3
+    assert parse_args([], keys=TRAIN_KEYS).device_id == 0
+    assert "device_id" in EVAL_KEYS and "device_id" in INFER_KEYS
+    with pytest.raises(ConfigError, match=r"^device_id \(from --device_id\): must be >= 0, got '-1'$"):
+        parse_args(["--device_id", "-1"], keys=TRAIN_KEYS)
+    with pytest.raises(ConfigError, match=r"^device_id \(from --device_id\): expected an integer, got 'gpu1'$"):
+        parse_args(["--device_id", "gpu1"], keys=TRAIN_KEYS)
+
+
+def test_device_id_is_checked_against_the_device(monkeypatch):
+    from mobilenetv3 import runtime
+    from mobilenetv3.errors import UserError
+    monkeypatch.setattr(runtime, "_selected_device", {})
+    with pytest.raises(UserError, match=r"^device_id 1 chooses a GPU or Ascend device; leave it at 0 with "
+                                        r"device_target CPU$"):
+        runtime.select_device("CPU", 1)
+    monkeypatch.setattr(gpu_env, "visible_gpus", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    with pytest.raises(UserError, match=r"^device_id 2: this process sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=4,5\), "
+                                        r"numbered from 0$"):
+        runtime.select_device("GPU", 2)
+    assert runtime._selected_device == {}  # nothing was selected
+
+
+@pytest.mark.parametrize("environ, launcher", [({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}, "mpirun"),
+                                               ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "2"}, "msrun")])
+def test_device_id_is_refused_under_a_launcher(monkeypatch, environ, launcher):
+    from mobilenetv3.distributed import init_distributed
+    from mobilenetv3.errors import UserError
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=rf"^device_id 1 is for a single process: under {launcher} rank r of each "
+                                        r"machine takes its r-th visible device; choose the GPUs with "
+                                        r"CUDA_VISIBLE_DEVICES"):
+        init_distributed("GPU", True, device_id=1)
+
+
+def test_a_script_rejects_a_bad_device_id_in_one_line():
+    result = run_script("infer", "--device_id", "-2", "--data_url", ".")
+    assert result.returncode == 2 and result.stderr.strip() == \
+        "error: device_id (from --device_id): must be >= 0, got '-2'"
