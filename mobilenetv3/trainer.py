@@ -313,6 +313,13 @@ def check_writable(directory):
                         "--ckpt_save_dir") from None
 
 
+def augment_seed(seed: int, epoch: int, rank: int, size: int) -> int:
+    """The seed of MindSpore's own random ops in the pipeline (AutoAugment, colour jitter, random
+    erasing) for `epoch` on `rank` of `size`: one per (epoch, rank), so ranks draw different streams;
+    a single process keeps the seed it always had."""
+    return ((seed * 100003 + epoch) * size + rank) % 2**32
+
+
 def train(config, dist=None):
     """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written."""
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
@@ -330,7 +337,7 @@ def train(config, dist=None):
         checkpoint.load_weights(net, config.pretrained, new_classifier_ok=True)
 
     def dataset_for(epoch, skip_steps=0):  # epoch counts from 0
-        ms.dataset.config.set_seed(config.seed * 100003 + epoch)  # for the optional random ops in the pipeline
+        ms.dataset.config.set_seed(augment_seed(config.seed, epoch, rank, size))
         dataset = data.create_dataset(train_folder, config, training=True, num_shards=size, shard_id=rank,
                                       epoch=epoch)
         return dataset.skip(skip_steps) if skip_steps else dataset
