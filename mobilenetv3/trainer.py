@@ -186,8 +186,7 @@ class StepLog(Callback):
     step skipped on overflow does not advance.
     """
 
-    def __init__(self, lr, epochs, steps, batch_size, log_interval, printing=True, stop_signals=None,
-                 global_step=None):
+    def __init__(self, lr, epochs, steps, batch_size, log_interval, global_step, printing=True, stop_signals=None):
         self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
         self.log_interval, self.printing, self.stop_signals = log_interval, printing, stop_signals
         self.global_step = global_step  # the optimiser's count of applied steps (a Parameter)
@@ -365,8 +364,8 @@ def train(config, dist=None):
     # Several processes cannot agree on the step to stop at, so only a single process catches signals.
     stop_signals = StopSignals() if size == 1 else None
     model = Model(train_step)
-    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval, main_process, stop_signals,
-                  train_step.optimizer.global_step)
+    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval,
+                  train_step.optimizer.global_step, main_process, stop_signals)
     sink = config.dataset_sink_mode and config.device_target != "CPU"  # MindSpore never sinks on CPU
     if sink and main_process and sink_size(steps, 0, config.log_interval) < config.log_interval:
         print(f"dataset sink: {sink_size(steps, 0, config.log_interval)} steps per sink, as log_interval "

@@ -62,7 +62,7 @@ def run(steps, log_interval, sink, outputs=plain_loss, skip=0, epochs=2, lr=None
     model = FakeModel(outputs, global_step)
     model.done = skip
     global_step.set_data(ms.Tensor([skip], ms.int32))
-    log = StepLog(lr, epochs, steps, 8, log_interval, global_step=global_step)
+    log = StepLog(lr, epochs, steps, 8, log_interval, global_step)
     for epoch in range(1, epochs + 1):
         log.epoch, log.skipped = epoch, skip
         run_epoch(model, dataset_of(steps - skip), log, steps, skip, log_interval, sink)
