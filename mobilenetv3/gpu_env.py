@@ -26,6 +26,9 @@ class Check(NamedTuple):
     detail: str
 
 
+OPENMPI = "OpenMPI (mpirun only)"  # the one check a single process or msrun can do without
+
+
 def mindspore_dir() -> Path:
     """The installed mindspore package, found without importing it (the import is slow and logs)."""
     spec = importlib.util.find_spec("mindspore")
@@ -162,8 +165,8 @@ def openmpi(ms_dir: Path) -> Check:
     """OpenMPI for `mpirun` launches (not needed by a single process or msrun)."""
     target = linked_libraries(ms_dir / "lib" / "libmpi_collective.so").get("libmpi.so.40")
     if target is None:
-        return Check("OpenMPI (mpirun only)", False, "libmpi.so.40 not found: install OpenMPI 4 (e.g. apt-get "
-                                                     "install libopenmpi-dev openmpi-bin) or launch with msrun")
+        return Check(OPENMPI, False, "libmpi.so.40 not found: install OpenMPI 4 (e.g. apt-get install "
+                                     "libopenmpi-dev openmpi-bin) or launch with msrun")
     mpirun = shutil.which("mpirun")
     version = "no mpirun on PATH"
     if mpirun:
@@ -172,7 +175,7 @@ def openmpi(ms_dir: Path) -> Check:
                                      timeout=30).stdout.splitlines()[0]
         except (OSError, subprocess.TimeoutExpired, IndexError):
             version = f"{mpirun} --version failed"
-    return Check("OpenMPI (mpirun only)", True, f"libmpi.so.40 at {target}; {version}")
+    return Check(OPENMPI, True, f"libmpi.so.40 at {target}; {version}")
 
 
 def checks(environ=None) -> List[Check]:
@@ -183,7 +186,7 @@ def checks(environ=None) -> List[Check]:
 
 def first_problem(results: List[Check]) -> Optional[str]:
     """The first failed check that keeps a single-process GPU run from starting, or None."""
-    bad = next((c for c in results if not c.ok and not c.name.startswith("OpenMPI")), None)
+    bad = next((c for c in results if not c.ok and c.name != OPENMPI), None)
     return f"{bad.name}: {bad.detail}" if bad else None
 
 

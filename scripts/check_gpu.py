@@ -25,7 +25,8 @@ def main(argv=None):
     if problem:
         print(f"GPU training cannot start here: {problem}")
         return 1
-    print("GPU training can start here" + ("" if results[-1].ok else " (as one process or under msrun; not mpirun)"))
+    mpirun_ok = all(check.ok for check in results if check.name == gpu_env.OPENMPI)
+    print("GPU training can start here" + ("" if mpirun_ok else " (as one process or under msrun; not mpirun)"))
     return 0
 
 

@@ -165,3 +165,19 @@ def test_a_script_rejects_a_bad_device_id_in_one_line():
     result = run_script("infer", "--device_id", "-2", "--data_url", ".")
     assert result.returncode == 2 and result.stderr.strip() == \
         "error: device_id (from --device_id): must be >= 0, got '-2'"
+
+
+@pytest.mark.parametrize("device, launcher, cause, hint", [
+    ("GPU", "mpirun", "Load dynamic library libmpi_collective.so failed. libmpi.so.40: cannot open shared object file",
+     "that mpirun is OpenMPI 4 (MindSpore loads libmpi.so.40) and mpi4py was built with that MPI"),
+    ("GPU", "mpirun", "NCCL init failed: ncclInvalidUsage (device 3 of 2)",
+     "that each rank sees its device (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES: at least as many devices as "
+     "ranks on each machine); python scripts/check_gpu.py checks the GPU libraries"),
+    ("CPU", "msrun", "Failed to initialize distributed job cluster.",
+     "msrun's --master_addr (reachable from every machine), --master_port (free) and --worker_num (the number of "
+     "processes started on all machines)"),
+])
+def test_communication_hint_follows_the_cause(device, launcher, cause, hint):
+    """Before, mpirun got the OpenMPI-and-devices hint whatever the cause."""
+    from mobilenetv3.distributed import _communication_hint
+    assert _communication_hint(device, launcher, cause) == hint
