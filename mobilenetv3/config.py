@@ -54,6 +54,10 @@ class Config:
     milestone: List[int] = key([], "piecewise: epochs at which each learning rate ends")
     learning_rates: List[float] = key([], "piecewise: learning rate of each milestone interval")
     resize: int = key(224, "Input image size", minimum=1)
+    # The device of a single process (the flag of the seed's MindSpore scripts).
+    device_id: int = key(0, "GPU (or Ascend device) of a single process, counted among the visible ones "
+                         "(CUDA_VISIBLE_DEVICES); under mpirun or msrun rank r takes its machine's r-th",
+                         minimum=0)
     # Model.
     model: str = key("mobilenet_v3_small", "Model name",
                      choices=["mobilenet_v3_small", "mobilenet_v3_large"])
@@ -116,8 +120,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # The keys each script offers as flags (a YAML file may carry any key; the others are ignored there).
 MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
 PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
-EVAL_DATA_KEYS = ["device_target", "data_url", "pretrained", "batch_size", "num_parallel_workers", "resize",
-                  *PREPROCESSING_KEYS, "seed"]
+EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "batch_size", "num_parallel_workers",
+                  "resize", *PREPROCESSING_KEYS, "seed"]
 TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "backend", "threads", "file_format",
                                                      "file_name", "source", "input", "preset")]
 EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json"]

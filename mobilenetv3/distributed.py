@@ -12,7 +12,10 @@ Launchers, told apart by the variables they export:
   port, waits until it listens and broadcasts its address over mpi4py; rank r becomes MS_WORKER r.
 - msrun (MS_ROLE): msrun has exported everything and `init()` joins. msrun also runs the script as the
   scheduler (MS_ROLE=MS_SCHED), whose `init()` serves the cluster and exits without returning.
-- neither: one process, no collectives.
+- MPICH's or Intel MPI's mpiexec (PMI_SIZE) and Slurm's srun (SLURM_STEP_NUM_TASKS, which srun sets
+  and an sbatch script does not): refused when they start several processes, as MindSpore's mpirun
+  path needs OpenMPI and nothing here can gather the ranks otherwise.
+- none of these: one process, no collectives.
 
 A rank that dies ends the job: mpirun kills the other ranks when one exits abnormally, and the scheduler
 dies with rank 0. Under msrun the scheduler notices the missing heartbeat after MS_NODE_TIMEOUT and
@@ -37,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, mindspore_cause
 
 # MindSpore's dynamic-cluster timeouts in seconds, set unless the user exported them. Its defaults
 # (30 min to form the cluster, 30 s without heartbeat) leave a broken job hanging long after the cause.
@@ -62,13 +65,32 @@ class DistInfo:
 _state = {"info": DistInfo(), "joined": False, "warned_single": False, "all_gather": None}
 
 
+# Launchers that start several processes this package cannot join: the variable holding their number.
+UNSUPPORTED_LAUNCHERS = {
+    "MPICH or Intel MPI mpiexec": "PMI_SIZE",
+    "Slurm srun": "SLURM_STEP_NUM_TASKS",
+}
+
+
+def _process_count(environ, variable) -> int:
+    try:
+        return int(environ.get(variable) or 1)
+    except ValueError:
+        return 1
+
+
 def detect_launcher(environ=None) -> str:
-    """'mpirun', 'msrun' or 'single'."""
+    """'mpirun' (OpenMPI), 'msrun', a key of UNSUPPORTED_LAUNCHERS (several processes) or 'single'.
+
+    OpenMPI is checked first: its mpirun starts ranks through srun inside a Slurm allocation."""
     environ = os.environ if environ is None else environ
     if "OMPI_COMM_WORLD_SIZE" in environ:
         return "mpirun"
     if "MS_ROLE" in environ:
         return "msrun"
+    for launcher, variable in UNSUPPORTED_LAUNCHERS.items():
+        if _process_count(environ, variable) > 1:
+            return launcher
     return "single"
 
 
@@ -80,7 +102,7 @@ def apply_log_defaults(environ=None):
     """
     environ = os.environ if environ is None else environ
     launcher = detect_launcher(environ)
-    if launcher == "single":
+    if launcher not in ("mpirun", "msrun"):
         return
     rank = environ.get("OMPI_COMM_WORLD_RANK") if launcher == "mpirun" else environ.get("MS_NODE_ID")
     if environ.get("MS_ROLE") == "MS_SCHED" or rank not in (None, "0"):
@@ -94,7 +116,7 @@ def is_main_process() -> bool:
     return _state["info"].rank == 0
 
 
-def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
+def init_distributed(device_target: str, run_distribute: bool, device_id: int = 0) -> DistInfo:
     """Select the device and, if several processes were launched, join them for data-parallel training.
 
     Sets DATA_PARALLEL with gradients_mean=True, so N ranks at batch B step like one process at batch N*B.
@@ -102,12 +124,21 @@ def init_distributed(device_target: str, run_distribute: bool) -> DistInfo:
     """
     import mindspore as ms
 
+    launcher = detect_launcher()
+    if launcher in UNSUPPORTED_LAUNCHERS:
+        variable = UNSUPPORTED_LAUNCHERS[launcher]
+        raise UserError(f"{launcher} started {os.environ[variable]} processes ({variable}), which cannot join one "
+                        "job here: each would train alone as rank 0 on the same device. Launch with OpenMPI's "
+                        "mpirun (mpirun -n N python scripts/train.py ...) or MindSpore's msrun")
+    size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MS_WORKER_NUM") or 1)
+    if device_id and launcher != "single" and (size > 1 or launcher == "msrun"):
+        raise UserError(f"device_id {device_id} is for a single process: under {launcher} rank r of each machine "
+                        "takes its r-th visible device; choose the GPUs with CUDA_VISIBLE_DEVICES (mpirun -x "
+                        "CUDA_VISIBLE_DEVICES=4,5,6,7 ...) and leave device_id at 0")
     from .runtime import select_device
-    select_device(device_target)  # init() needs it, and runtime.setup may select it again afterwards
+    select_device(device_target, device_id)  # init() needs it, and runtime.setup may select it again afterwards
     if _state["joined"]:
         return _state["info"]
-    launcher = detect_launcher()
-    size = int(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("MS_WORKER_NUM") or 1)
     if run_distribute and size == 1 and not _state["warned_single"]:
         _state["warned_single"] = True
         print(f"warning: {SINGLE_PROCESS_WARNING}", file=sys.stderr)
@@ -256,17 +287,22 @@ def _init_communication(device_target: str, launcher: str):
     try:
         init(backend)
     except RuntimeError as err:
-        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if cause.endswith(":") and ". " in cause:  # drop the heading of a list of reasons on the next lines
-            cause = cause[:cause.rindex(". ") + 1]
+        cause = mindspore_cause(err)
         if os.environ.get("MS_ROLE") == "MS_SCHED":
             raise UserError(f"the MindSpore scheduler ended the job: {cause} See the workers' logs") from None
-        check = {"mpirun": "that mpirun, mpi4py and MindSpore use the same OpenMPI and that each rank sees its "
-                           "device (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES)",
-                 "msrun": "msrun's --master_addr (reachable from every machine), --master_port (free) and "
-                          "--worker_num (the number of processes started on all machines)"}[launcher]
         raise UserError(f"MindSpore could not set up communication on {device_target} under {launcher} "
-                        f"({cause}); check {check}") from None
+                        f"({cause}); check {_communication_hint(device_target, launcher, cause)}") from None
+
+
+def _communication_hint(device_target: str, launcher: str, cause: str) -> str:
+    if launcher == "msrun":
+        return "msrun's --master_addr (reachable from every machine), --master_port (free) and --worker_num (the " \
+               "number of processes started on all machines)"
+    if "mpi" in cause.lower():
+        return "that mpirun is OpenMPI 4 (MindSpore loads libmpi.so.40) and mpi4py was built with that MPI"
+    check_gpu = "; python scripts/check_gpu.py checks the GPU libraries" if device_target == "GPU" else ""
+    return "that each rank sees its device (CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES: at least as many " \
+           f"devices as ranks on each machine){check_gpu}"
 
 
 def all_reduce_sum(array) -> np.ndarray:

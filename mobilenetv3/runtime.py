@@ -7,6 +7,9 @@ it on import (a value the user already exported wins).
 import os
 from pathlib import Path
 
+from . import gpu_env
+from .errors import UserError, mindspore_cause
+
 
 def _cpu_has_avx512() -> bool:
     try:
@@ -24,21 +27,39 @@ def apply_cpu_defaults():
 _selected_device = {}
 
 
-def select_device(device_target: str):
-    """`ms.set_device(device_target)` once per process. Communication init gives rank r device r, after
-    which a second plain set_device asks for device 0 and fails on every rank but 0."""
+def select_device(device_target: str, device_id: int = 0):
+    """`ms.set_device(device_target, device_id)` once per process. Communication init gives rank r device r,
+    after which a second plain set_device asks for device 0 and fails on every rank but 0.
+
+    A device MindSpore cannot start raises UserError naming the cause: for a GPU the first problem
+    gpu_env finds (MindSpore's own message then often lists only the Ascend libraries it tried), else
+    MindSpore's message with its detail lines.
+    """
     import mindspore as ms
+    if device_id and device_target == "CPU":
+        raise UserError(f"device_id {device_id} chooses a GPU or Ascend device; leave it at 0 with device_target CPU")
     if "target" not in _selected_device:
-        ms.set_device(device_target)
-        _selected_device["target"] = device_target
-    elif _selected_device["target"] != device_target:
-        raise ValueError(f"device {_selected_device['target']} is already selected; cannot switch to {device_target}")
+        visible = gpu_env.visible_gpus() if device_target == "GPU" else None
+        if visible is not None and device_id >= visible:
+            raise UserError(f"device_id {device_id}: this process sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
+                            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}), numbered from 0")
+        try:
+            ms.set_device(device_target, device_id)
+        except RuntimeError as err:
+            cause = (gpu_env.start_up_problem() if device_target == "GPU" else None) or mindspore_cause(err)
+            check = "python scripts/check_gpu.py lists what it needs; " if device_target == "GPU" else ""
+            raise UserError(f"device_target {device_target}: MindSpore cannot start on it here: {cause}. {check}"
+                            "--device_target CPU trains on the CPU") from None
+        _selected_device.update(target=device_target, device_id=device_id)
+    elif (_selected_device["target"], _selected_device["device_id"]) != (device_target, device_id):
+        raise ValueError(f"device {_selected_device['target']} {_selected_device['device_id']} is already selected; "
+                         f"cannot switch to {device_target} {device_id}")
 
 
-def setup(device_target: str, seed: int = 1, graph_mode: bool = True):
+def setup(device_target: str, seed: int = 1, graph_mode: bool = True, device_id: int = 0):
     """Select the device and execution mode and seed every random generator MindSpore uses."""
     import mindspore as ms
-    select_device(device_target)
+    select_device(device_target, device_id)
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     ms.set_seed(seed)
 

@@ -24,7 +24,8 @@ from . import checkpoint, data, dropout, optim, preprocessing, schedules
 from .errors import UserError
 from .model import create_model
 
-LOG_FORMAT = "Epoch:[{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], loss:[{loss:.3f}/{mean:.3f}], " \
+# The seed README's step line: "Epoch:[ 90/ 120], step:[    1/ 2502], ...".
+LOG_FORMAT = "Epoch:[{epoch:3d}/{epochs:4d}], step:[{step:5d}/{steps:5d}], loss:[{loss:.3f}/{mean:.3f}], " \
              "time:{ms:.3f} ms, lr:{lr:.5f}"
 
 
@@ -114,46 +115,123 @@ def build_train_step(net, config, lr: np.ndarray):
                                       loss_scale_manager=ms.amp.DynamicLossScaleManager(config.loss_scale))
 
 
-class StepLog(Callback):
-    """The seed's step line every `log_interval` steps, a summary per epoch, and a stop on NaN/inf."""
+def sink_size(steps: int, skip_steps: int, log_interval: int) -> int:
+    """Steps per sink in dataset sink mode for an epoch of `steps` of which `skip_steps` are done.
 
-    def __init__(self, lr, epochs, steps, batch_size, log_interval, printing=True, stop_signals=None):
+    Callbacks run only between sinks, so every sink must end on a step the log prints (the multiples
+    of log_interval and the epoch's last step), and none may run past the epoch's end: MindSpore would
+    repeat this epoch's pipeline instead of starting the next one's.
+    """
+    return math.gcd(log_interval, steps, skip_steps)
+
+
+def run_epoch(model, dataset, log, steps, skip_steps, log_interval, sink):
+    """One epoch of `model.train` on `dataset` (its `steps - skip_steps` batches), sunk in
+    sink_size(...) chunks when `sink`: each chunk is one of Model.train's epochs."""
+    if not sink:
+        model.train(1, dataset, callbacks=[log], dataset_sink_mode=False)
+        return
+    per_sink = sink_size(steps, skip_steps, log_interval)
+    model.train((steps - skip_steps) // per_sink, dataset, callbacks=[log], dataset_sink_mode=True,
+                sink_size=per_sink)
+
+
+def step_outputs(outputs):
+    """(loss, overflow, loss scale) of a train step's outputs; overflow False and scale None without
+    loss scaling (TrainStep returns the loss alone, TrainOneStepWithLossScaleCell all three)."""
+    if not isinstance(outputs, (tuple, list)):
+        return float(outputs.asnumpy()), False, None
+    loss, overflow, scale = outputs
+    return float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy())
+
+
+class LossGuard:
+    """Decides when a bad loss ends training.
+
+    Without loss scaling any non-finite loss ends it. With dynamic loss scaling (O2/O3) an fp16
+    overflow is routine: the step is skipped and the scale lowered. There training ends only after
+    PATIENCE observed steps in a row whose loss is non-finite or that overflowed at the smallest scale
+    (1, where MindSpore stops lowering it, so every further step would be skipped too). In sink mode
+    the guard observes the last step of each sink.
+    """
+    PATIENCE = 5
+
+    def __init__(self):
+        self.bad_in_a_row = 0
+
+    def check(self, loss, overflow, scale, epoch, step):
+        advice = "The last good checkpoint is kept; lower max_lr or check the data, then --resume auto"
+        if scale is None:
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss} at epoch {epoch}, step {step}: stopping. {advice}")
+            return
+        collapsed = overflow and scale <= 1.0
+        self.bad_in_a_row = self.bad_in_a_row + 1 if collapsed or not math.isfinite(loss) else 0
+        if self.bad_in_a_row < self.PATIENCE:
+            return
+        in_a_row = f"in {self.bad_in_a_row} observed steps in a row"
+        if math.isfinite(loss):
+            raise NonFiniteLoss(f"gradients overflowed at loss scale {scale:g} (the smallest) {in_a_row} up to epoch "
+                                f"{epoch}, step {step}: stopping. {advice}")
+        raise NonFiniteLoss(f"loss is {loss} at epoch {epoch}, step {step}, {in_a_row} (loss scale {scale:g}): "
+                            f"stopping. {advice}")
+
+
+class StepLog(Callback):
+    """The seed's step line every `log_interval` steps, a summary per epoch, and the LossGuard.
+
+    One Model.train call runs one epoch, whether unsunk or in several sinks. In sink mode the callbacks
+    see the last step of each sink: its loss, and the time of the sink divided by its steps. The
+    learning rate printed is the one the optimiser last applied, read from its step counter, which a
+    step skipped on overflow does not advance.
+    """
+
+    def __init__(self, lr, epochs, steps, batch_size, log_interval, global_step, printing=True, stop_signals=None):
         self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
         self.log_interval, self.printing, self.stop_signals = log_interval, printing, stop_signals
+        self.global_step = global_step  # the optimiser's count of applied steps (a Parameter)
         self.epoch, self.skipped = 0, 0  # skipped: steps of this epoch done before a resume
         self.steps_done = 0
+        self.guard = LossGuard()
 
-    def on_train_epoch_begin(self, run_context):
+    def applied_steps(self) -> int:
+        return int(self.global_step.asnumpy().reshape(-1)[0])
+
+    def on_train_begin(self, run_context):
         self.losses, self.epoch_start, self.steps_done = [], time.time(), self.skipped
+        self.applied_at_start, self.scale = self.applied_steps(), None
 
     def on_train_step_begin(self, run_context):
         self.step_start = time.time()
 
     def on_train_step_end(self, run_context):
         params = run_context.original_args()
-        outputs = params.net_outputs
-        loss = float((outputs[0] if isinstance(outputs, (tuple, list)) else outputs).asnumpy())
+        loss, overflow, self.scale = step_outputs(params.net_outputs)
         # cur_step_num counts the steps of this Model.train call; in sink mode several pass per callback.
-        step = self.steps_done = self.skipped + params.cur_step_num
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss} at epoch {self.epoch}, step {step}: stopping. The last good "
-                                "checkpoint is kept; lower max_lr or check the data, then --resume auto")
-        self.losses.append(loss)
-        if self.printing and (step % self.log_interval == 0 or step == self.steps or params.dataset_sink_mode):
-            global_step = (self.epoch - 1) * self.steps + step - 1
+        step = self.skipped + params.cur_step_num
+        steps_run, self.steps_done = step - self.steps_done, step
+        self.guard.check(loss, overflow, self.scale, self.epoch, step)
+        if math.isfinite(loss):
+            self.losses.append(loss)
+        if self.printing and (step % self.log_interval == 0 or step == self.steps):
+            applied = min(max(self.applied_steps() - 1, 0), len(self.lr) - 1)
             print(LOG_FORMAT.format(epoch=self.epoch, epochs=self.epochs, step=step, steps=self.steps, loss=loss,
-                                    mean=float(np.mean(self.losses)), ms=1000 * (time.time() - self.step_start),
-                                    lr=float(self.lr[min(global_step, len(self.lr) - 1)])), flush=True)
+                                    mean=float(np.mean(self.losses)) if self.losses else loss,
+                                    ms=1000 * (time.time() - self.step_start) / steps_run,
+                                    lr=float(self.lr[applied])), flush=True)
         if self.stop_signals is not None and self.stop_signals.received is not None:
             run_context.request_stop()
 
-    def on_train_epoch_end(self, run_context):
+    def on_train_end(self, run_context):
         seconds = time.time() - self.epoch_start
         if self.printing:
             steps = self.steps_done - self.skipped
+            skipped = steps - (self.applied_steps() - self.applied_at_start)
+            scaling = "" if self.scale is None else \
+                f", loss scale {self.scale:g}, {skipped} steps skipped on fp16 overflow"
             print(f"Epoch {self.epoch} finished: {steps} steps in {seconds:.1f} s, "
                   f"{steps * self.batch_size / seconds:.1f} img/s per process, "
-                  f"mean loss {np.mean(self.losses):.4f}", flush=True)
+                  f"mean loss {np.mean(self.losses) if self.losses else float('nan'):.4f}{scaling}", flush=True)
 
 
 def training_state(train_step) -> dict:
@@ -175,16 +253,37 @@ def training_state(train_step) -> dict:
     return state
 
 
-def restore_training_state(train_step, params: dict, path):
+# The state of dynamic loss scaling (O2/O3): TrainOneStepWithLossScaleCell's scale and its update
+# cell's counters. A run without loss scaling has none, so checkpoints move between AMP levels without it.
+LOSS_SCALE_STATE = tuple(checkpoint.OPTIMIZER_PREFIX + name
+                         for name in ("scale_sense", "current_iterator_step", "last_overflow_iterator_step"))
+
+
+def restore_training_state(train_step, params: dict, path) -> list:
+    """Load `params` into `train_step`; returns notes for the user about state it had to do without.
+
+    Resuming across devices and AMP levels works: loss-scale state missing from the checkpoint starts
+    afresh (at the configured loss_scale), and the checkpoint's own is unused by a run without it.
+    """
     own = training_state(train_step)
-    missing = sorted(set(own) - set(params))
+    missing = sorted(set(own) - set(params) - set(LOSS_SCALE_STATE))
     if missing:
         raise UserError(f"checkpoint {path} lacks training state {', '.join(missing[:5])}: it cannot be resumed "
                         "(use it with --pretrained to start a new run from its weights)")
     for name, param in own.items():
+        if name not in params:
+            continue
         if params[name].shape != param.shape:
             raise UserError(f"checkpoint {path}: {name} has shape {params[name].shape}, expected {param.shape}")
         param.set_data(params[name].data if isinstance(params[name], ms.Parameter) else params[name])
+    scale_name = LOSS_SCALE_STATE[0]
+    if any(name in own and name not in params for name in LOSS_SCALE_STATE):
+        return [f"{path} holds no loss-scale state (saved by a run without loss scaling, e.g. O0 on CPU): the "
+                f"loss scale starts at {float(own[scale_name].asnumpy()):g}"]
+    if any(name in params and name not in own for name in LOSS_SCALE_STATE):
+        return [f"{path} holds loss-scale state (scale {float(params[scale_name].asnumpy()):g}) that this run "
+                "without loss scaling does not use"]
+    return []
 
 
 def model_meta(config, classes) -> dict:
@@ -214,6 +313,13 @@ def check_writable(directory):
                         "--ckpt_save_dir") from None
 
 
+def augment_seed(seed: int, epoch: int, rank: int, size: int) -> int:
+    """The seed of MindSpore's own random ops in the pipeline (AutoAugment, colour jitter, random
+    erasing) for `epoch` on `rank` of `size`: one per (epoch, rank), so ranks draw different streams;
+    a single process keeps the seed it always had."""
+    return ((seed * 100003 + epoch) * size + rank) % 2**32
+
+
 def train(config, dist=None):
     """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written."""
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
@@ -234,7 +340,7 @@ def train(config, dist=None):
             print(line, file=sys.stderr)
 
     def dataset_for(epoch, skip_steps=0):  # epoch counts from 0
-        ms.dataset.config.set_seed(config.seed * 100003 + epoch)  # for the optional random ops in the pipeline
+        ms.dataset.config.set_seed(augment_seed(config.seed, epoch, rank, size))
         dataset = data.create_dataset(train_folder, config, training=True, num_shards=size, shard_id=rank,
                                       epoch=epoch)
         return dataset.skip(skip_steps) if skip_steps else dataset
@@ -247,9 +353,11 @@ def train(config, dist=None):
     if resume_path:
         params, saved = checkpoint.load(resume_path)
         checkpoint.check_model_matches(saved, resume_path, config.model, config.num_classes, config.width)
-        restore_training_state(train_step, params, resume_path)
+        notes = restore_training_state(train_step, params, resume_path)
         start_epoch, skip_steps = saved.get("epoch", 0), saved.get("epoch_step", 0)
         if main_process:
+            for note in notes:
+                print(note)
             print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {skip_steps + 1}")
     # Dropout masks follow (seed, rank, global step), so a resumed run draws those of an uninterrupted one.
     dropout.set_state(net, config.seed * size + rank, start_epoch * steps + skip_steps)
@@ -260,14 +368,18 @@ def train(config, dist=None):
     # Several processes cannot agree on the step to stop at, so only a single process catches signals.
     stop_signals = StopSignals() if size == 1 else None
     model = Model(train_step)
-    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval, main_process, stop_signals)
+    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval,
+                  train_step.optimizer.global_step, main_process, stop_signals)
+    sink = config.dataset_sink_mode and config.device_target != "CPU"  # MindSpore never sinks on CPU
+    if sink and main_process and sink_size(steps, 0, config.log_interval) < config.log_interval:
+        print(f"dataset sink: {sink_size(steps, 0, config.log_interval)} steps per sink, as log_interval "
+              f"{config.log_interval} does not divide the {steps} steps of an epoch")
     meta = dict(model_meta(config, train_folder.classes), config=asdict(config))
     last = None
     with stop_signals or contextlib.nullcontext():
         for epoch in range(start_epoch + 1, config.epoch_size + 1):
             log.epoch, log.skipped = epoch, skip_steps
-            model.train(1, dataset_for(epoch - 1, skip_steps), callbacks=[log],
-                        dataset_sink_mode=config.dataset_sink_mode)
+            run_epoch(model, dataset_for(epoch - 1, skip_steps), log, steps, skip_steps, config.log_interval, sink)
             skip_steps = 0
             finished = log.steps_done == steps
             if main_process:

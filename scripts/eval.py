@@ -26,8 +26,8 @@ from mobilenetv3.inference import load_model
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=EVAL_KEYS)
-    runtime.setup(config.device_target, config.seed)
-    dist = init_distributed(config.device_target, config.run_distribute)
+    runtime.setup(config.device_target, config.seed, device_id=config.device_id)
+    dist = init_distributed(config.device_target, config.run_distribute, config.device_id)
     predict, meta = load_model(config)
     config, preprocessing_line = preprocessing.resolve(config, meta)
     if dist.rank == 0:

@@ -19,13 +19,13 @@ from mobilenetv3.checkpoint import model_from_checkpoint
 from mobilenetv3.config import PREPROCESSING_KEYS, parse_args, run_cli
 from mobilenetv3.export import export, export_path
 
-KEYS = ["device_target", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format", "file_name", "resize",
-        *PREPROCESSING_KEYS]
+KEYS = ["device_target", "device_id", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format",
+        "file_name", "resize", *PREPROCESSING_KEYS]
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=KEYS)
-    runtime.setup(config.device_target)
+    runtime.setup(config.device_target, device_id=config.device_id)
     net, meta = model_from_checkpoint(config)
     config, preprocessing_line = preprocessing.resolve(config, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format

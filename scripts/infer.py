@@ -29,7 +29,7 @@ def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=INFER_KEYS)
     if config.output:
         output_format(config.output)
-    runtime.setup(config.device_target, config.seed)
+    runtime.setup(config.device_target, config.seed, device_id=config.device_id)
     predict, class_names, meta = load_predictor(config)
     config, preprocessing_line = preprocessing.resolve(config, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format

@@ -19,8 +19,8 @@ from mobilenetv3.trainer import train
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=TRAIN_KEYS)
-    runtime.setup(config.device_target, config.seed)
-    dist = init_distributed(config.device_target, config.run_distribute)
+    runtime.setup(config.device_target, config.seed, device_id=config.device_id)
+    dist = init_distributed(config.device_target, config.run_distribute, config.device_id)
     check_same_config(vars(config))
     last = train(config, dist)
     if dist.rank == 0:

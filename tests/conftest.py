@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)
 
-# The seed README's step line.
-STEP_LINE = re.compile(r"^Epoch:\[ *\d+/ *\d+\], step:\[ *\d+/ *\d+\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "
+# The seed README's step line, widths included: "Epoch:[ 90/ 120], step:[    1/ 2502], ...".
+STEP_LINE = re.compile(r"^Epoch:\[[ \d]{2}\d/[ \d]{3}\d\], step:\[[ \d]{4}\d/[ \d]{4}\d\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "
                        r"time:\d+\.\d{3} ms, lr:\d+\.\d{5}$")
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 

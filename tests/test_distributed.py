@@ -23,7 +23,8 @@ MPIRUN = shutil.which("mpirun")
 MSRUN = shutil.which("msrun")
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not installed")
 needs_msrun = pytest.mark.skipif(MSRUN is None, reason="msrun (installed with mindspore) is not on PATH")
-LAUNCHER_VARIABLES = ("OMPI_", "PMIX_", "MS_ROLE", "MS_WORKER_NUM", "MS_NODE_ID", "MS_SCHED_", "RANK_ID")
+LAUNCHER_VARIABLES = ("OMPI_", "PMIX_", "PMI_", "SLURM_", "MS_ROLE", "MS_WORKER_NUM", "MS_NODE_ID", "MS_SCHED_",
+                      "RANK_ID")
 
 
 def free_port() -> int:
@@ -266,3 +267,40 @@ def test_missing_mpi4py_is_named(tmp_path):
         "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(REPO)])})
     assert status == 2
     assert output.strip() == "error: mpirun on CPU needs mpi4py to start the MindSpore cluster: pip install mpi4py"
+
+
+@pytest.mark.parametrize("environ, launcher", [
+    ({"OMPI_COMM_WORLD_SIZE": "4", "PMI_RANK": "0", "PMI_SIZE": "4"}, "mpirun"),  # as some OpenMPI builds export
+    ({"PMI_RANK": "1", "PMI_SIZE": "4"}, "MPICH or Intel MPI mpiexec"),
+    ({"PMI_RANK": "0", "PMI_SIZE": "1"}, "single"),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"}, "Slurm srun"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}, "single"),  # an sbatch script that runs one process
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, "single"),
+    ({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "2", "OMPI_COMM_WORLD_SIZE": "8"}, "mpirun"),  # inside Slurm
+])
+def test_launcher_detection(environ, launcher):
+    assert distributed.detect_launcher(environ) == launcher
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"PMI_RANK": "1", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1"},
+     "MPICH or Intel MPI mpiexec started 4 processes (PMI_SIZE)"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"},
+     "Slurm srun started 2 processes (SLURM_STEP_NUM_TASKS)"),
+])
+def test_other_launchers_are_refused_in_one_line(tmp_path, environ, expected):
+    """What each process of such a launch sees; before, each trained alone as rank 0 on device 0."""
+    status, output, _ = launch("single", 1, tmp_path, env=environ)
+    assert status == 2
+    assert output.strip() == f"error: {expected}, which cannot join one job here: each would train alone as rank " \
+                             "0 on the same device. Launch with OpenMPI's mpirun (mpirun -n N python " \
+                             "scripts/train.py ...) or MindSpore's msrun"
+    assert not (tmp_path / "rank0.json").exists()
+
+
+def test_one_process_in_an_sbatch_script_runs(tmp_path):
+    status, output, _ = launch("single", 1, tmp_path, "--run_distribute", "false",
+                               env={"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "7"})
+    assert status == 0, output
+    report = rank_reports(tmp_path, 1)[0]
+    assert (report["rank"], report["size"], report["is_distributed"]) == (0, 1, False)

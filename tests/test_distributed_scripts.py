@@ -34,7 +34,7 @@ def test_mpirun_train_then_eval_equals_one_process(uneven_folder, tmp_path):
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
     lines = [line for line in trained.stdout.splitlines() if line.startswith("Epoch:[")]
     # 24 images, 2 ranks x batch 4: 3 steps, logged once (rank 0 only).
-    assert [line[:35] for line in lines] == [f"Epoch:[  1/  1], step:[    {s}/    3]" for s in (1, 2, 3)]
+    assert [line[:36] for line in lines] == [f"Epoch:[  1/   1], step:[    {s}/    3]" for s in (1, 2, 3)]
     assert all(STEP_LINE.match(line) for line in lines)
     assert [p.name for p in tmp_path.iterdir()] == ["mobilenet_v3_small-1_3.ckpt"]
     ckpt = tmp_path / "mobilenet_v3_small-1_3.ckpt"

@@ -70,7 +70,7 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, unin
     """Stopped mid-epoch and resumed there, the run ends bit for bit where an uninterrupted one does,
     dropout masks included."""
     process = start_training(image_folder, tmp_path)
-    wait_for_line(process, "Epoch:[  2/  3], step:[    3/   12]")
+    wait_for_line(process, "Epoch:[  2/   3], step:[    3/   12]")
     process.send_signal(signum)
     output = process.communicate(timeout=300)[0]
     # MindSpore's runtime turns a SIGINT into a SIGTERM to the process; either is handled the same.
@@ -83,7 +83,7 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, unin
     assert saved["epoch"] == 1 and 3 <= saved["epoch_step"] < 12
     output = resume(image_folder, tmp_path)
     assert f"resumed from" in output and f"at epoch 2, step {saved['epoch_step'] + 1}" in output
-    assert f"Epoch:[  2/  3], step:[   {saved['epoch_step'] + 1:2d}/   12]" in output
+    assert f"Epoch:[  2/   3], step:[   {saved['epoch_step'] + 1:2d}/   12]" in output
     assert_same(final_weights(tmp_path), uninterrupted)
 
 
@@ -91,7 +91,7 @@ def test_kill_9_loses_at_most_the_current_epoch(image_folder, tmp_path, uninterr
     """Killed mid-epoch, `--resume auto` redoes that epoch from the last checkpoint and ends bit for bit
     where an uninterrupted run does, dropout masks included."""
     process = start_training(image_folder, tmp_path)
-    wait_for_line(process, "Epoch:[  2/  3], step:[    5/   12]")
+    wait_for_line(process, "Epoch:[  2/   3], step:[    5/   12]")
     process.kill()
     process.wait()
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["mobilenet_v3_small-1_12.ckpt"]

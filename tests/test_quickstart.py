@@ -62,7 +62,7 @@ def test_smoke_run_prints_every_stage_and_writes_what_the_summary_names(tmp_path
 
     steps = [line for line in out.splitlines() if STEP_LINE.match(line)]
     assert [int(re.search(r"step:\[ *(\d+)/ *9\]", line).group(1)) for line in steps] == SMOKE_STEPS
-    assert all(line.startswith("Epoch:[  1/  1]") for line in steps)
+    assert all(line.startswith("Epoch:[  1/   1]") for line in steps)
     log = (tmp_path / "out" / "train.log").read_text()
     assert [line for line in log.splitlines() if STEP_LINE.match(line)] == steps  # tee'd, not just printed
 

@@ -24,7 +24,7 @@ def test_loss_falls_log_lines_and_checkpoint_rotation(small_config, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("Epoch:[")]
     assert len(lines) == 4 * 6 and all(STEP_LINE.match(line) for line in lines), lines[:2]
-    assert lines[0].startswith("Epoch:[  1/  4], step:[    1/    6]") and lines[-1].startswith("Epoch:[  4/  4], step:[    6/    6]")
+    assert lines[0].startswith("Epoch:[  1/   4], step:[    1/    6]") and lines[-1].startswith("Epoch:[  4/   4], step:[    6/    6]")
     epoch_means = [float(m) for m in re.findall(r"mean loss (\d+\.\d+)", out)]
     assert len(epoch_means) == 4 and epoch_means[-1] < 0.8 * epoch_means[0], epoch_means
     ckpt_dir = Path(config.ckpt_save_dir)
