@@ -16,6 +16,7 @@ setup(
         # torch 2.13.0 is the CPU build; a bare "torch" would pull a multi-GB CUDA build.
         "convert": ["torch==2.13.0"],
         "onnx": ["onnx", "onnxruntime"],
-        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime"],
+        "plot": ["matplotlib"],
+        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "matplotlib"],
     },
 )

@@ -20,7 +20,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.train import Callback, Model
 
-from . import checkpoint, data, dropout, optim, preprocessing, schedules
+from . import checkpoint, data, dropout, optim, preprocessing, run_record, schedules
 from .errors import UserError
 from .model import create_model
 
@@ -224,14 +224,21 @@ class StepLog(Callback):
 
     def on_train_end(self, run_context):
         seconds = time.time() - self.epoch_start
+        steps = self.steps_done - self.skipped
+        skipped = steps - (self.applied_steps() - self.applied_at_start)
+        applied = min(max(self.applied_steps() - 1, 0), len(self.lr) - 1)
+        self.summary = dict(global_step=(self.epoch - 1) * self.steps + self.steps_done,
+                            loss=float(np.mean(self.losses)) if self.losses else float("nan"),
+                            lr=float(self.lr[applied]), steps=steps, seconds=round(seconds, 3),
+                            images_per_second=round(steps * self.batch_size / seconds, 2))
+        if self.scale is not None:
+            self.summary.update(loss_scale=self.scale, overflow_steps=skipped)
         if self.printing:
-            steps = self.steps_done - self.skipped
-            skipped = steps - (self.applied_steps() - self.applied_at_start)
             scaling = "" if self.scale is None else \
                 f", loss scale {self.scale:g}, {skipped} steps skipped on fp16 overflow"
             print(f"Epoch {self.epoch} finished: {steps} steps in {seconds:.1f} s, "
-                  f"{steps * self.batch_size / seconds:.1f} img/s per process, "
-                  f"mean loss {np.mean(self.losses) if self.losses else float('nan'):.4f}{scaling}", flush=True)
+                  f"{self.summary['images_per_second']:.1f} img/s per process, "
+                  f"mean loss {self.summary['loss']:.4f}{scaling}", flush=True)
 
 
 def training_state(train_step) -> dict:
@@ -321,12 +328,22 @@ def augment_seed(seed: int, epoch: int, rank: int, size: int) -> int:
 
 
 def train(config, dist=None):
-    """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written."""
+    """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written.
+
+    Rank 0 also writes ckpt_save_dir/run.yaml, metrics.jsonl and train.log (see run_record).
+    """
+    if dist and dist.rank != 0:
+        return run_training(config, dist)
+    check_writable(config.ckpt_save_dir)
+    run_record.write_run_file(config, dist.size if dist else 1, config.ckpt_save_dir)
+    with run_record.tee_stdout(config.ckpt_save_dir):
+        return run_training(config, dist)
+
+
+def run_training(config, dist=None):
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
     main_process = rank == 0
     ms.set_seed(config.seed)  # same initial weights on every rank and in every run
-    if main_process:
-        check_writable(config.ckpt_save_dir)
     train_folder = data.scan_image_folder(data.split_dir(config.data_url, "train"))
     if len(train_folder.classes) != config.num_classes:
         raise UserError(f"{train_folder.root} has {len(train_folder.classes)} class folders but num_classes is "
@@ -375,7 +392,9 @@ def train(config, dist=None):
         print(f"dataset sink: {sink_size(steps, 0, config.log_interval)} steps per sink, as log_interval "
               f"{config.log_interval} does not divide the {steps} steps of an epoch")
     meta = dict(model_meta(config, train_folder.classes), config=asdict(config))
+    metrics_file = run_record.MetricsFile(config.ckpt_save_dir, start_epoch) if main_process else None
     last = None
+    started = time.time()
     with stop_signals or contextlib.nullcontext():
         for epoch in range(start_epoch + 1, config.epoch_size + 1):
             log.epoch, log.skipped = epoch, skip_steps
@@ -388,14 +407,26 @@ def train(config, dist=None):
                 name = signal.Signals(stop_signals.received).name
                 raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {log.steps_done}/{steps}; saved "
                                           f"{last}. Continue with --resume auto", stop_signals.received)
+            validation = None
             if config.eval_interval and epoch % config.eval_interval == 0:
                 from .evaluation import evaluate_folder, mindspore_predictor
-                metrics = evaluate_folder(mindspore_predictor(net), net.num_classes, config, train_folder.classes,
-                                          dist)
+                validation = evaluate_folder(mindspore_predictor(net), net.num_classes, config,
+                                             train_folder.classes, dist)
                 net.set_train(True)  # mindspore_predictor switched it to eval mode
                 if main_process:
-                    print(f"validation after epoch {epoch}: {metrics.seed_dict()}", flush=True)
+                    print(f"validation after epoch {epoch}: {validation.seed_dict()}", flush=True)
+            if main_process and finished:
+                metrics_file.append(epoch_record(log.summary, epoch, size, time.time() - started, validation))
     return last
+
+
+def epoch_record(summary: dict, epoch: int, world_size: int, wall_seconds: float, validation=None) -> dict:
+    """One line of metrics.jsonl; wall_seconds counts from the start of this process's training loop."""
+    record = dict(epoch=epoch, **summary, images_per_second_total=round(summary["images_per_second"] * world_size, 2),
+                  wall_seconds=round(wall_seconds, 3), peak_rss_mb=round(run_record.peak_rss_mb(), 1))
+    if validation is not None:
+        record.update(val_top1=validation.top1, val_top5=validation.top5, val_loss=validation.loss)
+    return record
 
 
 def save(config, train_step, meta, epochs_done, epoch_step, steps):

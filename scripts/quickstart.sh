@@ -70,7 +70,7 @@ stage_done() { echo "    ($((SECONDS - stage_start)) s)"; }
 
 stage 1 "Install"
 . "$REPO/scripts/python_env.sh"
-project_python "$REPO" "" mindspore || exit $?
+project_python "$REPO" plot mindspore matplotlib || exit $?
 IDX_ARGS=()
 if [ -n "$IDX_DIR" ]; then
     IDX_ARGS=(--idx_dir "$IDX_DIR")
@@ -125,6 +125,7 @@ fi
     --ckpt_save_dir "$OUTPUT/checkpoints" "${TRAIN_ARGS[@]}" 2>&1 | tee "$OUTPUT/train.log"
 CHECKPOINT="$(sed -n 's/^last checkpoint: //p' "$OUTPUT/train.log" | tail -n 1)"
 [ -n "$CHECKPOINT" ] && [ -f "$CHECKPOINT" ] || { echo "error: training wrote no checkpoint; see $OUTPUT/train.log" >&2; exit 1; }
+"$PYTHON" "$REPO/scripts/plot.py" "$OUTPUT/checkpoints" --output "$OUTPUT/curves.png" || echo "note: no curves drawn (see above)"
 stage_done
 
 stage 4 "Evaluate $CHECKPOINT on the Fashion-MNIST test images in $DATA/val"
@@ -150,6 +151,7 @@ echo "==> Done in $((SECONDS - START)) s. Top-1 accuracy $TOP1 on Fashion-MNIST 
 echo "  checkpoint:  $CHECKPOINT"
 echo "  train log:   $OUTPUT/train.log"
 echo "  metrics:     $OUTPUT/metrics.json"
+echo "  curves:      $OUTPUT/curves.png   (loss and learning rate per epoch; per-epoch figures: $OUTPUT/checkpoints/metrics.jsonl)"
 echo "  predictions: $OUTPUT/predictions.json"
 case "$PWD/" in  # paths as typed from here: relative inside the repository, else absolute
     "$REPO"/*) HERE="$("$PYTHON" -c "import os, sys; print(os.path.relpath(sys.argv[1]))" "$REPO")/"; HERE="${HERE#./}" ;;

@@ -36,7 +36,11 @@ def test_mpirun_train_then_eval_equals_one_process(uneven_folder, tmp_path):
     # 24 images, 2 ranks x batch 4: 3 steps, logged once (rank 0 only).
     assert [line[:36] for line in lines] == [f"Epoch:[  1/   1], step:[    {s}/    3]" for s in (1, 2, 3)]
     assert all(STEP_LINE.match(line) for line in lines)
-    assert [p.name for p in tmp_path.iterdir()] == ["mobilenet_v3_small-1_3.ckpt"]
+    # One checkpoint and one run record, written by rank 0 alone; the step log once in train.log.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "mobilenet_v3_small-1_3.ckpt", "run.yaml",
+                                                          "train.log"]
+    assert [line for line in (tmp_path / "train.log").read_text().splitlines() if line.startswith("Epoch:[")] == lines
+    assert "# world size: 2" in (tmp_path / "run.yaml").read_text()
     ckpt = tmp_path / "mobilenet_v3_small-1_3.ckpt"
 
     results = {}

@@ -19,7 +19,7 @@ from mobilenetv3.fashion_mnist import CLASS_NAMES, find_idx_files
 SCRIPT = REPO / "scripts" / "quickstart.sh"
 ACCURACY_LINE = re.compile(r"^\{'Top_1_Accuracy': [0-9.]+, 'Top_5_Accuracy': [0-9.]+\}$", re.M)
 PREDICTION_LINE = re.compile(r"^(\S+\.png): (.+)$", re.M)
-SUMMARY_LINE = re.compile(r"^  (checkpoint|train log|metrics|predictions): +(\S+)$", re.M)
+SUMMARY_LINE = re.compile(r"^  (checkpoint|train log|metrics|predictions|curves): +(\S+)", re.M)
 SMOKE_STEPS = [3, 6, 9]  # 30 images x 10 classes, batch 32 (last partial batch dropped), log every 3 steps
 
 
@@ -83,7 +83,7 @@ def test_smoke_run_prints_every_stage_and_writes_what_the_summary_names(tmp_path
     assert [Path(record["path"]).name for record in saved] == [Path(path).name for path, _ in predictions]
 
     summary = dict(SUMMARY_LINE.findall(out))
-    assert sorted(summary) == ["checkpoint", "metrics", "predictions", "train log"]
+    assert sorted(summary) == ["checkpoint", "curves", "metrics", "predictions", "train log"]
     for name, path in summary.items():
         assert (tmp_path / path).is_file(), (name, path)
     assert re.fullmatch(r"out/checkpoints/mobilenet_v3_small-1_9\.ckpt", summary["checkpoint"].removeprefix("./"))
@@ -91,7 +91,7 @@ def test_smoke_run_prints_every_stage_and_writes_what_the_summary_names(tmp_path
     # A second run skips what is done: no install, no PNG writing, no training; eval and infer again.
     second = run_quickstart(tmp_path, *args)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "mobilenetv3 is installed, with mindspore" in second.stdout
+    assert "mobilenetv3 is installed, with mindspore matplotlib" in second.stdout
     assert "already complete, nothing written" in second.stdout
     assert "continuing from the last checkpoint in" in second.stdout
     assert "nothing to do: the checkpoint is at epoch 1 of 1" in second.stdout

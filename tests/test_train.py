@@ -28,7 +28,7 @@ def test_loss_falls_log_lines_and_checkpoint_rotation(small_config, capsys):
     epoch_means = [float(m) for m in re.findall(r"mean loss (\d+\.\d+)", out)]
     assert len(epoch_means) == 4 and epoch_means[-1] < 0.8 * epoch_means[0], epoch_means
     ckpt_dir = Path(config.ckpt_save_dir)
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["mobilenet_v3_small-3_18.ckpt", "mobilenet_v3_small-4_24.ckpt"]
+    assert sorted(p.name for p in ckpt_dir.glob("*.ckpt")) == ["mobilenet_v3_small-3_18.ckpt", "mobilenet_v3_small-4_24.ckpt"]
     meta = checkpoint.load(last)[1]
     assert (meta["epoch"], meta["step"], meta["classes"]) == (4, 24, ["class_0", "class_1", "class_2"])
     assert meta["config"]["batch_size"] == 8

@@ -1,0 +1,73 @@
+"""Draw training curves from the metrics.jsonl of one or more runs into one PNG.
+
+Examples:
+  python scripts/plot.py ./mobilenet_v3                       # writes ./mobilenet_v3/curves.png
+  python scripts/plot.py runs/momentum runs/rmsprop --output compare.png
+
+Top: mean training loss and, where the run validated (--eval_interval), validation Top-1 against epoch;
+bottom: the learning rate at the end of each epoch. Runs are overlaid, named by their folder.
+Needs matplotlib: pip install -e ".[plot]".
+"""
+import argparse
+from pathlib import Path
+
+from mobilenetv3.config import run_cli
+from mobilenetv3.errors import UserError
+from mobilenetv3.run_record import METRICS_FILE, read_metrics
+
+
+def plot(runs: dict, output: Path):
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError('plot.py needs matplotlib: pip install -e ".[plot]" (or pip install matplotlib)') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 5), height_ratios=(2, 1))
+    accuracy = top.twinx()
+    for index, (name, lines) in enumerate(runs.items()):
+        colour = f"C{index}"
+        epochs = [line["epoch"] for line in lines]
+        top.plot(epochs, [line["loss"] for line in lines], color=colour, label=f"{name}: train loss")
+        validated = [line for line in lines if "val_top1" in line]
+        if validated:
+            accuracy.plot([line["epoch"] for line in validated], [line["val_top1"] for line in validated],
+                          color=colour, linestyle="--", marker="o", label=f"{name}: val Top-1")
+        bottom.plot(epochs, [line["lr"] for line in lines], color=colour, label=name)
+    top.set_ylabel("train loss")
+    accuracy.set_ylabel("validation Top-1")
+    bottom.set_ylabel("learning rate")
+    bottom.set_xlabel("epoch")
+    handles = top.get_legend_handles_labels()[0] + accuracy.get_legend_handles_labels()[0]
+    top.legend(handles, [h.get_label() for h in handles], fontsize="small")
+    top.grid(alpha=0.3)
+    bottom.grid(alpha=0.3)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=80)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a training run's ckpt_save_dir")
+    parser.add_argument("--output", help="PNG to write (default: RUN_DIR/curves.png for one run, ./curves.png)")
+    args = parser.parse_args(argv)
+    runs = {}
+    for directory in map(Path, args.run_dirs):
+        lines = read_metrics(directory / METRICS_FILE)
+        if not lines:
+            raise UserError(f"{directory / METRICS_FILE} not found or empty: pass the ckpt_save_dir of a run "
+                            "that finished at least one epoch")
+        runs[directory.resolve().name if directory.name in ("", ".") else directory.name] = lines
+    if len(runs) < len(args.run_dirs):
+        raise UserError("two runs have the same folder name; give them distinct names (the legend uses them)")
+    output = Path(args.output or (Path(args.run_dirs[0]) / "curves.png" if len(runs) == 1 else "curves.png"))
+    if output.suffix.lower() != ".png":
+        raise UserError(f"--output {output}: the plot is a PNG; name a file ending in .png")
+    plot(runs, output)
+    print(f"curves of {len(runs)} run(s) written to {output}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
