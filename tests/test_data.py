@@ -148,12 +148,38 @@ def test_training_batches_are_reproducible_and_sharded(image_folder, small_confi
     assert np.array_equal(ranks[0][0], once[0][0::2]) and np.array_equal(ranks[1][0], once[0][1::2])
 
 
-def test_batch_larger_than_data_and_worker_clamp(image_folder, small_config, capsys):
+def test_batch_larger_than_data(image_folder, small_config):
     folder = data.scan_image_folder(image_folder / "train")
     with pytest.raises(UserError, match="batch_size 100 is larger than the 48 training images"):
         data.create_dataset(folder, small_config(batch_size=100), training=True)
-    assert data.clamp_workers(10_000) < 10_000
-    assert "num_parallel_workers 10000 >" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cpus, environ, requested, expected, line", [
+    (96, {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 0, 12,
+     "data pipeline: 12 workers per process (its share of the CPUs; 96 CPUs available / 8 processes on this machine)"),
+    (96, {"MPI_LOCALNRANKS": "8"}, 4, 4,
+     "data pipeline: 4 workers per process (num_parallel_workers; 96 CPUs available / 8 processes on this machine)"),
+    (2, {}, 0, 2, "data pipeline: 2 workers per process (its share of the CPUs; 2 CPUs available)"),
+    (16, {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 8, 2,
+     "warning: num_parallel_workers 8 > 2 CPUs for this process (16 CPUs available / 8 processes on this machine); "
+     "using 2"),
+    (4, {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 0, 1,
+     "data pipeline: 1 worker per process (its share of the CPUs; 4 CPUs available / 8 processes on this machine)"),
+])
+def test_workers_default_to_this_process_share_of_the_cpus(monkeypatch, capsys, cpus, environ, requested, expected,
+                                                          line):
+    for name in data.LOCAL_RANKS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    data.data_workers.cache_clear()
+    try:
+        assert data.data_workers(requested) == expected
+        assert data.data_workers(requested) == expected
+    finally:
+        data.data_workers.cache_clear()
+    assert capsys.readouterr().err.splitlines() == [line]  # once per process
 
 
 def test_extreme_sizes_and_unicode_paths_go_through_both_pipelines(tmp_path, small_config):
