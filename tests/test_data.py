@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -222,3 +224,99 @@ def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
     assert f"skipping unreadable image {bad}" in capsys.readouterr().err
     logits = np.array([[0.0, 1.0], [1.0, 0.0]])
     assert count_correct(logits, np.array([data.UNREADABLE, 1])).tolist()[::3] == [0, 1]  # 0 correct of 1 image
+
+
+def test_training_batches_are_the_same_for_any_worker_count(image_folder, small_config):
+    folder = data.scan_image_folder(image_folder / "train")
+
+    def batches(workers):
+        dataset = data.create_dataset(folder, small_config(num_parallel_workers=workers), training=True, epoch=3)
+        return list(dataset.create_tuple_iterator(output_numpy=True))
+    one, two = batches(1), batches(2)  # two: worker processes
+    assert len(one) == len(two) == 48 // 8
+    for (images_1, labels_1), (images_2, labels_2) in zip(one, two):
+        assert np.array_equal(images_1, images_2) and np.array_equal(labels_1, labels_2)
+
+
+def test_crop_and_flip_come_from_seed_epoch_and_key(tmp_path):
+    """Below draft size the crop is exact: the box and flip drawn from (seed, epoch, key), cut from the
+    full image, as before the pipeline moved decoding into a map."""
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    path = save(tmp_path / "a.png", Image.fromarray(pixels))
+    source = data.DecodedImages([(str(path), 0)], augment=True, seed=7, epoch=2, decode_size=224)
+    for key in range(20):
+        rng = np.random.default_rng([7, 2, key])
+        top, left, h, w = random_resized_crop_box(60, 80, rng)
+        expected = pixels[top:top + h, left:left + w]
+        image, label = source(np.int64(key))
+        assert label == 0
+        assert np.array_equal(image, expected[:, ::-1] if rng.random() < 0.5 else expected), key
+
+
+def test_large_jpegs_decode_reduced_but_crop_the_same_region(tmp_path):
+    """A crop that will shrink 2x or more decodes at 1/2-1/8 scale: the same region within a pixel or
+    two of the reduced image, and pixels close to the full-size crop shrunk alike (smooth image)."""
+    y, x = np.mgrid[0:1200, 0:1600]
+    pixels = np.stack([x * 255 // 1600, y * 255 // 1200, (x + y) * 255 // 2800], axis=-1).astype(np.uint8)
+    path = save(tmp_path / "big.jpg", Image.fromarray(pixels), quality=95)
+    full = read_rgb(path)
+    source = data.DecodedImages([(str(path), 0)], augment=True, seed=1, decode_size=100)
+    reduced = 0
+    for key in range(12):
+        rng = np.random.default_rng([1, 0, key])
+        top, left, h, w = random_resized_crop_box(1200, 1600, rng)
+        flip = rng.random() < 0.5
+        scale = next((s for s in (8, 4, 2) if s <= min(h, w) / 100), 1)
+        image = source[key][0]
+        assert abs(image.shape[0] - h / scale) <= 1 and abs(image.shape[1] - w / scale) <= 1, key
+        expected = Image.fromarray(full[top:top + h, left:left + w]).resize(image.shape[1::-1], Image.BOX)
+        expected = np.asarray(expected)[:, ::-1] if flip else np.asarray(expected)
+        assert np.abs(image.astype(int) - expected).mean() < 3, key
+        reduced += scale > 1
+    assert reduced >= 6
+    evaluation = data.DecodedImages([(str(path), 0)], decode_size=256)[0][0]
+    assert evaluation.shape == (300, 400, 3)  # shorter side 1200 / 4 = 300 >= 256
+
+
+def test_symlink_loops_list_each_image_once_under_its_own_class(tmp_path, capsys):
+    train = tmp_path / "data" / "train"
+    for name in ("bag/a.png", "bag/b.png", "cat/c.png"):
+        save(train / name, Image.new("RGB", (4, 4)))
+    save(tmp_path / "outside" / "d.png", Image.new("RGB", (4, 4)))
+    (train / "bag" / "loop").symlink_to("..")  # the issue's loop: back to train/
+    (train / "bag" / "root").symlink_to("../../..")  # to an ancestor of the split folder
+    (train / "bag" / "alias").symlink_to("../cat")  # another class folder: listed as that class
+    (train / "bag" / "extra").symlink_to(tmp_path / "outside")  # a real folder elsewhere: followed once
+    (tmp_path / "outside" / "self").symlink_to(".")
+    (train / "bag" / "extra2").symlink_to(tmp_path / "outside")  # the same folder again: skipped
+    folder = data.scan_image_folder(train)
+    assert [(p.split("/train/")[1], c) for p, c in folder.samples] == \
+        [("bag/a.png", 0), ("bag/b.png", 0), ("bag/extra/d.png", 0), ("cat/c.png", 1)]
+    warnings = capsys.readouterr().err
+    for link in ("bag/loop", "bag/root", "bag/alias", "bag/extra2", "bag/extra/self"):
+        assert f"warning: skipping {train / link}: it leads to a directory listed already" in warnings, link
+
+
+def test_fifo_and_other_non_regular_files_are_skipped_not_read(tmp_path):
+    """A FIFO named x.png would block its reader forever: it is named and left out of every listing
+    (train, eval and infer list files alike). Run in a child process with a timeout, so a regression
+    fails instead of hanging the suite."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    root = tmp_path / "data"
+    save(root / "val" / "a" / "ok.png", Image.new("RGB", (8, 8), (1, 2, 3)))
+    save(root / "val" / "b" / "ok.png", Image.new("RGB", (8, 8), (4, 5, 6)))
+    os.mkfifo(root / "val" / "a" / "x.png")
+    (root / "val" / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    script = ("from mobilenetv3 import data; from mobilenetv3.config import build_config; import sys\n"
+              f"folder = data.scan_image_folder(data.split_dir({str(root)!r}, 'val'))\n"
+              "config = build_config(overrides=dict(device_target='CPU', resize=8, batch_size=2, num_parallel_workers=1))\n"
+              "batches = list(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))\n"
+              "print(len(folder.samples), batches[0][1].tolist())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "2 [0, 1]"
+    assert f"warning: skipping {root / 'val' / 'a' / 'x.png'}: not a regular file" in result.stderr
+    assert f"warning: skipping {root / 'val' / 'b' / 'dangling.jpg'}: not a regular file" in result.stderr
