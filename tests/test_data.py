@@ -320,3 +320,21 @@ def test_fifo_and_other_non_regular_files_are_skipped_not_read(tmp_path):
     assert result.stdout.split("\n")[-2] == "2 [0, 1]"
     assert f"warning: skipping {root / 'val' / 'a' / 'x.png'}: not a regular file" in result.stderr
     assert f"warning: skipping {root / 'val' / 'b' / 'dangling.jpg'}: not a regular file" in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path, small_config, capfd, workers):
+    """Through the whole pipeline, with worker processes too: a truncated JPEG neither kills the process
+    nor stops the run; training gets another image in its place, evaluation labels it UNREADABLE."""
+    root = tmp_path / "d" / "val"
+    for c in range(2):
+        save(root / f"c{c}" / "good.jpg", Image.new("RGB", (40, 30), (10 + c, 20, 30)))
+    truncated = root / "c1" / "truncated.jpg"
+    truncated.write_bytes((root / "c0" / "good.jpg").read_bytes()[:300])
+    folder = data.scan_image_folder(root)
+    config = small_config(data_url=str(root.parent), batch_size=3, resize=16, num_parallel_workers=workers)
+    _, labels = next(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))
+    assert labels.tolist() == [0, 1, data.UNREADABLE]  # sorted: c0/good, c1/good, c1/truncated
+    _, labels = next(data.create_dataset(folder, config, training=True).create_tuple_iterator(output_numpy=True))
+    assert sorted(labels.tolist()) == [0, 0, 1]  # the truncated file (key 2) replaced by the next one, c0/good
+    assert f"warning: skipping unreadable image {truncated}" in capfd.readouterr().err
