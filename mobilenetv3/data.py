@@ -189,7 +189,8 @@ class DecodedImages:
     depend on which worker gets which row, and neither a resumed run nor N ranks could reproduce them.
     The crop box is drawn on the full-size geometry; a JPEG whose crop (in evaluation: whose shorter
     side) will be shrunk to `decode_size` by a factor of 2 or more is decoded at 1/2-1/8 scale and the
-    same box, scaled, cut from it: the same region, with slightly different pixels.
+    same box, scaled, cut from it: the same region, with slightly different pixels (decode_size 0:
+    always at full size).
     An unreadable file is reported and, in training (`augment`), replaced by the next readable one, so
     every rank still runs the same number of steps; in evaluation it yields a black pixel labelled
     UNREADABLE, which the counts leave out, so no image is counted twice.
@@ -218,16 +219,20 @@ class DecodedImages:
                     return np.zeros((1, 1, 3), np.uint8), np.int32(UNREADABLE)
         raise UserError("no readable image in the data set")
 
+    def shrink(self, side) -> float:
+        """How much a side of `side` pixels shrinks to decode_size."""
+        return side / self.decode_size if self.decode_size else 1.0
+
     def decode(self, path, key) -> np.ndarray:
         with Image.open(path) as image:
             width, height = image.size
             if not self.augment:
-                draft_jpeg(image, min(width, height) / max(self.decode_size, 1))
+                draft_jpeg(image, self.shrink(min(width, height)))
                 return np.asarray(rgb(image))
             rng = np.random.default_rng([self.seed, self.epoch, key])
             top, left, h, w = random_resized_crop_box(height, width, rng, scale=(self.min_crop_area, 1.0))
             flip = rng.random() < 0.5
-            x, y = draft_jpeg(image, min(h, w) / max(self.decode_size, 1))
+            x, y = draft_jpeg(image, self.shrink(min(h, w)))
             image = rgb(image).crop((round(left / x), round(top / y), round((left + w) / x), round((top + h) / y)))
             if flip:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

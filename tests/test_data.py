@@ -338,3 +338,9 @@ def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path
     _, labels = next(data.create_dataset(folder, config, training=True).create_tuple_iterator(output_numpy=True))
     assert sorted(labels.tolist()) == [0, 0, 1]  # the truncated file (key 2) replaced by the next one, c0/good
     assert f"warning: skipping unreadable image {truncated}" in capfd.readouterr().err
+
+
+def test_without_decode_size_jpegs_decode_at_full_size(tmp_path):
+    path = save(tmp_path / "big.jpg", Image.new("RGB", (1600, 1200), (50, 100, 150)), quality=95)
+    assert data.DecodedImages([(str(path), 0)])[0][0].shape == (1200, 1600, 3)
+    assert data.DecodedImages([(str(path), 0)], decode_size=256)[0][0].shape == (300, 400, 3)
