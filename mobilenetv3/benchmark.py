@@ -866,7 +866,8 @@ def format_table(report: dict) -> str:
     if pipeline is None:
         return "\n".join(lines)
     lines += format_data_pipeline(pipeline)
-    fastest = max(row["img_per_s"] for row in pipeline["rows"] if row["pipeline"] == "ours" and row["transform"] == "train")
+    fastest = max(row["img_per_s"] for row in pipeline["rows"]
+                  if row["pipeline"] == "ours" and row["transform"] == "train")
     slower = [f"{row['model']} at batch {row['batch_size']} ({row['ours']:.0f} img/s)" for row in report["rows"]
               if row["metric"] == "train_throughput" and row["ours"] > fastest]
     lines.append(f"our training pipeline is slower than training of {', '.join(slower)} on this CPU: the data is the "

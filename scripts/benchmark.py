@@ -18,8 +18,9 @@ Each row gives ours, the baseline and the ratio ours/baseline. The baselines nee
 torch==2.13.0), the onnxruntime comparison onnxruntime and onnx (pip install onnxruntime onnx); what is
 missing is left out with a NOTE. With the mindspore comparison, the data pipelines follow: ours,
 MindSpore's C++ pipeline and a PyTorch DataLoader, train and eval transforms, 1 to --num_parallel_workers
-workers: img/s, CPU ms per image and peak PSS of each. --json writes every figure with its timed windows, both graphs' op-type histograms, the
-machine (load average at start and end), versions and settings. On a shared machine, repeat runs and compare.
+workers: img/s, CPU ms per image and peak PSS of each (--data_only: those alone). --json writes every
+figure with its timed windows, both graphs' op-type histograms, the machine (load average at start and
+end), versions and settings. On a shared machine, repeat runs and compare.
 """
 import argparse
 
@@ -36,7 +37,8 @@ def main(argv=None):
                         help=f"comparisons to run; default: {' '.join(benchmark.BACKENDS)}")
     parser.add_argument("--image_size", type=int, help="default: 224")
     parser.add_argument("--threads", type=int, help="compute threads of every side; default: one per CPU")
-    parser.add_argument("--num_parallel_workers", type=int, help="the most data pipeline workers measured (from 1); default: one per CPU")
+    parser.add_argument("--num_parallel_workers", type=int,
+                        help="the most data pipeline workers measured (from 1); default: one per CPU")
     parser.add_argument("--windows", type=int, help="timed windows per figure; default 7 (--quick: 3)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter windows: a smoke test")
     parser.add_argument("--data_only", action="store_true", help="measure the data pipelines alone, no model")

@@ -311,8 +311,10 @@ def test_fifo_and_other_non_regular_files_are_skipped_not_read(tmp_path):
     (root / "val" / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
     script = ("from mobilenetv3 import data; from mobilenetv3.config import build_config; import sys\n"
               f"folder = data.scan_image_folder(data.split_dir({str(root)!r}, 'val'))\n"
-              "config = build_config(overrides=dict(device_target='CPU', resize=8, batch_size=2, num_parallel_workers=1))\n"
-              "batches = list(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))\n"
+              "config = build_config(overrides=dict(device_target='CPU', resize=8, batch_size=2,\n"
+              "                                     num_parallel_workers=1))\n"
+              "dataset = data.create_dataset(folder, config, training=False)\n"
+              "batches = list(dataset.create_tuple_iterator(output_numpy=True))\n"
               "print(len(folder.samples), batches[0][1].tolist())\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
