@@ -17,10 +17,13 @@ batch-1 calls. The PyTorch twin is mobilenetv3.torch_reference (torchvision's la
 the report says so and carries our figures alone; without onnxruntime or onnx it leaves the
 "onnxruntime" comparison out and says so.
 
-The data pipeline (mobilenetv3.data.create_dataset with the training transforms) is timed on its own
-over a folder of synthetic 500x375 JPEGs, so the table shows whether the model or the data limits
-training speed (with the "mindspore" comparison, the one that trains).
+With the "mindspore" comparison, the data pipelines follow: ours (mobilenetv3.data.create_dataset),
+MindSpore's C++ pipeline and a PyTorch DataLoader with the same transforms, train and eval, at 1 to
+num_parallel_workers workers, each timed alone in a fresh process over 500x375 JPEGs cut from photos
+found on this machine (find_photos), with CPU time per image and peak PSS of the process and its
+workers: what one rank's pipeline delivers per core, and whether the model or the data limits training.
 """
+import glob
 import importlib.metadata
 import json
 import multiprocessing
@@ -59,8 +62,9 @@ class Settings:
     warmup_steps: int = 3
     windows: int = 7
     window_seconds: float = 2.0  # each timed window runs as many steps as fit in about this long
-    data_images: int = 192  # synthetic JPEGs the data pipeline reads
+    data_images: int = 192  # JPEGs the data pipelines read
     quick: bool = False
+    data_only: bool = False  # the data pipelines alone, no model
     seed: int = 1
 
     def __post_init__(self):
@@ -518,47 +522,208 @@ def make_row(backend, model, metric, batch_size, ours: dict, baseline: Optional[
     return row
 
 
-def write_synthetic_jpegs(root: Path, count: int, seed: int) -> Path:
-    """root/class_<c>/<i>.jpg: `count` smooth, noisy 500x375 photos-alike (JPEG sizes near ImageNet's)."""
+# Camera photos (720x477) that rustup's rust-docs component ships; the benchmark JPEGs are cut from them.
+PHOTO_GLOBS = ("~/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/*.jpg",
+               "~/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/*.jpeg")
+PIPELINES = ("ours", "mindspore", "torch")
+TRANSFORMS = ("train", "eval")
+
+
+def find_photos() -> List[Path]:
+    """Photos found on this machine (PHOTO_GLOBS), one of each file name."""
+    found = {}
+    for pattern in PHOTO_GLOBS:
+        for path in sorted(glob.glob(os.path.expanduser(pattern))):
+            if os.path.getsize(path) >= 50_000:
+                found.setdefault(Path(path).name, Path(path))
+    return list(found.values())
+
+
+def write_benchmark_jpegs(root: Path, count: int, seed: int) -> dict:
+    """root/class_<c>/<i>.jpg: `count` 500x375 JPEGs at quality 90, each a random crop (60-100% of the
+    width) of a photo found on this machine, flipped at random; smooth noisy synthetic images (lighter
+    to decode) where none is found. Returns what they were made from and their mean file size."""
     from PIL import Image
     rng = np.random.default_rng(seed)
     width, height = SOURCE_IMAGE_SIZE
+    photos = [Image.open(path).convert("RGB") for path in find_photos()]
+    sizes = []
     for i in range(count):
-        folder = root / f"class_{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((width, height),
-                                                                                          Image.BICUBIC)
-        pixels = np.asarray(coarse, dtype=np.float32) + rng.normal(0, 8, (height, width, 3))
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
-    return root
+        if photos:
+            photo = photos[i % len(photos)]
+            w = min(int(photo.width * rng.uniform(0.6, 1.0)), photo.height * width // height)
+            h = w * height // width
+            left, top = int(rng.integers(0, photo.width - w + 1)), int(rng.integers(0, photo.height - h + 1))
+            image = photo.resize((width, height), Image.BICUBIC, box=(left, top, left + w, top + h))
+            if rng.random() < 0.5:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        else:
+            coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((width, height),
+                                                                                              Image.BICUBIC)
+            pixels = np.asarray(coarse, dtype=np.float32) + rng.normal(0, 8, (height, width, 3))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        path = root / f"class_{i % 2}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, quality=90)
+        sizes.append(path.stat().st_size)
+    source = (f"cut from {len(photos)} photos ({', '.join(p.name for p in find_photos())})" if photos
+              else "synthetic (no photos found: lighter to decode than photos)")
+    return {"source": source, "mean_file_kb": float(np.mean(sizes)) / 1000}
 
 
-def time_data_pipeline(root, settings: Settings, batch_size: int) -> dict:
-    """img/s of the training pipeline alone: one warm-up pass over the folder, then one pass per window."""
+class TorchImages:
+    """The same transforms for a PyTorch DataLoader (torchvision is not needed): Pillow decode; train:
+    random-resized crop (data.random_resized_crop_box) and flip, resized by Pillow; eval: shorter side
+    to `short_side`, centre crop; then normalised CHW float32."""
+
+    def __init__(self, samples, training, size, short_side, passes, seed, mean, std):
+        self.samples, self.training, self.size, self.short_side = samples, training, size, short_side
+        self.passes, self.seed, self.mean, self.std = passes, seed, np.float32(mean), np.float32(std)
+
+    def __len__(self):
+        return len(self.samples) * self.passes
+
+    def __getitem__(self, index):
+        from PIL import Image
+        from . import data
+        path, label = self.samples[index % len(self.samples)]
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        if self.training:
+            rng = np.random.default_rng([self.seed, index])
+            top, left, h, w = data.random_resized_crop_box(image.height, image.width, rng)
+            image = image.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
+            if rng.random() < 0.5:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        else:
+            scale = self.short_side / min(image.size)
+            image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+            left, top = (image.width - self.size) // 2, (image.height - self.size) // 2
+            image = image.crop((left, top, left + self.size, top + self.size))
+        pixels = (np.asarray(image, dtype=np.float32) / 255 - self.mean) / self.std
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32), label
+
+
+def pipeline_batches(pipeline, transform, workers, root, settings: Settings, batch_size, passes):
+    """An iterator over `passes` passes of batches of one pipeline over the JPEGs below `root`."""
     from . import data
     from .config import build_config
     config = build_config(overrides=dict(device_target="CPU", resize=settings.image_size, batch_size=batch_size,
-                                         num_parallel_workers=settings.num_parallel_workers, seed=settings.seed,
-                                         repeat_num=settings.windows + 1))
+                                         num_parallel_workers=workers, seed=settings.seed, repeat_num=passes))
     folder = data.scan_image_folder(Path(root))
-    batches_per_pass = len(folder.samples) // batch_size
-    batches = data.create_dataset(folder, config, training=True).create_tuple_iterator(num_epochs=1,
-                                                                                       output_numpy=True)
-    durations = timed_steps(lambda: next(batches), batches_per_pass * (settings.windows + 1))
-    windows = [batch_size * batches_per_pass / sum(durations[start:start + batches_per_pass])
-               for start in range(batches_per_pass, len(durations), batches_per_pass)]
-    return {"img_per_s": float(np.median(windows)), "windows": windows, "batch_size": batch_size,
-            "workers": settings.num_parallel_workers, "images": len(folder.samples),
-            "source_image_size": list(SOURCE_IMAGE_SIZE), "output_image_size": settings.image_size,
-            "transforms": "random resized crop + flip (Python), resize, normalize, HWC2CHW (MindSpore)"}
+    training = transform == "train"
+    if pipeline == "ours":
+        if not training:  # evaluation has no repeat_num
+            folder = data.ImageFolder(folder.root, folder.classes, folder.samples * passes)
+        return data.create_dataset(folder, config, training).create_tuple_iterator(num_epochs=1, output_numpy=True)
+    if pipeline == "mindspore":
+        import mindspore.dataset as ds
+        from mindspore.dataset import vision
+        dataset = ds.ImageFolderDataset(str(root), num_parallel_workers=workers, shuffle=training)
+        ops = ([vision.RandomCropDecodeResize(config.resize), vision.RandomHorizontalFlip()] if training else
+               [vision.Decode(), vision.Resize(data.eval_short_side(config)), vision.CenterCrop(config.resize)])
+        ops += [data.normalize(config), vision.HWC2CHW()]
+        dataset = dataset.map(ops, input_columns="image", num_parallel_workers=workers)
+        return dataset.batch(batch_size, drop_remainder=True).repeat(passes).create_tuple_iterator(
+            num_epochs=1, output_numpy=True)
+    import torch
+    torch.set_num_threads(1)
+    images = TorchImages(folder.samples, training, config.resize, data.eval_short_side(config), passes, settings.seed,
+                         config.mean, config.std)
+    return iter(torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=training, num_workers=workers,
+                                            drop_last=True))
+
+
+def process_tree_usage() -> Tuple[float, float]:
+    """(CPU seconds, proportional set size in MB) of this process and its children (the data workers)."""
+    import psutil
+    cpu, pss = 0.0, 0.0
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            cpu += times.user + times.system
+            pss += process.memory_full_info().pss / 2 ** 20
+        except psutil.Error:  # a worker that ended meanwhile
+            pass
+    return cpu, pss
+
+
+def time_pipeline(pipeline, transform, workers, root, settings: Settings, batch_size) -> dict:
+    """img/s of one pipeline alone: one warm-up pass over the folder, then one timed pass per window,
+    with the CPU time per image and the peak PSS of the process and its workers."""
+    images = len(list(Path(root).glob("*/*.jpg")))
+    steps = images // batch_size
+    batches = pipeline_batches(pipeline, transform, workers, root, settings, batch_size, settings.windows + 1)
+    timed_steps(lambda: next(batches), steps)
+    windows, cpu_ms, peak_pss = [], [], 0.0
+    for _ in range(settings.windows):
+        cpu_start = process_tree_usage()[0]
+        seconds = sum(timed_steps(lambda: next(batches), steps))
+        cpu_end, pss = process_tree_usage()
+        windows.append(steps * batch_size / seconds)
+        cpu_ms.append(1000 * (cpu_end - cpu_start) / (steps * batch_size))
+        peak_pss = max(peak_pss, pss)
+    return {"pipeline": pipeline, "transform": transform, "workers": workers, "img_per_s": float(np.median(windows)),
+            "windows": windows, "cpu_ms_per_image": float(np.median(cpu_ms)), "peak_pss_mb": peak_pss}
+
+
+def _send_result(conn, function, args):
+    try:
+        conn.send(("ok", function(*args)))
+    except ImportError as err:
+        conn.send(("unavailable", str(err)))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+
+
+def in_child_process(function, *args):
+    """function(*args) in a fresh spawned process that may start processes of its own (a Pool's may not);
+    raises ImportError when it could not import what it needed."""
+    context = multiprocessing.get_context("spawn")
+    conn, child = context.Pipe()
+    process = context.Process(target=_send_result, args=(child, function, args))
+    process.start()
+    child.close()
+    try:
+        status, payload = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"the data pipeline benchmark process died (exit code {process.exitcode})") from None
+    finally:
+        process.join()
+    if status == "unavailable":
+        raise ImportError(payload)
+    if status == "error":
+        raise RuntimeError(f"the data pipeline benchmark process failed:\n{payload}")
+    return payload
 
 
 def measure_data_pipeline(settings: Settings, log=print) -> dict:
-    batch_size = max(settings.batch_sizes)
-    log(f"data pipeline: batch {batch_size}, {settings.num_parallel_workers} workers")
+    """Ours, MindSpore's C++ pipeline and a PyTorch DataLoader, train and eval transforms (--quick: train
+    only), 1 to num_parallel_workers workers, each configuration in a fresh process; the three pipelines
+    of a configuration run one after another, in turns reversed from one configuration to the next."""
+    batch_size = 8 if settings.quick else 32
+    report = {"batch_size": batch_size, "source_image_size": list(SOURCE_IMAGE_SIZE),
+              "output_image_size": settings.image_size, "rows": [], "torch_reason": None}
     with tempfile.TemporaryDirectory(prefix="mobilenetv3_benchmark_") as tmp:
-        root = write_synthetic_jpegs(Path(tmp), max(settings.data_images, 2 * batch_size), settings.seed)
-        return in_helper_process(time_data_pipeline, str(root), settings, batch_size)
+        report.update(write_benchmark_jpegs(Path(tmp), max(settings.data_images, 2 * batch_size), settings.seed))
+        report["images"] = max(settings.data_images, 2 * batch_size)
+        log(f"data pipeline: {report['images']} JPEGs {report['source']}, mean {report['mean_file_kb']:.0f} KB")
+        turn = 0
+        for transform in TRANSFORMS[:1] if settings.quick else TRANSFORMS:
+            for workers in range(1, settings.num_parallel_workers + 1):
+                pipelines = [p for p in PIPELINES if p != "torch" or report["torch_reason"] is None]
+                for pipeline in pipelines if turn % 2 == 0 else pipelines[::-1]:
+                    log(f"data pipeline: {pipeline}, {transform}, {workers} workers")
+                    try:
+                        report["rows"].append(in_child_process(time_pipeline, pipeline, transform, workers, tmp,
+                                                               settings, batch_size))
+                    except ImportError as err:
+                        if pipeline != "torch":
+                            raise
+                        report["torch_reason"] = f"PyTorch is not importable ({err}): its DataLoader is left out"
+                turn += 1
+    return report
 
 
 def _version(package) -> Optional[str]:
@@ -608,7 +773,7 @@ def run(settings: Settings, log=print) -> dict:
                            "onnxruntime": _version("onnxruntime"), "onnx": _version("onnx"),
                            "numpy": _version("numpy"), "pillow": _version("pillow")},
               "settings": asdict(settings), "comparisons": {}, "models": {}, "rows": []}
-    for backend in settings.backends:
+    for backend in [] if settings.data_only else settings.backends:
         comparison = COMPARISONS[backend]
         summary = report["comparisons"][backend] = {
             "ours": comparison.ours.format(**report["versions"]),
@@ -629,7 +794,8 @@ def run(settings: Settings, log=print) -> dict:
                                                         "image_size": settings.image_size, "backends": {}})
             entry["backends"][backend] = info
             report["rows"] += rows
-    report["data_pipeline"] = measure_data_pipeline(settings, log) if "mindspore" in settings.backends else None
+    measure_data = settings.data_only or "mindspore" in settings.backends
+    report["data_pipeline"] = measure_data_pipeline(settings, log) if measure_data else None
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["machine"]["cpu_pressure_end"] = cpu_pressure()
     report["elapsed_seconds"] = time.time() - started
@@ -666,6 +832,8 @@ def format_table(report: dict) -> str:
     lines = [f"MobileNetV3 CPU benchmark: {settings['image_size']} px, {settings['num_classes']} classes, "
              f"{settings['threads']} threads, {machine['cpu_model']} ({machine['cpus_available']} CPUs available, "
              f"load {machine['load_average_start'][0]:.1f} -> {machine['load_average_end'][0]:.1f})"]
+    if settings["data_only"]:
+        return "\n".join(lines + format_data_pipeline(report["data_pipeline"]))
     for backend, comparison in report["comparisons"].items():
         lines.append(f"{backend}: ours = {comparison['ours']}; baseline = {comparison['baseline']}")
     busiest = max(machine["load_average_start"][0], machine["load_average_end"][0])
@@ -697,15 +865,47 @@ def format_table(report: dict) -> str:
     pipeline = report["data_pipeline"]
     if pipeline is None:
         return "\n".join(lines)
-    lines.append(f"data pipeline: {pipeline['img_per_s']:.0f} img/s {_spread(pipeline['windows'])} "
-                 f"(batch {pipeline['batch_size']}, {pipeline['workers']} workers, "
-                 f"{pipeline['source_image_size'][0]}x{pipeline['source_image_size'][1]} JPEGs)")
+    lines += format_data_pipeline(pipeline)
+    fastest = max(row["img_per_s"] for row in pipeline["rows"]
+                  if row["pipeline"] == "ours" and row["transform"] == "train")
     slower = [f"{row['model']} at batch {row['batch_size']} ({row['ours']:.0f} img/s)" for row in report["rows"]
-              if row["metric"] == "train_throughput" and row["ours"] > pipeline["img_per_s"]]
-    lines.append(f"the data pipeline is slower than training of {', '.join(slower)}: the data is the bottleneck there"
-                 if slower else "the data pipeline keeps up with every training throughput measured: "
-                                "the model is the bottleneck")
+              if row["metric"] == "train_throughput" and row["ours"] > fastest]
+    lines.append(f"our training pipeline is slower than training of {', '.join(slower)} on this CPU: the data is the "
+                 "bottleneck there" if slower else "our training pipeline keeps up with every training throughput "
+                                                   "measured on this CPU (a GPU needs more: see docs/performance.md)")
     return "\n".join(lines)
+
+
+def format_data_pipeline(pipeline: dict) -> List[str]:
+    """The data pipeline table: per transform and worker count, each pipeline's img/s, ours against the
+    others and against our 1-worker figure, CPU time per image and peak PSS (process and workers)."""
+    width, height = pipeline["source_image_size"]
+    lines = [f"data pipelines: {pipeline['images']} JPEGs of {width}x{height} {pipeline['source']}, mean file "
+             f"{pipeline['mean_file_kb']:.0f} KB; batch {pipeline['batch_size']}, {pipeline['output_image_size']} px. "
+             "ours = data.create_dataset; mindspore = ImageFolderDataset + RandomCropDecodeResize + flip (train) or "
+             "Decode + Resize + CenterCrop (eval), + Normalize + HWC2CHW; torch = DataLoader over Pillow, the same "
+             "transforms"]
+    if pipeline["torch_reason"]:
+        lines.append(f"NOTE: {pipeline['torch_reason']}")
+    rows = {(r["pipeline"], r["transform"], r["workers"]): r for r in pipeline["rows"]}
+    names = [p for p in PIPELINES if any(key[0] == p for key in rows)]
+    header = ("transform", "workers", *[f"{p} img/s" for p in names], *[f"ours/{p}" for p in names[1:]],
+              "ours/1 worker", "CPU ms/img " + "/".join(names), "peak PSS MB " + "/".join(names))
+    table = [header]
+    for transform, workers in sorted({key[1:] for key in rows}, key=lambda k: (TRANSFORMS.index(k[0]), k[1])):
+        found = [rows[p, transform, workers] for p in names]
+        ours, single = found[0], rows["ours", transform, 1]
+        table.append((transform, str(workers),
+                      *[f"{r['img_per_s']:.0f} {_spread(r['windows'])}" for r in found],
+                      *[f"{ours['img_per_s'] / r['img_per_s']:.2f}" for r in found[1:]],
+                      f"{ours['img_per_s'] / single['img_per_s']:.2f}",
+                      "/".join(f"{r['cpu_ms_per_image']:.2f}" for r in found),
+                      "/".join(f"{r['peak_pss_mb']:.0f}" for r in found)))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines += ["  ".join(c.ljust(w) if i < 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines.append("CPU ms/img: CPU time of the process and its workers per image (1000 / it = images/s per core); "
+                 "PSS: proportional set size, shared pages divided among the processes sharing them")
+    return lines
 
 
 def save_json(report: dict, path):

@@ -36,7 +36,8 @@ class Config:
     data_url: str = key("", "Dataset root (with train/ and val/) or a class-folder tree")
     pretrained: Optional[str] = key(None, "Checkpoint to load before training/eval/infer (false: none)")
     run_distribute: bool = key(True, "Data-parallel when launched with more than one process")
-    num_parallel_workers: int = key(8, "Data pipeline workers (clamped to the CPUs present)", minimum=1)
+    num_parallel_workers: int = key(0, "Data pipeline workers per process; 0: its share of the CPUs (those "
+                                       "available / processes on this machine), also the most used", minimum=0)
     dataset_sink_mode: bool = key(True, "Sink the dataset into the device graph (faster)")
     num_classes: int = key(1000, "Number of classes", minimum=1)
     batch_size: int = key(64, "Batch size per process", minimum=1)

@@ -3,14 +3,24 @@
 Layout: DIR/train/<class>/... and DIR/val/<class>/..., or DIR itself a tree of class folders.
 Class indices follow the sorted class-folder names, as torchvision's ImageFolder does.
 
-Images are decoded with Pillow inside the dataset source, not with MindSpore's Decode: MindSpore
-2.10's JPEG decoder kills the process (SIGFPE/SIGSEGV) on truncated or corrupt files, which no
-error-samples mode can catch. Pillow raises instead, so a bad file is skipped with a warning naming
-it; it also reads every mode (CMYK, palette, RGBA, 16-bit, WebP) into 3-channel RGB. Everything after
-decoding runs in MindSpore's C++ vision ops.
+Images are decoded with Pillow, not with MindSpore's Decode: MindSpore 2.10's JPEG decoder kills
+the process (SIGFPE/SIGSEGV) on truncated or corrupt files, which no error-samples mode can catch.
+Pillow raises instead, so a bad file is skipped with a warning naming it; it also reads every mode
+(CMYK, palette, RGBA, 16-bit, WebP) into 3-channel RGB. Everything after decoding and cropping runs in
+MindSpore's C++ vision ops.
+
+The pipeline: the sample keys of one epoch (EpochSampler) -> decode, crop and flip (DecodedImages) in
+`num_parallel_workers` workers -> the C++ ops -> batches. The keys come from a one-worker source and
+the decoding is a map: a GeneratorDataset source with two or more workers waits for its threads in
+100 ms sleeps (MindSpore 2.10's SamplerFn.process), which made two workers slower than one, and those
+threads install MindSpore's own SIGINT/SIGTERM handlers over the trainer's. With two or more workers
+the decoding runs in worker processes (Pillow holds the GIL for much of its work); MindSpore makes them
+ignore SIGINT, so a ^C in a terminal reaches only the training loop.
 """
+import functools
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +46,47 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_images(directory: Path) -> List[Path]:
-    """Image files below `directory`, recursively, in sorted order."""
+def _directory_id(path) -> Tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def list_images(directory: Path, listed: Optional[set] = None) -> List[Path]:
+    """Regular image files below `directory`, recursively, in sorted order.
+
+    Links are followed, but no directory is listed twice: `listed` holds the (device, inode) of the
+    directories listed so far, and of those not to enter (scan_image_folder puts the split folder,
+    its ancestors and the class folders there), so a link loop cannot repeat or mislabel images.
+    Names with an image extension that are not regular files (a FIFO would block the reader forever,
+    a dangling link cannot be read) are skipped with a warning.
+    """
+    listed = set() if listed is None else listed
+    listed.add(_directory_id(directory))
     found = []
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames.sort()
-        found.extend(Path(dirpath) / name for name in sorted(filenames) if is_image_file(Path(name)))
+        entered = []
+        for name in sorted(dirnames):
+            path = Path(dirpath) / name
+            identity = _directory_id(path)
+            if identity in listed:
+                print(f"warning: skipping {path}: it leads to a directory listed already (a link loop?)",
+                      file=sys.stderr)
+            else:
+                listed.add(identity)
+                entered.append(name)
+        dirnames[:] = entered
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not is_image_file(path):
+                continue
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:  # a dangling link
+                regular = False
+            if regular:
+                found.append(path)
+            else:
+                print(f"warning: skipping {path}: not a regular file", file=sys.stderr)
     return found
 
 
@@ -70,9 +115,12 @@ def scan_image_folder(directory: Path, classes: Optional[List[str]] = None) -> I
         only_here, only_there = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
         raise UserError(f"class folders of {directory} differ from the training classes: "
                         f"only here: {only_here or 'none'}; missing here: {only_there or 'none'}")
+    # The split folder, its ancestors and every class folder are listed once each, in their own right.
+    listed = {_directory_id(path) for path in (directory, *directory.resolve().parents)}
+    listed.update(_directory_id(directory / name) for name in found)
     samples = []
     for index, name in enumerate(found):
-        images = list_images(directory / name)
+        images = list_images(directory / name, listed)
         if not images:
             print(f"warning: class folder {directory / name} has no images", file=sys.stderr)
         samples.extend((str(path), index) for path in images)
@@ -81,13 +129,29 @@ def scan_image_folder(directory: Path, classes: Optional[List[str]] = None) -> I
     return ImageFolder(directory, found, samples)
 
 
+def rgb(image: Image.Image) -> Image.Image:
+    """An opened image, loaded and converted to RGB; raises OSError/ValueError on bad files."""
+    image.load()
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grayscale: keep the top 8 bits
+        image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 def read_rgb(path) -> np.ndarray:
     """Decode any image file to an RGB uint8 HWC array; raises OSError/ValueError on bad files."""
     with Image.open(path) as image:
-        image.load()
-        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grayscale: keep the top 8 bits
-            image = Image.fromarray((np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8))
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(rgb(image))
+
+
+def draft_jpeg(image: Image.Image, shrink: float) -> Tuple[float, float]:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft) when its
+    pixels will be shrunk by at least that factor afterwards anyway; returns the reduction along x and y
+    (1, 1 when the image decodes at full size). Call before the image is loaded."""
+    scale = next((s for s in (8, 4, 2) if s <= shrink), 1)
+    width, height = image.size
+    if scale > 1 and image.format == "JPEG":
+        image.draft(None, (width // scale, height // scale))
+    return width / image.size[0], height / image.size[1]
 
 
 def warn_unreadable(path, err):
@@ -116,44 +180,61 @@ def random_resized_crop_box(height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4,
 
 
 class DecodedImages:
-    """Random-access dataset source yielding (RGB image, label).
+    """Key -> (RGB image, label): the map function that decodes, crops and flips.
 
     With `augment`, it also draws the random-resized crop and horizontal flip of each sample from
     (seed, epoch, key) alone: MindSpore's random ops draw from per-worker generators, so their results
     depend on which worker gets which row, and neither a resumed run nor N ranks could reproduce them.
+    The crop box is drawn on the full-size geometry; a JPEG whose crop (in evaluation: whose shorter
+    side) will be shrunk to `decode_size` by a factor of 2 or more is decoded at 1/2-1/8 scale and the
+    same box, scaled, cut from it: the same region, with slightly different pixels (decode_size 0:
+    always at full size).
     An unreadable file is reported and, in training (`augment`), replaced by the next readable one, so
     every rank still runs the same number of steps; in evaluation it yields a black pixel labelled
     UNREADABLE, which the counts leave out, so no image is counted twice.
     Keys above len(samples) are later passes of a repeated epoch.
     """
 
-    def __init__(self, samples: List[Tuple[str, int]], augment=False, seed=0, epoch=0, min_crop_area=0.08):
+    def __init__(self, samples: List[Tuple[str, int]], augment=False, seed=0, epoch=0, min_crop_area=0.08,
+                 decode_size=0):
         self.samples, self.augment, self.seed, self.epoch = samples, augment, seed, epoch
-        self.min_crop_area = min_crop_area
+        self.min_crop_area, self.decode_size = min_crop_area, decode_size
 
     def __len__(self):
         return len(self.samples)
+
+    def __call__(self, key):
+        return self[int(key)]
 
     def __getitem__(self, key):
         for offset in range(len(self.samples)):
             path, label = self.samples[(key + offset) % len(self.samples)]
             try:
-                image = read_rgb(path)
-                break
+                return self.decode(path, key), np.int32(label)
             except (OSError, ValueError, Image.DecompressionBombError) as err:
                 warn_unreadable(path, err)
                 if not self.augment:
                     return np.zeros((1, 1, 3), np.uint8), np.int32(UNREADABLE)
-        else:
-            raise UserError("no readable image in the data set")
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, int(key)])
-            top, left, h, w = random_resized_crop_box(*image.shape[:2], rng, scale=(self.min_crop_area, 1.0))
-            image = image[top:top + h, left:left + w]
-            if rng.random() < 0.5:
-                image = image[:, ::-1]
-            image = np.ascontiguousarray(image)
-        return image, np.int32(label)
+        raise UserError("no readable image in the data set")
+
+    def shrink(self, side) -> float:
+        """How much a side of `side` pixels shrinks to decode_size."""
+        return side / self.decode_size if self.decode_size else 1.0
+
+    def decode(self, path, key) -> np.ndarray:
+        with Image.open(path) as image:
+            width, height = image.size
+            if not self.augment:
+                draft_jpeg(image, self.shrink(min(width, height)))
+                return np.asarray(rgb(image))
+            rng = np.random.default_rng([self.seed, self.epoch, key])
+            top, left, h, w = random_resized_crop_box(height, width, rng, scale=(self.min_crop_area, 1.0))
+            flip = rng.random() < 0.5
+            x, y = draft_jpeg(image, self.shrink(min(h, w)))
+            image = rgb(image).crop((round(left / x), round(top / y), round((left + w) / x), round((top + h) / y)))
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            return np.asarray(image)
 
 
 class EpochSampler:
@@ -185,13 +266,33 @@ class EpochSampler:
         return len(self.indices())
 
 
-def clamp_workers(requested: int) -> int:
+# How launchers tell a process how many processes of its job run on the same machine.
+LOCAL_RANKS_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE")
+
+
+def local_ranks(environ=None) -> int:
+    """Processes of this job on this machine (1 without a launcher that says)."""
+    environ = os.environ if environ is None else environ
+    return next((int(environ[name]) for name in LOCAL_RANKS_VARIABLES if environ.get(name, "").isdigit()), 1)
+
+
+@functools.lru_cache(maxsize=None)
+def data_workers(requested: int) -> int:
+    """Data workers of this process: `requested`, or for 0 its share of the CPUs (those available, divided
+    among the job's processes on this machine), and never more than that share. Said once per process."""
+    from .distributed import is_main_process
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if requested > available:
-        print(f"warning: num_parallel_workers {requested} > {available} CPUs available; using {available}",
-              file=sys.stderr)
-        return available
-    return requested
+    ranks = local_ranks()
+    share = max(1, available // ranks)
+    where = f"{available} CPUs available" + (f" / {ranks} processes on this machine" if ranks > 1 else "")
+    if requested > share:
+        print(f"warning: num_parallel_workers {requested} > {share} CPUs for this process ({where}); "
+              f"using {share}", file=sys.stderr)
+    elif is_main_process():
+        workers = requested or share
+        print(f"data pipeline: {workers} worker{'s' if workers > 1 else ''} per process "
+              f"({'num_parallel_workers' if requested else 'its share of the CPUs'}; {where})", file=sys.stderr)
+    return min(requested, share) or share
 
 
 def _interpolation(name: str):
@@ -220,10 +321,14 @@ def train_transforms(config) -> list:
     return ops
 
 
+def eval_short_side(config) -> int:
+    return int(config.resize / config.crop_pct)
+
+
 def eval_transforms(config) -> list:
     """Shorter side to resize / crop_pct (256 for 224), centre crop, normalise."""
     from mindspore.dataset import vision
-    return [vision.Resize(int(config.resize / config.crop_pct), interpolation=_interpolation(config.interpolation)),
+    return [vision.Resize(eval_short_side(config), interpolation=_interpolation(config.interpolation)),
             vision.CenterCrop(config.resize),
             normalize(config),
             vision.HWC2CHW()]
@@ -238,11 +343,13 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
     if training and len(sampler) < config.batch_size:
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
-    workers = clamp_workers(config.num_parallel_workers)
-    source = DecodedImages(folder.samples, augment=training, seed=config.seed, epoch=epoch,
-                           min_crop_area=config.min_crop_area)
-    dataset = ds.GeneratorDataset(source, ["image", "label"], sampler=sampler, num_parallel_workers=workers,
-                                  python_multiprocessing=False)
+    workers = data_workers(config.num_parallel_workers)
+    decode = DecodedImages(folder.samples, augment=training, seed=config.seed, epoch=epoch,
+                           min_crop_area=config.min_crop_area,
+                           decode_size=config.resize if training else eval_short_side(config))
+    keys = ds.NumpySlicesDataset({"key": sampler.indices()}, shuffle=False)  # one worker: see the module doc
+    dataset = keys.map(decode, input_columns="key", output_columns=["image", "label"], num_parallel_workers=workers,
+                       python_multiprocessing=workers > 1)
     transforms = train_transforms(config) if training else eval_transforms(config)
     dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=workers)
     return dataset.batch(config.batch_size, drop_remainder=training)

@@ -5,6 +5,7 @@ Examples:
   python scripts/benchmark.py --models small --batch_sizes 1 8 64 --json bench.json
   python scripts/benchmark.py --backends onnxruntime --threads 1  # the ONNX Runtime comparison only
   python scripts/benchmark.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
+  python scripts/benchmark.py --data_only --json data.json      # the data pipelines alone
 
 Two comparisons, each a row group of the table (column "backend"):
   mindspore    our MindSpore model (GRAPH mode) against the PyTorch eager twin: training throughput
@@ -15,9 +16,11 @@ Two comparisons, each a row group of the table (column "backend"):
                one line per model comparing the two graphs' op counts.
 Each row gives ours, the baseline and the ratio ours/baseline. The baselines need PyTorch (pip install
 torch==2.13.0), the onnxruntime comparison onnxruntime and onnx (pip install onnxruntime onnx); what is
-missing is left out with a NOTE. With the mindspore comparison, the img/s of the training data pipeline
-alone follows. --json writes every figure with its timed windows, both graphs' op-type histograms, the
-machine (load average at start and end), versions and settings. On a shared machine, repeat runs and compare.
+missing is left out with a NOTE. With the mindspore comparison, the data pipelines follow: ours,
+MindSpore's C++ pipeline and a PyTorch DataLoader, train and eval transforms, 1 to --num_parallel_workers
+workers: img/s, CPU ms per image and peak PSS of each (--data_only: those alone). --json writes every
+figure with its timed windows, both graphs' op-type histograms, the machine (load average at start and
+end), versions and settings. On a shared machine, repeat runs and compare.
 """
 import argparse
 
@@ -34,12 +37,15 @@ def main(argv=None):
                         help=f"comparisons to run; default: {' '.join(benchmark.BACKENDS)}")
     parser.add_argument("--image_size", type=int, help="default: 224")
     parser.add_argument("--threads", type=int, help="compute threads of every side; default: one per CPU")
-    parser.add_argument("--num_parallel_workers", type=int, help="data pipeline workers; default: one per CPU")
+    parser.add_argument("--num_parallel_workers", type=int,
+                        help="the most data pipeline workers measured (from 1); default: one per CPU")
     parser.add_argument("--windows", type=int, help="timed windows per figure; default 7 (--quick: 3)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter windows: a smoke test")
+    parser.add_argument("--data_only", action="store_true", help="measure the data pipelines alone, no model")
     parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
     args = parser.parse_args(argv)
     chosen = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "json")}
+    chosen["data_only"] = args.data_only
     try:
         settings = (benchmark.Settings.quick_settings if args.quick else benchmark.Settings)(**chosen)
     except ValueError as err:

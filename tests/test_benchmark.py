@@ -26,11 +26,12 @@ SMALL_PARAMS = 2_542_856
 
 
 def fake_missing(directory, *packages):
-    """Packages that fail to import, first on the path: what a machine without them shows."""
+    """Packages that fail to import, first on the path: what a machine without them shows. Returns the
+    PYTHONPATH to run with (the directory, then the PYTHONPATH of this process)."""
     for package in packages:
         (directory / package).mkdir()
         (directory / package / "__init__.py").write_text(f"raise ImportError(\"No module named '{package}'\")\n")
-    return str(directory)
+    return os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))
 
 
 def check_graph(graph):
@@ -98,9 +99,16 @@ def check_report(report, with_baseline):
     assert 50 < rows["mindspore", "peak_rss", None]["ours"] < 24 * 1024  # MB: MindSpore alone takes more than 50
 
     pipeline = report["data_pipeline"]
-    assert pipeline["batch_size"] == 1 and pipeline["workers"] == machine["cpus_available"]
-    assert len(pipeline["windows"]) == windows and pipeline["img_per_s"] == float(np.median(pipeline["windows"]))
-    assert pipeline["img_per_s"] > 0 and pipeline["source_image_size"] == [500, 375]
+    assert pipeline["batch_size"] == 8 and pipeline["source_image_size"] == [500, 375]
+    assert pipeline["images"] == 48 and 10 < pipeline["mean_file_kb"] < 200
+    assert (pipeline["torch_reason"] is None) is with_baseline
+    names = ["ours", "mindspore", "torch"] if with_baseline else ["ours", "mindspore"]
+    workers = range(1, machine["cpus_available"] + 1)
+    assert sorted((r["pipeline"], r["transform"], r["workers"]) for r in pipeline["rows"]) == \
+        sorted((name, "train", w) for name in names for w in workers)  # --quick: train transforms only
+    for row in pipeline["rows"]:
+        assert len(row["windows"]) == windows and row["img_per_s"] == float(np.median(row["windows"])) > 0
+        assert row["cpu_ms_per_image"] > 0 and 20 < row["peak_pss_mb"] < 24 * 1024
 
 
 def test_quick_run_writes_every_figure(tmp_path):
@@ -111,7 +119,8 @@ def test_quick_run_writes_every_figure(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     check_report(report, with_baseline=True)
-    assert "ours/baseline" in result.stdout and "data pipeline:" in result.stdout
+    assert "ours/baseline" in result.stdout and "data pipelines:" in result.stdout
+    assert "ours/mindspore" in result.stdout and "ours/torch" in result.stdout
     graphs = report["models"]["small"]["backends"]["onnxruntime"]
     line = f"small ONNX graphs: {benchmark.compare_graphs(graphs['ours']['graph'], graphs['baseline']['graph'])}"
     assert line in result.stdout.splitlines()
@@ -131,6 +140,7 @@ def test_without_torch_reports_ours_and_says_why(tmp_path):
         assert "pip install torch==2.13.0" in comparison["baseline_reason"]
         assert f"NOTE: {comparison['baseline_reason']}" in result.stdout
     assert "ONNX graphs" not in result.stdout
+    assert "NOTE: PyTorch is not importable (No module named 'torch'): its DataLoader is left out" in result.stdout
 
 
 @pytest.mark.parametrize("package", ["onnxruntime", "onnx"])
@@ -166,7 +176,8 @@ def test_graph_comparison_names_the_op_counts_that_differ():
 
 
 def test_missing_torch_makes_the_baseline_worker_unavailable(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(fake_missing(tmp_path, "torch"))  # spawned workers inherit sys.path
+    fake_missing(tmp_path, "torch")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
     worker = benchmark.Worker("baseline", benchmark.TorchRunner,
                               ("mobilenet_v3_small", benchmark.Settings(models=["small"])))
     try:
@@ -195,3 +206,20 @@ def test_workers_are_pinned_to_as_many_cpus_as_threads():
     counts = [int(subprocess.run([sys.executable, "-c", script.format(threads)], capture_output=True, text=True,
                                  check=True).stdout.split()[-1]) for threads in (1, available + 1)]
     assert counts == [1, available]
+
+
+def test_benchmark_jpegs_are_cut_from_photos_or_said_to_be_synthetic(tmp_path, monkeypatch):
+    from PIL import Image
+    photo = tmp_path / "photo.jpg"
+    y, x = np.mgrid[0:477, 0:720]
+    rng = np.random.default_rng(0)
+    pixels = np.stack([x % 256, y % 256, (x * y) % 256], axis=-1) + rng.integers(0, 40, (477, 720, 3))
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(photo, quality=98)
+    monkeypatch.setattr(benchmark, "PHOTO_GLOBS", (str(tmp_path / "*.jpg"),))
+    made = benchmark.write_benchmark_jpegs(tmp_path / "cut", 4, seed=0)
+    assert made["source"] == "cut from 1 photos (photo.jpg)"
+    files = sorted((tmp_path / "cut").glob("class_*/*.jpg"))
+    assert len(files) == 4 and all(Image.open(f).size == (500, 375) for f in files)
+    assert made["mean_file_kb"] == pytest.approx(np.mean([f.stat().st_size for f in files]) / 1000)
+    monkeypatch.setattr(benchmark, "PHOTO_GLOBS", ())
+    assert benchmark.write_benchmark_jpegs(tmp_path / "synthetic", 2, seed=0)["source"].startswith("synthetic")

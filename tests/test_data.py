@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -151,12 +153,38 @@ def test_training_batches_are_reproducible_and_sharded(image_folder, small_confi
     assert np.array_equal(ranks[0][0], once[0][0::2]) and np.array_equal(ranks[1][0], once[0][1::2])
 
 
-def test_batch_larger_than_data_and_worker_clamp(image_folder, small_config, capsys):
+def test_batch_larger_than_data(image_folder, small_config):
     folder = data.scan_image_folder(image_folder / "train")
     with pytest.raises(UserError, match="batch_size 100 is larger than the 48 training images"):
         data.create_dataset(folder, small_config(batch_size=100), training=True)
-    assert data.clamp_workers(10_000) < 10_000
-    assert "num_parallel_workers 10000 >" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cpus, environ, requested, expected, line", [
+    (96, {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 0, 12,
+     "data pipeline: 12 workers per process (its share of the CPUs; 96 CPUs available / 8 processes on this machine)"),
+    (96, {"MPI_LOCALNRANKS": "8"}, 4, 4,
+     "data pipeline: 4 workers per process (num_parallel_workers; 96 CPUs available / 8 processes on this machine)"),
+    (2, {}, 0, 2, "data pipeline: 2 workers per process (its share of the CPUs; 2 CPUs available)"),
+    (16, {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 8, 2,
+     "warning: num_parallel_workers 8 > 2 CPUs for this process (16 CPUs available / 8 processes on this machine); "
+     "using 2"),
+    (4, {"OMPI_COMM_WORLD_LOCAL_SIZE": "8"}, 0, 1,
+     "data pipeline: 1 worker per process (its share of the CPUs; 4 CPUs available / 8 processes on this machine)"),
+])
+def test_workers_default_to_this_process_share_of_the_cpus(monkeypatch, capsys, cpus, environ, requested, expected,
+                                                          line):
+    for name in data.LOCAL_RANKS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    data.data_workers.cache_clear()
+    try:
+        assert data.data_workers(requested) == expected
+        assert data.data_workers(requested) == expected
+    finally:
+        data.data_workers.cache_clear()
+    assert capsys.readouterr().err.splitlines() == [line]  # once per process
 
 
 def test_extreme_sizes_and_unicode_paths_go_through_both_pipelines(tmp_path, small_config):
@@ -199,3 +227,125 @@ def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
     assert f"skipping unreadable image {bad}" in capsys.readouterr().err
     logits = np.array([[0.0, 1.0], [1.0, 0.0]])
     assert count_correct(logits, np.array([data.UNREADABLE, 1])).tolist()[::3] == [0, 1]  # 0 correct of 1 image
+
+
+def test_training_batches_are_the_same_for_any_worker_count(image_folder, small_config):
+    folder = data.scan_image_folder(image_folder / "train")
+
+    def batches(workers):
+        dataset = data.create_dataset(folder, small_config(num_parallel_workers=workers), training=True, epoch=3)
+        return list(dataset.create_tuple_iterator(output_numpy=True))
+    one, two = batches(1), batches(2)  # two: worker processes
+    assert len(one) == len(two) == 48 // 8
+    for (images_1, labels_1), (images_2, labels_2) in zip(one, two):
+        assert np.array_equal(images_1, images_2) and np.array_equal(labels_1, labels_2)
+
+
+def test_crop_and_flip_come_from_seed_epoch_and_key(tmp_path):
+    """Below draft size the crop is exact: the box and flip drawn from (seed, epoch, key), cut from the
+    full image, as before the pipeline moved decoding into a map."""
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    path = save(tmp_path / "a.png", Image.fromarray(pixels))
+    source = data.DecodedImages([(str(path), 0)], augment=True, seed=7, epoch=2, decode_size=224)
+    for key in range(20):
+        rng = np.random.default_rng([7, 2, key])
+        top, left, h, w = random_resized_crop_box(60, 80, rng)
+        expected = pixels[top:top + h, left:left + w]
+        image, label = source(np.int64(key))
+        assert label == 0
+        assert np.array_equal(image, expected[:, ::-1] if rng.random() < 0.5 else expected), key
+
+
+def test_large_jpegs_decode_reduced_but_crop_the_same_region(tmp_path):
+    """A crop that will shrink 2x or more decodes at 1/2-1/8 scale: the same region within a pixel or
+    two of the reduced image, and pixels close to the full-size crop shrunk alike (smooth image)."""
+    y, x = np.mgrid[0:1200, 0:1600]
+    pixels = np.stack([x * 255 // 1600, y * 255 // 1200, (x + y) * 255 // 2800], axis=-1).astype(np.uint8)
+    path = save(tmp_path / "big.jpg", Image.fromarray(pixels), quality=95)
+    full = read_rgb(path)
+    source = data.DecodedImages([(str(path), 0)], augment=True, seed=1, decode_size=100)
+    reduced = 0
+    for key in range(12):
+        rng = np.random.default_rng([1, 0, key])
+        top, left, h, w = random_resized_crop_box(1200, 1600, rng)
+        flip = rng.random() < 0.5
+        scale = next((s for s in (8, 4, 2) if s <= min(h, w) / 100), 1)
+        image = source[key][0]
+        assert abs(image.shape[0] - h / scale) <= 1 and abs(image.shape[1] - w / scale) <= 1, key
+        expected = Image.fromarray(full[top:top + h, left:left + w]).resize(image.shape[1::-1], Image.BOX)
+        expected = np.asarray(expected)[:, ::-1] if flip else np.asarray(expected)
+        assert np.abs(image.astype(int) - expected).mean() < 3, key
+        reduced += scale > 1
+    assert reduced >= 6
+    evaluation = data.DecodedImages([(str(path), 0)], decode_size=256)[0][0]
+    assert evaluation.shape == (300, 400, 3)  # shorter side 1200 / 4 = 300 >= 256
+
+
+def test_symlink_loops_list_each_image_once_under_its_own_class(tmp_path, capsys):
+    train = tmp_path / "data" / "train"
+    for name in ("bag/a.png", "bag/b.png", "cat/c.png"):
+        save(train / name, Image.new("RGB", (4, 4)))
+    save(tmp_path / "outside" / "d.png", Image.new("RGB", (4, 4)))
+    (train / "bag" / "loop").symlink_to("..")  # the issue's loop: back to train/
+    (train / "bag" / "root").symlink_to("../../..")  # to an ancestor of the split folder
+    (train / "bag" / "alias").symlink_to("../cat")  # another class folder: listed as that class
+    (train / "bag" / "extra").symlink_to(tmp_path / "outside")  # a real folder elsewhere: followed once
+    (tmp_path / "outside" / "self").symlink_to(".")
+    (train / "bag" / "extra2").symlink_to(tmp_path / "outside")  # the same folder again: skipped
+    folder = data.scan_image_folder(train)
+    assert [(p.split("/train/")[1], c) for p, c in folder.samples] == \
+        [("bag/a.png", 0), ("bag/b.png", 0), ("bag/extra/d.png", 0), ("cat/c.png", 1)]
+    warnings = capsys.readouterr().err
+    for link in ("bag/loop", "bag/root", "bag/alias", "bag/extra2", "bag/extra/self"):
+        assert f"warning: skipping {train / link}: it leads to a directory listed already" in warnings, link
+
+
+def test_fifo_and_other_non_regular_files_are_skipped_not_read(tmp_path):
+    """A FIFO named x.png would block its reader forever: it is named and left out of every listing
+    (train, eval and infer list files alike). Run in a child process with a timeout, so a regression
+    fails instead of hanging the suite."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    root = tmp_path / "data"
+    save(root / "val" / "a" / "ok.png", Image.new("RGB", (8, 8), (1, 2, 3)))
+    save(root / "val" / "b" / "ok.png", Image.new("RGB", (8, 8), (4, 5, 6)))
+    os.mkfifo(root / "val" / "a" / "x.png")
+    (root / "val" / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    script = ("from mobilenetv3 import data; from mobilenetv3.config import build_config; import sys\n"
+              f"folder = data.scan_image_folder(data.split_dir({str(root)!r}, 'val'))\n"
+              "config = build_config(overrides=dict(device_target='CPU', resize=8, batch_size=2,\n"
+              "                                     num_parallel_workers=1))\n"
+              "dataset = data.create_dataset(folder, config, training=False)\n"
+              "batches = list(dataset.create_tuple_iterator(output_numpy=True))\n"
+              "print(len(folder.samples), batches[0][1].tolist())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[-2] == "2 [0, 1]"
+    assert f"warning: skipping {root / 'val' / 'a' / 'x.png'}: not a regular file" in result.stderr
+    assert f"warning: skipping {root / 'val' / 'b' / 'dangling.jpg'}: not a regular file" in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path, small_config, capfd, workers):
+    """Through the whole pipeline, with worker processes too: a truncated JPEG neither kills the process
+    nor stops the run; training gets another image in its place, evaluation labels it UNREADABLE."""
+    root = tmp_path / "d" / "val"
+    for c in range(2):
+        save(root / f"c{c}" / "good.jpg", Image.new("RGB", (40, 30), (10 + c, 20, 30)))
+    truncated = root / "c1" / "truncated.jpg"
+    truncated.write_bytes((root / "c0" / "good.jpg").read_bytes()[:300])
+    folder = data.scan_image_folder(root)
+    config = small_config(data_url=str(root.parent), batch_size=3, resize=16, num_parallel_workers=workers)
+    _, labels = next(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))
+    assert labels.tolist() == [0, 1, data.UNREADABLE]  # sorted: c0/good, c1/good, c1/truncated
+    _, labels = next(data.create_dataset(folder, config, training=True).create_tuple_iterator(output_numpy=True))
+    assert sorted(labels.tolist()) == [0, 0, 1]  # the truncated file (key 2) replaced by the next one, c0/good
+    assert f"warning: skipping unreadable image {truncated}" in capfd.readouterr().err
+
+
+def test_without_decode_size_jpegs_decode_at_full_size(tmp_path):
+    path = save(tmp_path / "big.jpg", Image.new("RGB", (1600, 1200), (50, 100, 150)), quality=95)
+    assert data.DecodedImages([(str(path), 0)])[0][0].shape == (1200, 1600, 3)
+    assert data.DecodedImages([(str(path), 0)], decode_size=256)[0][0].shape == (300, 400, 3)

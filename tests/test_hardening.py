@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,10 +22,13 @@ FLAGS = ["--device_target", "CPU", "--num_classes", 3, "--batch_size", 4, "--epo
          "--max_lr", 0.02, "--run_distribute", "false"]
 
 
-def start_training(image_folder, ckpt_dir, *extra):
+def start_training(image_folder, ckpt_dir, *extra, own_group=False):
+    """scripts/train.py with FLAGS (a later flag wins); own_group: in a new process group, as a terminal
+    runs it, so that killpg reaches the data workers too, as ^C does."""
     command = [sys.executable, "-u", str(REPO / "scripts" / "train.py"), "--data_url", str(image_folder),
-               "--ckpt_save_dir", str(ckpt_dir), *map(str, FLAGS), *extra]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               "--ckpt_save_dir", str(ckpt_dir), *map(str, FLAGS), *map(str, extra)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=own_group)
 
 
 def wait_for_line(process, fragment, timeout=240):
@@ -84,6 +88,53 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, unin
     output = resume(image_folder, tmp_path)
     assert f"resumed from" in output and f"at epoch 2, step {saved['epoch_step'] + 1}" in output
     assert f"Epoch:[  2/   3], step:[   {saved['epoch_step'] + 1:2d}/   12]" in output
+    assert_same(final_weights(tmp_path), uninterrupted)
+
+
+def group_members(pgid):
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pgid]
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_signal_with_data_worker_processes_saves_and_resumes_exactly(image_folder, tmp_path, uninterrupted, signum,
+                                                                    to_group):
+    """With 2 data workers (worker processes), ^C in a terminal (SIGINT to the whole process group) and
+    `kill` (SIGTERM to the main process) stop after the step, save and exit 128+signal, and the workers
+    end with the run; resumed after the ^C, again with 2 workers, the run ends bit for bit where the
+    1-worker uninterrupted one does."""
+    process = start_training(image_folder, tmp_path, "--num_parallel_workers", 2, own_group=True)
+    wait_for_line(process, "Epoch:[  2/  3], step:[    3/   12]")
+    assert len(group_members(process.pid)) > 1  # the worker processes run
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    output = process.communicate(timeout=300)[0]
+    # MindSpore answers a SIGINT during a graph run with a SIGTERM to the process (DefaultIntHandler).
+    received = [signal.SIGINT, signal.SIGTERM] if signum == signal.SIGINT else [signum]
+    assert process.returncode in [128 + s for s in received], output[-2000:]
+    names = "|".join(signal.Signals(s).name for s in received)
+    assert re.search(rf"^error: ({names}): stopped at epoch 2, step \d+/12; saved .*Continue with --resume auto$",
+                     output, re.MULTILINE), output[-2000:]
+    saved = checkpoint.load(checkpoint.latest(tmp_path))[1]
+    assert saved["epoch"] == 1 and 3 <= saved["epoch_step"] < 12
+    for _ in range(100):  # the worker processes end with the run
+        if not group_members(process.pid):
+            break
+        time.sleep(0.1)
+    assert not group_members(process.pid)
+    if not to_group:
+        return  # resuming is the same whatever stopped the run
+    process = start_training(image_folder, tmp_path, "--num_parallel_workers", 2, "--resume", "auto")
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output[-3000:]
     assert_same(final_weights(tmp_path), uninterrupted)
 
 
