@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import mindspore as ms
@@ -201,25 +200,23 @@ def resolve_resume(config):
     return found
 
 
-def check_writable(directory):
-    """Fail before training, not after the first epoch, if checkpoints cannot be written."""
-    probe = Path(directory) / ".write_test"
-    try:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"ckpt_save_dir {directory} is not writable ({err.strerror}); pass a writable "
-                        "--ckpt_save_dir") from None
-
-
 def train(config, dist=None):
-    """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written."""
+    """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written.
+
+    Rank 0 holds ckpt_save_dir (checkpoint.RunFolder: locked, refused to a fresh run if it holds another
+    run's checkpoints) from before training starts to the end, which also shows it is writable.
+    """
+    main_process = dist is None or dist.rank == 0
+    folder = checkpoint.RunFolder(config.ckpt_save_dir, config.model, config.keep_checkpoint_max,
+                                  fresh=not config.resume) if main_process else None
+    with folder or contextlib.nullcontext():
+        return _train(config, dist, folder)
+
+
+def _train(config, dist, folder):
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
     main_process = rank == 0
     ms.set_seed(config.seed)  # same initial weights on every rank and in every run
-    if main_process:
-        check_writable(config.ckpt_save_dir)
     train_folder = data.scan_image_folder(data.split_dir(config.data_url, "train"))
     if len(train_folder.classes) != config.num_classes:
         raise UserError(f"{train_folder.root} has {len(train_folder.classes)} class folders but num_classes is "
@@ -246,6 +243,7 @@ def train(config, dist=None):
         restore_training_state(train_step, params, resume_path)
         start_epoch, skip_steps = saved.get("epoch", 0), saved.get("epoch_step", 0)
         if main_process:
+            folder.continue_run(saved)
             print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {skip_steps + 1}")
     # Dropout masks follow (seed, rank, global step), so a resumed run draws those of an uninterrupted one.
     dropout.set_state(net, config.seed * size + rank, start_epoch * steps + skip_steps)
@@ -267,7 +265,8 @@ def train(config, dist=None):
             skip_steps = 0
             finished = log.steps_done == steps
             if main_process:
-                last = save(config, train_step, meta, *((epoch, 0) if finished else (epoch - 1, log.steps_done)), steps)
+                done = (epoch, 0) if finished else (epoch - 1, log.steps_done)
+                last = save(folder, config, train_step, meta, *done, steps)
             if stop_signals is not None and stop_signals.received is not None:
                 name = signal.Signals(stop_signals.received).name
                 raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {log.steps_done}/{steps}; saved "
@@ -282,12 +281,10 @@ def train(config, dist=None):
     return last
 
 
-def save(config, train_step, meta, epochs_done, epoch_step, steps):
-    """Checkpoint after `epochs_done` epochs and `epoch_step` steps of the next; rotates old ones."""
+def save(folder, config, train_step, meta, epochs_done, epoch_step, steps):
+    """Checkpoint after `epochs_done` epochs and `epoch_step` steps of the next into `folder` (a RunFolder,
+    which rotates this run's old ones)."""
     global_step = epochs_done * steps + epoch_step
     name = checkpoint.checkpoint_name(config.model, epochs_done + (epoch_step > 0), global_step)
-    path = f"{config.ckpt_save_dir}/{name}"
-    checkpoint.save(path, training_state(train_step), dict(meta, epoch=epochs_done, epoch_step=epoch_step,
-                                                           step=global_step))
-    checkpoint.rotate(config.ckpt_save_dir, config.model, config.keep_checkpoint_max)
-    return path
+    return folder.save(name, training_state(train_step), dict(meta, epoch=epochs_done, epoch_step=epoch_step,
+                                                             step=global_step))
