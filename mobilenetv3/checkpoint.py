@@ -27,7 +27,8 @@ def save(path, tensors: Dict[str, ms.Tensor], meta: dict):
     """Write `tensors` and `meta` to `path` atomically: a crash leaves the old file or the new, never half.
 
     MindSpore only writes names ending in .ckpt, so the temporary file is a hidden
-    ".<name>.<pid>.partial.ckpt" that checkpoint listings never match, one per process.
+    ".<name>.<pid>.partial.ckpt" that checkpoint listings never match, one per process; MindSpore itself
+    writes it as ".<name>.<pid>.partial.tmp" first. A failed write removes both.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.ckpt")
@@ -37,7 +38,8 @@ def save(path, tensors: Dict[str, ms.Tensor], meta: dict):
         ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
         os.replace(tmp, path)
     except (OSError, RuntimeError, ValueError) as err:
-        tmp.unlink(missing_ok=True)
+        for partial in (tmp, tmp.with_suffix(".tmp")):
+            partial.unlink(missing_ok=True)
         raise UserError(f"could not write checkpoint {path} ({err}); check that {path.parent} is writable "
                         "and has free space. Earlier checkpoints are untouched.") from None
 

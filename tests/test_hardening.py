@@ -2,6 +2,7 @@
 import errno
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -207,3 +208,18 @@ def test_temporary_checkpoint_name_is_unique_per_process(tmp_path, monkeypatch):
     tiny_checkpoint(tmp_path / "m-1_6.ckpt")
     assert written == [str(tmp_path / f".m-1_6.{os.getpid()}.partial.ckpt")]
 
+
+def test_failed_write_leaves_no_partial_file_of_mindspore_either(tmp_path):
+    """A write cut short for lack of room removes MindSpore's own ".partial.tmp" as well as ours. A file-size
+    limit stands in for the full disk: the writer gets the same failed write() (EFBIG instead of ENOSPC)."""
+    tensors = {"w": ms.Tensor(np.zeros(1 << 18, np.float32))}  # 1 MiB, twice the limit
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, hard))
+    try:
+        with pytest.raises(UserError, match=r"could not write checkpoint .*File too large.* Earlier checkpoints"):
+            checkpoint.save(tmp_path / "m-1_6.ckpt", tensors, {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert os.listdir(tmp_path) == []
