@@ -20,12 +20,14 @@ from mobilenetv3 import runtime
 from mobilenetv3.config import INFER_KEYS, parse_args, run_cli
 from mobilenetv3.errors import UserError
 from mobilenetv3.inference import format_prediction, load_predictor, output_format, predict_folder, write_predictions
+from mobilenetv3.outputs import check_writable_file
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=INFER_KEYS)
     if config.output:
         output_format(config.output)
+        check_writable_file(config.output, "--output")
     runtime.setup(config.device_target, config.seed)
     predict, class_names = load_predictor(config)
     predictions, skipped = predict_folder(predict, config.data_url, config, class_names)

@@ -261,3 +261,15 @@ def test_mindir_without_meta_names_classes_by_index_and_checks_their_number(expo
     error, _ = run_infer_expecting_error(capsys, data_url=image_folder / "val" / "class_0", pretrained=bare,
                                          num_classes=1000)
     assert error == "error: the model gives 3 class scores, but num_classes is 1000; pass --num_classes 3"
+
+
+@pytest.mark.parametrize("output,message", [
+    ("{tmp}/preds.json", "--output {tmp}/preds.json is a directory; give a file name"),
+    ("/proc/x.json", "--output /proc/x.json cannot be written ("),
+], ids=["directory", "proc"])
+def test_output_is_checked_before_predicting(exported, image_folder, tmp_path, capsys, output, message):
+    (tmp_path / "preds.json").mkdir()
+    error, out = run_infer_expecting_error(capsys, data_url=image_folder / "val", pretrained=exported,
+                                           output=output.format(tmp=tmp_path))
+    assert error.startswith("error: " + message.format(tmp=tmp_path)), error
+    assert out == ""  # nothing predicted
