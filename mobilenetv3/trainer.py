@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import mindspore as ms
@@ -200,6 +201,21 @@ def resolve_resume(config):
     return found
 
 
+def check_validation_folder(config, train_folder):
+    """With --eval_interval, fail at start, not after the first epochs, if validation cannot run.
+
+    A class-folder tree without val/ is refused rather than validated on: its accuracy would be that of
+    the training images, reported as validation.
+    """
+    root = Path(config.data_url)
+    if not (root / "val").is_dir():
+        layout = "is one class-folder tree, so validation would run on the training images" \
+            if train_folder.root == root else "has no val/ folder"
+        raise UserError(f"--eval_interval {config.eval_interval} needs held-out images in {root}/val/<class>/, but "
+                        f"data_url {root} {layout}; add them, or set --eval_interval 0")
+    data.scan_image_folder(root / "val", train_folder.classes)
+
+
 def train(config, dist=None):
     """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written.
 
@@ -221,6 +237,8 @@ def _train(config, dist, folder):
     if len(train_folder.classes) != config.num_classes:
         raise UserError(f"{train_folder.root} has {len(train_folder.classes)} class folders but num_classes is "
                         f"{config.num_classes}; pass --num_classes {len(train_folder.classes)}")
+    if config.eval_interval:
+        check_validation_folder(config, train_folder)
     net = create_model(config.model, config.num_classes, config.width, config.dropout_rate,
                        config.bn_momentum, config.bn_eps)
     if config.pretrained:
