@@ -7,6 +7,7 @@ file or flag, and the closest valid name.
 import argparse
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -142,9 +143,12 @@ def _convert(name: str, value, source: str):
         item_type = typing.get_args(kind)[0]
         items = value if isinstance(value, list) else [v for v in str(value).replace(",", " ").split() if v]
         try:
-            return [item_type(v) for v in items]
+            converted = [item_type(v) for v in items]
         except (TypeError, ValueError):
             raise fail(f"expected a list of {item_type.__name__}") from None
+        if not all(math.isfinite(v) for v in converted):
+            raise fail("every number must be finite")
+        return converted
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -160,6 +164,8 @@ def _convert(name: str, value, source: str):
     except (TypeError, ValueError):
         raise fail(f"expected {'an integer' if kind is int else 'a number' if kind is float else kind.__name__}") \
             from None
+    if kind is float and not math.isfinite(converted):
+        raise fail("must be a finite number")
     minimum, above, choices = spec.metadata.get("minimum"), spec.metadata.get("above"), spec.metadata.get("choices")
     if minimum is not None and converted < minimum:
         raise fail(f"must be >= {minimum}")
@@ -213,6 +219,9 @@ def check_consistency(config: Config):
         raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
     if config.min_crop_area > 1.0:
         raise ConfigError(f"min_crop_area is a fraction of the image area in (0, 1], got {config.min_crop_area}")
+    if config.crop_pct > 1.0:
+        raise ConfigError(f"crop_pct is the fraction of the resized image kept by the centre crop, in (0, 1], got "
+                          f"{config.crop_pct}")
 
 
 class _Parser(argparse.ArgumentParser):
