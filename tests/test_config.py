@@ -129,3 +129,10 @@ def test_crop_pct_is_a_fraction_in_0_1():
     with pytest.raises(ConfigError, match=r"must be > 0.0"):
         parse_args(["--crop_pct", "0"])
 
+
+def test_a_yaml_file_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("batch_size: 8  # café\n".encode("latin-1"))
+    result = run_script("train", "--config", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {path}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8"]
