@@ -44,11 +44,21 @@ def save(path, tensors: Dict[str, ms.Tensor], meta: dict):
                         "and has free space. Earlier checkpoints are untouched.") from None
 
 
+def require_file(path, kind: str = "checkpoint") -> Path:
+    """`path` if it is a file; else one clear line: not found, or a directory (naming a checkpoint in it)."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest(path)
+        inside = f" (the latest checkpoint in it is {found})" if found else ""
+        raise UserError(f"{kind} {path} is a directory{inside}; pass the file itself")
+    if not path.is_file():
+        raise UserError(f"{kind} {path} not found")
+    return path
+
+
 def load(path) -> Tuple[Dict[str, ms.Parameter], dict]:
     """Read a checkpoint into ({name: Parameter}, meta); meta is {} for checkpoints from elsewhere."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found")
+    path = require_file(path)
     try:
         params = ms.load_checkpoint(str(path), crc_check=True)
     except (RuntimeError, ValueError, OSError) as err:

@@ -83,8 +83,7 @@ def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str
 def exported_meta(path, file_format: str, config) -> dict:
     """The meta written next to an exported model (export.meta_path), checked like a checkpoint's: model,
     num_classes, width and image size must agree with the flags. num_classes is the flag's without a meta."""
-    if not Path(path).is_file():
-        raise UserError(f"{file_format} file {path} not found")
+    checkpoint.require_file(path, f"{file_format} file")
     meta = export.read_meta(path)
     checkpoint.check_model_matches(meta, path, config.model, config.num_classes, config.width)
     image_size = meta.get("image_size", config.resize)

@@ -76,9 +76,7 @@ def cached_export(config) -> Path:
     """The ONNX export of checkpoint config.pretrained for config.resize, made now unless the cached one
     is of the same checkpoint bytes (see the module docstring). --model, --num_classes and --width are
     checked against the checkpoint's meta either way."""
-    source = Path(config.pretrained)
-    if not source.is_file():
-        raise UserError(f"checkpoint {source} not found")
+    source = checkpoint.require_file(config.pretrained)
     key = dict(zip(CACHE_KEYS, (file_sha256(source), CACHE_VERSION)))
     target = cache_path(source, config.resize)
     cached = export.read_meta(target) if target.is_file() else {}

@@ -273,3 +273,11 @@ def test_output_is_checked_before_predicting(exported, image_folder, tmp_path, c
                                            output=output.format(tmp=tmp_path))
     assert error.startswith("error: " + message.format(tmp=tmp_path)), error
     assert out == ""  # nothing predicted
+
+
+@pytest.mark.parametrize("backend", ["mindspore", "onnxruntime"])
+def test_pretrained_naming_a_directory_says_so(trained, image_folder, capsys, backend):
+    error, _ = run_infer_expecting_error(capsys, data_url=image_folder / "val", pretrained=trained.parent,
+                                         backend=backend)
+    assert error == (f"error: checkpoint {trained.parent} is a directory (the latest checkpoint in it is {trained}); "
+                     "pass the file itself")
