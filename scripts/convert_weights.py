@@ -23,6 +23,9 @@ def main(argv=None):
     if not config.input:
         raise UserError("no weights given: pass --input WEIGHTS.pth")
     output = config.output or Path(config.input).with_suffix(".ckpt")
+    if Path(output).suffix != ".ckpt":
+        raise UserError(f"--output {output}: use a file name ending in .ckpt (MindSpore reads checkpoints only under "
+                        "that name)")
     meta = convert_file(config.input, config.source, config.model, output, config.width)
     print(f"converted {config.input} ({config.source}, {meta['model']}, width {meta['width']}, "
           f"{meta['num_classes']} classes, bn_eps {meta['bn_eps']}) -> {output}")
