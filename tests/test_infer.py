@@ -52,7 +52,7 @@ def predict(predictor, folder, **settings):
 
 
 def test_export_writes_the_checkpoint_meta_next_to_the_mindir(trained, exported):
-    assert meta_path(exported) == exported.with_name("model.json")
+    assert meta_path(exported) == exported.with_name("model.mindir.json")
     saved = json.loads(meta_path(exported).read_text())
     assert saved == dict(checkpoint.load(trained)[1], image_size=32)
     assert (saved["model"], saved["num_classes"], saved["classes"]) == ("mobilenet_v3_small", 3, CLASSES)
