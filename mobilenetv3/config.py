@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import signal
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -257,9 +258,13 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
 
 
 def run_cli(main, argv=None):
-    """Run a script's main(argv), turning the errors users cause into one line and exit status 2."""
+    """Run a script's main(argv), turning the errors users cause into one line and exit status 2, and
+    Ctrl-C (KeyboardInterrupt) into one line and status 130, as a shell reports a process ended by SIGINT."""
     try:
         return main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

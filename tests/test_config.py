@@ -1,6 +1,6 @@
 import pytest
 
-from mobilenetv3.config import FIELDS, TRAIN_KEYS, Config, ConfigError, build_config, parse_args
+from mobilenetv3.config import FIELDS, TRAIN_KEYS, Config, ConfigError, build_config, parse_args, run_cli
 from conftest import REPO, run_script
 
 # The seed README's parameter table: key -> default.
@@ -136,3 +136,11 @@ def test_a_yaml_file_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path):
     result = run_script("train", "--config", path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"error: {path}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8"]
+
+
+def test_cli_turns_ctrl_c_into_one_line_and_exit_130(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as stop:
+        run_cli(interrupted)
+    assert stop.value.code == 130 and capsys.readouterr().err == "\ninterrupted (Ctrl-C)\n"

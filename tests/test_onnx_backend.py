@@ -290,3 +290,22 @@ def test_export_is_the_graph_of_torchs_export(model_name, tmp_path):
     assert_same_logits(onnx_logits(ours, images), cell)
     assert_same_logits(onnx_logits(reference, images), torch_logits)
 
+
+def test_ctrl_c_is_one_line_and_exit_130(model_copy, tmp_path, capsys):
+    """A real SIGINT in the middle of an ONNX Runtime evaluation: no traceback, the shell's status for SIGINT."""
+    import signal
+    import sys
+    from conftest import write_image_folder
+    given = export_onnx(model_copy, tmp_path / "model", capsys)
+    data = write_image_folder(tmp_path / "many", {"val": 200}, size=(8, 8))
+    process = subprocess.Popen([sys.executable, "-u", str(REPO / "scripts" / "eval.py"),
+                                *flags(data_url=data, pretrained=given, backend="onnxruntime", batch_size=1)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("eval: 50/600 batches"):
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert err.splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err, err[-2000:]
+    assert "Top_1_Accuracy" not in out
