@@ -5,6 +5,7 @@ on the command line) and values of the wrong type fail with a one-line message n
 file or flag, and the closest valid name.
 """
 import argparse
+import codecs
 import dataclasses
 import difflib
 import math
@@ -259,7 +260,13 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
 
 def run_cli(main, argv=None):
     """Run a script's main(argv), turning the errors users cause into one line and exit status 2, and
-    Ctrl-C (KeyboardInterrupt) into one line and status 130, as a shell reports a process ended by SIGINT."""
+    Ctrl-C (KeyboardInterrupt) into one line and status 130, as a shell reports a process ended by SIGINT.
+
+    File names that are not valid UTF-8 are printed as the bytes they are (surrogateescape) rather than
+    refused by a strict UTF-8 stdout; every other character encodes in UTF-8 anyway."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and codecs.lookup(stream.encoding or "ascii").name == "utf-8":
+            stream.reconfigure(errors="surrogateescape")
     try:
         return main(argv)
     except UserError as err:

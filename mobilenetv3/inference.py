@@ -149,7 +149,11 @@ def output_format(path) -> str:
 
 def write_predictions(predictions: List[Prediction], path):
     """JSON (a list of records with path, indices, names, probs) or CSV (path, then index/name/prob for
-    each rank), by the file's suffix."""
+    each rank), by the file's suffix.
+
+    File names that are not valid UTF-8 (Python holds their bytes as surrogates) are kept exactly: the CSV
+    has the name's own bytes, the JSON its \\udcXX escapes, which json.loads and os.fsencode turn back
+    into those bytes."""
     path = Path(path)
     file_format = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,7 @@ def write_predictions(predictions: List[Prediction], path):
         path.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
         return
     k = max((len(p.indices) for p in predictions), default=0)
-    with path.open("w", newline="") as out:
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as out:
         writer = csv.writer(out)
         writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
         for p in predictions:

@@ -281,3 +281,24 @@ def test_pretrained_naming_a_directory_says_so(trained, image_folder, capsys, ba
                                          backend=backend)
     assert error == (f"error: checkpoint {trained.parent} is a directory (the latest checkpoint in it is {trained}); "
                      "pass the file itself")
+
+
+def test_file_names_that_are_not_utf8_are_written_as_they_are(exported, image_folder, tmp_path):
+    """A Latin-1 name (bytes b'caf\\xe9.jpg') goes to a strict UTF-8 stdout, the CSV and the JSON unchanged."""
+    import os
+    import subprocess
+    import sys
+    folder = tmp_path / "names"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/caf\xe9.jpg"
+    Path(os.fsdecode(raw)).write_bytes((image_folder / "val" / "class_0" / "0.jpg").read_bytes())
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "infer.py"),
+                             *flags(data_url=folder, pretrained=exported, output=tmp_path / "p.csv")],
+                            capture_output=True, env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(raw + b": class_")
+    assert (tmp_path / "p.csv").read_bytes().splitlines()[1].startswith(raw + b",")
+    with (tmp_path / "p.csv").open(newline="", encoding="utf-8", errors="surrogateescape") as table:
+        assert os.fsencode(list(csv.reader(table))[1][0]) == raw
+    write_predictions([Prediction(os.fsdecode(raw), [0], ["class_0"], [1.0])], tmp_path / "p.json")
+    assert os.fsencode(json.loads((tmp_path / "p.json").read_text())[0]["path"]) == raw
