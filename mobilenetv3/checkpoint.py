@@ -190,7 +190,13 @@ def lock_folder(directory: Path):
 
 
 def unlock_folder(handle):
-    os.unlink(handle.name)
+    """Delete the lock file while still holding its lock (unless it is gone or another file took its name),
+    then release it."""
+    try:
+        if os.stat(handle.name).st_ino == os.fstat(handle.fileno()).st_ino:
+            os.unlink(handle.name)
+    except FileNotFoundError:
+        pass
     handle.close()
 
 
@@ -229,7 +235,8 @@ class RunFolder:
         """Continue the run that wrote a checkpoint with `meta`: its checkpoints here become this run's.
         Checkpoints written before runs had ids all count as one run."""
         self.run_id = meta.get("run")
-        self.own = {p for p in list_checkpoints(self.directory, self.prefix) if read_meta(p).get("run") == self.run_id}
+        found = list_checkpoints(self.directory, self.prefix)
+        self.own = {p for p in found if read_meta(p).get("run") == self.run_id}
 
     def save(self, name: str, tensors: Dict[str, ms.Tensor], meta: dict) -> Path:
         """Write checkpoint `name` with this run's id, then delete this run's oldest beyond `keep`."""

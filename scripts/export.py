@@ -9,7 +9,8 @@ The model is rebuilt in eval mode from the checkpoint's meta (model, num_classes
 --model, --num_classes and --width must agree with it. The batch dimension is dynamic in both formats
 (ONNX: input "images" of shape [batch, 3, resize, resize], output "logits"). The file is written to
 --file_name, else next to the checkpoint, with .mindir or .onnx added, and the checkpoint's meta (model,
-classes, ...) with the image size to that file's name with .json added (model.mindir.json). ONNX export needs: pip install onnx.
+classes, ...) with the image size to that file's name with .json added (model.mindir.json). ONNX export
+needs: pip install onnx.
 """
 from mobilenetv3 import runtime
 from mobilenetv3.checkpoint import model_from_checkpoint

@@ -149,7 +149,8 @@ def test_two_runs_at_once_into_one_folder(image_folder, tmp_path):
            "for it to end or pass another --ckpt_save_dir" in outputs[loser].splitlines()
     assert "Epoch:[" not in outputs[loser]
     assert f"last checkpoint: {tmp_path / 'mobilenet_v3_small-2_24.ckpt'}" in outputs[winner]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mobilenet_v3_small-1_12.ckpt", "mobilenet_v3_small-2_24.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mobilenet_v3_small-1_12.ckpt",
+                                                          "mobilenet_v3_small-2_24.ckpt"]
 
 
 def tiny_checkpoint(path, **meta):
@@ -176,7 +177,8 @@ def test_folder_lock_refuses_a_second_holder_and_survives_a_stale_file(tmp_path)
             checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=False).__enter__()
     assert os.listdir(tmp_path) == []
     with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=True):  # free again
-        pass
+        (tmp_path / checkpoint.LOCK_NAME).unlink()  # deleted by hand meanwhile: the run still ends cleanly
+    assert os.listdir(tmp_path) == []
 
 
 def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):

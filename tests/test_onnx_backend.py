@@ -140,7 +140,8 @@ def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy,
     assert onnx_backend.cached_export(config) == cached
     assert export.read_meta(cached)["source_sha256"] == onnx_backend.file_sha256(model_copy) != meta["source_sha256"]
     assert np.abs(onnx_logits(cached, images) - before - shift).max() <= 1e-5
-    assert sorted(p.name for p in model_copy.parent.iterdir()) == ["small-32px.onnx", "small-32px.onnx.json", "small.ckpt"]
+    assert sorted(p.name for p in model_copy.parent.iterdir()) == ["small-32px.onnx", "small-32px.onnx.json",
+                                                                   "small.ckpt"]
 
 
 def test_a_changed_image_size_gets_an_export_of_its_own(model_copy):
