@@ -231,19 +231,25 @@ class RunFolder:
     def __exit__(self, *exc):
         unlock_folder(self.lock)
 
-    def continue_run(self, meta: dict):
+    def continue_run(self, meta: dict, names_ahead=()):
         """Continue the run that wrote a checkpoint with `meta`: its checkpoints here become this run's.
-        Checkpoints written before runs had ids all count as one run."""
+        Checkpoints written before runs had ids all count as one run. If another run's checkpoint has one
+        of `names_ahead` (the ones this run will write at the end of its epochs), fail now, before training."""
         self.run_id = meta.get("run")
         found = list_checkpoints(self.directory, self.prefix)
         self.own = {p for p in found if read_meta(p).get("run") == self.run_id}
+        for name in names_ahead:
+            self.check_not_foreign(self.directory / name)
+
+    def check_not_foreign(self, path: Path):
+        if path.exists() and path not in self.own:
+            raise UserError(f"not overwriting {path}: another run wrote it; move it away or pass another "
+                            "--ckpt_save_dir, then --resume auto")
 
     def save(self, name: str, tensors: Dict[str, ms.Tensor], meta: dict) -> Path:
         """Write checkpoint `name` with this run's id, then delete this run's oldest beyond `keep`."""
         path = self.directory / name
-        if path.exists() and path not in self.own:
-            raise UserError(f"not overwriting {path}: another run wrote it; move it away or pass another "
-                            "--ckpt_save_dir, then --resume auto")
+        self.check_not_foreign(path)
         save(path, tensors, dict(meta, run=self.run_id))
         self.own.add(path)
         own = [p for p in list_checkpoints(self.directory, self.prefix) if p in self.own]

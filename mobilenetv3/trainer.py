@@ -261,7 +261,8 @@ def _train(config, dist, folder):
         restore_training_state(train_step, params, resume_path)
         start_epoch, skip_steps = saved.get("epoch", 0), saved.get("epoch_step", 0)
         if main_process:
-            folder.continue_run(saved)
+            folder.continue_run(saved, [checkpoint.checkpoint_name(config.model, epoch, epoch * steps)
+                                        for epoch in range(start_epoch + 1, config.epoch_size + 1)])
             print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {skip_steps + 1}")
     # Dropout masks follow (seed, rank, global step), so a resumed run draws those of an uninterrupted one.
     dropout.set_state(net, config.seed * size + rank, start_epoch * steps + skip_steps)

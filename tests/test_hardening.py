@@ -188,7 +188,9 @@ def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
         tiny_checkpoint(tmp_path / name, run="mine")
     tensors = {"w": ms.Tensor(np.ones(3, np.float32))}
     with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=False) as folder:
-        folder.continue_run({"run": "mine"})
+        with pytest.raises(UserError, match=f"not overwriting {tmp_path / 'm-3_18.ckpt'}: another run wrote it"):
+            folder.continue_run({"run": "mine"}, ["m-3_18.ckpt", "m-4_24.ckpt"])  # before training
+        folder.continue_run({"run": "mine"}, ["m-4_24.ckpt"])
         with pytest.raises(UserError, match=f"not overwriting {tmp_path / 'm-3_18.ckpt'}: another run wrote it"):
             folder.save("m-3_18.ckpt", tensors, {})
         assert folder.save("m-4_24.ckpt", tensors, {}) == tmp_path / "m-4_24.ckpt"
@@ -225,3 +227,14 @@ def test_failed_write_leaves_no_partial_file_of_mindspore_either(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     assert os.listdir(tmp_path) == []
+
+
+def test_resumed_run_refuses_before_training_to_overwrite_another_runs_checkpoint(small_config, tmp_path, capsys):
+    source = train(small_config(epoch_size=1, ckpt_save_dir=str(tmp_path / "a")))
+    other = tmp_path / "b" / "mobilenet_v3_small-2_12.ckpt"
+    before = tiny_checkpoint(other, run="other")
+    capsys.readouterr()
+    with pytest.raises(UserError, match=re.escape(f"not overwriting {other}: another run wrote it")):
+        train(small_config(epoch_size=2, resume=str(source), ckpt_save_dir=str(other.parent)))
+    assert "Epoch:[" not in capsys.readouterr().out
+    assert other.read_bytes() == before and os.listdir(other.parent) == [other.name]
