@@ -5,8 +5,11 @@ on the command line) and values of the wrong type fail with a one-line message n
 file or flag, and the closest valid name.
 """
 import argparse
+import codecs
 import dataclasses
 import difflib
+import math
+import signal
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -154,9 +157,12 @@ def _convert(name: str, value, source: str):
         item_type = typing.get_args(kind)[0]
         items = value if isinstance(value, list) else [v for v in str(value).replace(",", " ").split() if v]
         try:
-            return [item_type(v) for v in items]
+            converted = [item_type(v) for v in items]
         except (TypeError, ValueError):
             raise fail(f"expected a list of {item_type.__name__}") from None
+        if not all(math.isfinite(v) for v in converted):
+            raise fail("every number must be finite")
+        return converted
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -172,6 +178,8 @@ def _convert(name: str, value, source: str):
     except (TypeError, ValueError):
         raise fail(f"expected {'an integer' if kind is int else 'a number' if kind is float else kind.__name__}") \
             from None
+    if kind is float and not math.isfinite(converted):
+        raise fail("must be a finite number")
     minimum, above, choices = spec.metadata.get("minimum"), spec.metadata.get("above"), spec.metadata.get("choices")
     if minimum is not None and converted < minimum:
         raise fail(f"must be >= {minimum}")
@@ -188,7 +196,10 @@ def load_yaml(path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                          "save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -233,6 +244,9 @@ def check_consistency(config: Config):
                               f"{','.join(map(str, FIELDS[name].default_factory()))}; got {values}")
     if config.min_crop_area > 1.0:
         raise ConfigError(f"min_crop_area is a fraction of the image area in (0, 1], got {config.min_crop_area}")
+    if config.crop_pct > 1.0:
+        raise ConfigError(f"crop_pct is the fraction of the resized image kept by the centre crop, in (0, 1], got "
+                          f"{config.crop_pct}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -265,9 +279,19 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
 
 
 def run_cli(main, argv=None):
-    """Run a script's main(argv), turning the errors users cause into one line and exit status 2."""
+    """Run a script's main(argv), turning the errors users cause into one line and exit status 2, and
+    Ctrl-C (KeyboardInterrupt) into one line and status 130, as a shell reports a process ended by SIGINT.
+
+    File names that are not valid UTF-8 are printed as the bytes they are (surrogateescape) rather than
+    refused by a strict UTF-8 stdout; every other character encodes in UTF-8 anyway."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and codecs.lookup(stream.encoding or "ascii").name == "utf-8":
+            stream.reconfigure(errors="surrogateescape")
     try:
         return main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

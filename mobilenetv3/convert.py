@@ -13,6 +13,7 @@ variants use TensorFlow "same" padding and are not supported.
 """
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
@@ -194,6 +195,18 @@ def convert_state_dict(state_dict, source: str, model_name: str,
     return converted, BN_EPS[source]
 
 
+TORCH_LEGACY_MAGIC = b"\x80\x02"  # pickle protocol 2, which torch.save used before its zip format
+
+
+def is_torch_file(path) -> bool:
+    """Whether `path` has the form of a torch.save file, so that torch.load's errors can be told apart: a file
+    of another kind fails as a pickle too, which torch reports as objects it refuses to load."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as source:
+        return source.read(len(TORCH_LEGACY_MAGIC)) == TORCH_LEGACY_MAGIC
+
+
 def read_torch_state_dict(path) -> dict:
     """torch.load a .pth holding a state_dict, or a training checkpoint with one under 'state_dict' or 'model'."""
     try:
@@ -201,9 +214,10 @@ def read_torch_state_dict(path) -> dict:
     except ImportError:
         raise UserError("converting PyTorch weights needs torch: pip install torch==2.13.0 "
                         "(or pip install .[convert])") from None
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"PyTorch weights {path} not found")
+    path = checkpoint.require_file(path, "PyTorch weights")
+    if not is_torch_file(path):
+        raise UserError(f"{path} is not a PyTorch file (torch.save writes a zip archive, before torch 1.6 a pickle); "
+                        "pass the .pth or .pt file of the weights")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

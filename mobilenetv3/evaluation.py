@@ -45,8 +45,9 @@ def count_correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
                      -log_probs[np.arange(len(labels)), labels].sum(), len(labels)], dtype=np.float64)
 
 
-def evaluate(predict, dataset, dist=None, progress_every=50) -> Metrics:
-    """`predict(images) -> logits` (numpy) over every batch of `dataset`; counts summed across ranks."""
+def evaluate(predict, dataset, dist=None, progress_every=50, source="the data set") -> Metrics:
+    """`predict(images) -> logits` (numpy) over every batch of `dataset`; counts summed across ranks.
+    `source` names the data in the error raised when not one image of it could be read."""
     totals = np.zeros(4, dtype=np.float64)
     batches = dataset.get_dataset_size()
     start = time.time()
@@ -60,7 +61,7 @@ def evaluate(predict, dataset, dist=None, progress_every=50) -> Metrics:
         totals = all_reduce_sum(totals)
     correct1, correct5, loss_sum, images = totals
     if images == 0:
-        return Metrics(float("nan"), float("nan"), float("nan"), 0)
+        raise UserError(f"none of the images in {source} could be read (see the warnings above): nothing to evaluate")
     return Metrics(correct1 / images, correct5 / images, loss_sum / images, int(images))
 
 
@@ -84,4 +85,4 @@ def evaluate_folder(predict, num_classes: int, config, classes=None, dist=None) 
                         "classes; evaluate on a folder with one subfolder per class of the model")
     dataset = data.create_dataset(folder, config, training=False, num_shards=dist.size if dist else 1,
                                   shard_id=dist.rank if dist else 0)
-    return evaluate(predict, dataset, dist)
+    return evaluate(predict, dataset, dist, source=str(folder.root))

@@ -2,8 +2,10 @@
 
 Both formats take any batch size: the batch dimension is exported as dynamic (named "batch" in ONNX,
 whose input is "images" and output "logits"); height and width are fixed at the exported image size.
-Next to the file, <name>.json holds the checkpoint's meta (model, num_classes, width, bn_eps, classes...)
-and the image size, so inference from the exported file can check its flags and name the classes.
+Next to the file, <file>.json (model.mindir.json, model.onnx.json: one per exported file, so exports of
+both formats under one name never share one) holds the checkpoint's meta (model, num_classes, width,
+bn_eps, classes...) and the image size, so inference from the exported file can check its flags and name
+the classes.
 
 The ONNX graph is rewritten into the form torchvision's export has, which is what ONNX Runtime runs
 fastest: BatchNorm folded into the convolution before it, and the written-out x * relu6(x + 3) / 6 and
@@ -40,8 +42,9 @@ def export_path(checkpoint, file_format: str, file_name: Optional[str] = None) -
 
 
 def meta_path(exported) -> Path:
-    """The JSON file with the meta of an exported model: its name with .json for the extension."""
-    return Path(exported).with_suffix(".json")
+    """The JSON file with the meta of an exported model: its full name with .json added."""
+    exported = Path(exported)
+    return exported.with_name(exported.name + ".json")
 
 
 def read_meta(exported) -> dict:

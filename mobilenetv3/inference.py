@@ -83,8 +83,7 @@ def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str
 def exported_meta(path, file_format: str, config) -> dict:
     """The meta written next to an exported model (export.meta_path), checked like a checkpoint's: model,
     num_classes, width and image size must agree with the flags. num_classes is the flag's without a meta."""
-    if not Path(path).is_file():
-        raise UserError(f"{file_format} file {path} not found")
+    checkpoint.require_file(path, f"{file_format} file")
     meta = export.read_meta(path)
     checkpoint.check_model_matches(meta, path, config.model, config.num_classes, config.width)
     image_size = meta.get("image_size", config.resize)
@@ -150,7 +149,11 @@ def output_format(path) -> str:
 
 def write_predictions(predictions: List[Prediction], path):
     """JSON (a list of records with path, indices, names, probs) or CSV (path, then index/name/prob for
-    each rank), by the file's suffix."""
+    each rank), by the file's suffix.
+
+    File names that are not valid UTF-8 (Python holds their bytes as surrogates) are kept exactly: the CSV
+    has the name's own bytes, the JSON its \\udcXX escapes, which json.loads and os.fsencode turn back
+    into those bytes."""
     path = Path(path)
     file_format = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +161,7 @@ def write_predictions(predictions: List[Prediction], path):
         path.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
         return
     k = max((len(p.indices) for p in predictions), default=0)
-    with path.open("w", newline="") as out:
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as out:
         writer = csv.writer(out)
         writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
         for p in predictions:

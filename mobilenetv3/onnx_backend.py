@@ -2,14 +2,14 @@
 of truth, ONNX Runtime runs the same network several times faster on CPU.
 
 A checkpoint is exported once (export.export: BatchNorm folded, HardSwish/HardSigmoid fused) to
-<checkpoint name>-<resize>px.onnx next to it, with its meta in <checkpoint name>-<resize>px.json. The meta
+<checkpoint name>-<resize>px.onnx next to it, with its meta in <checkpoint name>-<resize>px.onnx.json. The meta
 records the SHA-256 of the checkpoint's bytes and CACHE_VERSION; the export is redone when either no
 longer matches. A content hash rather than mtime+size, because every checkpoint of one model has exactly
 the same size, copies (cp -p, rsync -t) carry an older mtime over, and mtimes are coarse on some file
 systems; hashing a 10-20 MB checkpoint takes tens of milliseconds, an export seconds. The cache is written
 to hidden temporary files and renamed, so processes exporting at once (mpirun) never read half a file.
 
-An .onnx given directly runs as it is, checked against the .json next to it like a MINDIR; without one
+An .onnx given directly runs as it is, checked against the .onnx.json next to it like a MINDIR; without one
 (a file from elsewhere, e.g. torchvision's export), against its input shape.
 """
 import hashlib
@@ -76,9 +76,7 @@ def cached_export(config) -> Path:
     """The ONNX export of checkpoint config.pretrained for config.resize, made now unless the cached one
     is of the same checkpoint bytes (see the module docstring). --model, --num_classes and --width are
     checked against the checkpoint's meta either way."""
-    source = Path(config.pretrained)
-    if not source.is_file():
-        raise UserError(f"checkpoint {source} not found")
+    source = checkpoint.require_file(config.pretrained)
     key = dict(zip(CACHE_KEYS, (file_sha256(source), CACHE_VERSION)))
     target = cache_path(source, config.resize)
     cached = export.read_meta(target) if target.is_file() else {}

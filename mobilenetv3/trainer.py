@@ -308,16 +308,19 @@ def resolve_resume(config):
     return found
 
 
-def check_writable(directory):
-    """Fail before training, not after the first epoch, if checkpoints cannot be written."""
-    probe = Path(directory) / ".write_test"
-    try:
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"ckpt_save_dir {directory} is not writable ({err.strerror}); pass a writable "
-                        "--ckpt_save_dir") from None
+def check_validation_folder(config, train_folder):
+    """With --eval_interval, fail at start, not after the first epochs, if validation cannot run.
+
+    A class-folder tree without val/ is refused rather than validated on: its accuracy would be that of
+    the training images, reported as validation.
+    """
+    root = Path(config.data_url)
+    if not (root / "val").is_dir():
+        layout = "is one class-folder tree, so validation would run on the training images" \
+            if train_folder.root == root else "has no val/ folder"
+        raise UserError(f"--eval_interval {config.eval_interval} needs held-out images in {root}/val/<class>/, but "
+                        f"data_url {root} {layout}; add them, or set --eval_interval 0")
+    data.scan_image_folder(root / "val", train_folder.classes)
 
 
 def augment_seed(seed: int, epoch: int, rank: int, size: int) -> int:
@@ -330,17 +333,20 @@ def augment_seed(seed: int, epoch: int, rank: int, size: int) -> int:
 def train(config, dist=None):
     """Train `config.model` on `config.data_url`; returns the path of the last checkpoint written.
 
-    Rank 0 also writes ckpt_save_dir/run.yaml, metrics.jsonl and train.log (see run_record).
+    Rank 0 holds ckpt_save_dir (checkpoint.RunFolder: locked, refused to a fresh run if it holds another
+    run's checkpoints) from before training starts to the end, which also shows it is writable, and writes
+    run.yaml, metrics.jsonl and train.log into it (see run_record).
     """
-    if dist and dist.rank != 0:
-        return run_training(config, dist)
-    check_writable(config.ckpt_save_dir)
-    run_record.write_run_file(config, dist.size if dist else 1, config.ckpt_save_dir)
-    with run_record.tee_stdout(config.ckpt_save_dir):
-        return run_training(config, dist)
+    if dist is not None and dist.rank != 0:
+        return _train(config, dist, None)
+    with checkpoint.RunFolder(config.ckpt_save_dir, config.model, config.keep_checkpoint_max,
+                              fresh=not config.resume) as folder:
+        run_record.write_run_file(config, dist.size if dist else 1, config.ckpt_save_dir)
+        with run_record.tee_stdout(config.ckpt_save_dir):
+            return _train(config, dist, folder)
 
 
-def run_training(config, dist=None):
+def _train(config, dist, folder):
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
     main_process = rank == 0
     ms.set_seed(config.seed)  # same initial weights on every rank and in every run
@@ -348,6 +354,8 @@ def run_training(config, dist=None):
     if len(train_folder.classes) != config.num_classes:
         raise UserError(f"{train_folder.root} has {len(train_folder.classes)} class folders but num_classes is "
                         f"{config.num_classes}; pass --num_classes {len(train_folder.classes)}")
+    if config.eval_interval:
+        check_validation_folder(config, train_folder)
     net = create_model(config.model, config.num_classes, config.width, config.dropout_rate,
                        config.bn_momentum, config.bn_eps)
     if config.pretrained:  # fine-tuning: with the preprocessing those weights expect
@@ -375,6 +383,8 @@ def run_training(config, dist=None):
         if main_process:
             for note in notes:
                 print(note)
+            folder.continue_run(saved, [checkpoint.checkpoint_name(config.model, epoch, epoch * steps)
+                                        for epoch in range(start_epoch + 1, config.epoch_size + 1)])
             print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {skip_steps + 1}")
     # Dropout masks follow (seed, rank, global step), so a resumed run draws those of an uninterrupted one.
     dropout.set_state(net, config.seed * size + rank, start_epoch * steps + skip_steps)
@@ -402,7 +412,8 @@ def run_training(config, dist=None):
             skip_steps = 0
             finished = log.steps_done == steps
             if main_process:
-                last = save(config, train_step, meta, *((epoch, 0) if finished else (epoch - 1, log.steps_done)), steps)
+                done = (epoch, 0) if finished else (epoch - 1, log.steps_done)
+                last = save(folder, config, train_step, meta, *done, steps)
             if stop_signals is not None and stop_signals.received is not None:
                 name = signal.Signals(stop_signals.received).name
                 raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {log.steps_done}/{steps}; saved "
@@ -429,12 +440,10 @@ def epoch_record(summary: dict, epoch: int, world_size: int, wall_seconds: float
     return record
 
 
-def save(config, train_step, meta, epochs_done, epoch_step, steps):
-    """Checkpoint after `epochs_done` epochs and `epoch_step` steps of the next; rotates old ones."""
+def save(folder, config, train_step, meta, epochs_done, epoch_step, steps):
+    """Checkpoint after `epochs_done` epochs and `epoch_step` steps of the next into `folder` (a RunFolder,
+    which rotates this run's old ones)."""
     global_step = epochs_done * steps + epoch_step
     name = checkpoint.checkpoint_name(config.model, epochs_done + (epoch_step > 0), global_step)
-    path = f"{config.ckpt_save_dir}/{name}"
-    checkpoint.save(path, training_state(train_step), dict(meta, epoch=epochs_done, epoch_step=epoch_step,
-                                                           step=global_step))
-    checkpoint.rotate(config.ckpt_save_dir, config.model, config.keep_checkpoint_max)
-    return path
+    return folder.save(name, training_state(train_step), dict(meta, epoch=epochs_done, epoch_step=epoch_step,
+                                                             step=global_step))

@@ -41,6 +41,9 @@ def main(argv=None):
                                 f"drop --{name}")
         source, model = chosen.source, chosen.model
     output = config.output or Path(config.input).with_suffix(".ckpt")
+    if Path(output).suffix != ".ckpt":
+        raise UserError(f"--output {output}: use a file name ending in .ckpt (MindSpore reads checkpoints only under "
+                        "that name)")
     meta = convert_file(config.input, source, model, output, config.width, config.preset)
     print(f"converted {config.input} ({meta['source']}, {meta['model']}, width {meta['width']}, "
           f"{meta['num_classes']} classes, bn_eps {meta['bn_eps']}"

@@ -22,12 +22,15 @@ from mobilenetv3.config import EVAL_KEYS, parse_args, run_cli
 from mobilenetv3.distributed import init_distributed
 from mobilenetv3.evaluation import evaluate_folder
 from mobilenetv3.inference import load_model
+from mobilenetv3.outputs import check_writable_file
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=EVAL_KEYS)
     runtime.setup(config.device_target, config.seed, device_id=config.device_id)
     dist = init_distributed(config.device_target, config.run_distribute, config.device_id)
+    if config.json and dist.rank == 0:
+        check_writable_file(config.json, "--json")
     predict, meta = load_model(config)
     config, preprocessing_line = preprocessing.resolve(config, meta)
     if dist.rank == 0:

@@ -9,8 +9,8 @@ The model is rebuilt in eval mode from the checkpoint's meta (model, num_classes
 --model, --num_classes and --width must agree with it. The batch dimension is dynamic in both formats
 (ONNX: input "images" of shape [batch, 3, resize, resize], output "logits"). The file is written to
 --file_name, else next to the checkpoint, with .mindir or .onnx added, and the checkpoint's meta (model,
-classes, the preprocessing the model expects, ...) with the image size to the same name with .json.
-ONNX export needs: pip install onnx.
+classes, the preprocessing the model expects, ...) with the image size to that file's name with .json added
+(model.mindir.json). ONNX export needs: pip install onnx.
 """
 import sys
 

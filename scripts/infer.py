@@ -11,8 +11,8 @@ Examples:
 
 Prints each image's top_k class names and probabilities (and, on stderr, the preprocessing used: the model's
 own unless a flag says otherwise); --output writes path, indices, names and probabilities as a JSON list or a
-CSV table. Class names come from the checkpoint (for a .mindir or .onnx:
-the .json that export wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
+CSV table. Class names come from the checkpoint (for a .mindir or .onnx: the <file>.json that export wrote
+next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
 (not images, truncated, corrupt) are skipped and listed at the end with the reason. --backend onnxruntime
 runs a checkpoint (exported to ONNX once, cached next to it as <name>-<resize>px.onnx) or an exported .onnx
 with ONNX Runtime: the same predictions, several times faster on CPU.
@@ -23,12 +23,14 @@ from mobilenetv3 import preprocessing, runtime
 from mobilenetv3.config import INFER_KEYS, parse_args, run_cli
 from mobilenetv3.errors import UserError
 from mobilenetv3.inference import format_prediction, load_predictor, output_format, predict_folder, write_predictions
+from mobilenetv3.outputs import check_writable_file
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=INFER_KEYS)
     if config.output:
         output_format(config.output)
+        check_writable_file(config.output, "--output")
     runtime.setup(config.device_target, config.seed, device_id=config.device_id)
     predict, class_names, meta = load_predictor(config)
     config, preprocessing_line = preprocessing.resolve(config, meta)

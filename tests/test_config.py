@@ -1,6 +1,6 @@
 import pytest
 
-from mobilenetv3.config import TRAIN_KEYS, Config, ConfigError, build_config, parse_args
+from mobilenetv3.config import FIELDS, TRAIN_KEYS, Config, ConfigError, build_config, parse_args, run_cli
 from conftest import REPO, run_script
 
 # The seed README's parameter table: key -> default. One deliberate change: num_parallel_workers 0 (each
@@ -100,3 +100,53 @@ def test_help_has_examples_and_defaults():
     assert result.returncode == 0
     assert "mpirun -n 8 python scripts/train.py --model mobilenet_v3_small" in result.stdout
     assert "--epoch_size VALUE" in result.stdout and "default 200" in result.stdout
+
+
+FLOAT_KEYS = [name for name, spec in FIELDS.items() if spec.type is float]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", FLOAT_KEYS)
+def test_every_float_key_refuses_non_finite_values(name, value):
+    with pytest.raises(ConfigError) as err:
+        parse_args([f"--{name}={value}"])
+    assert str(err.value) == f"{name} (from --{name}): must be a finite number, got '{value}'"
+
+
+def test_non_finite_values_are_refused_in_yaml_and_lists_too(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_lr: .nan\n")
+    with pytest.raises(ConfigError, match=rf"^max_lr \(from {path}\): must be a finite number, got nan$"):
+        build_config(path)
+    with pytest.raises(ConfigError, match=r"^learning_rates \(from --learning_rates\): every number must be finite"):
+        parse_args(["--learning_rates", "0.1 inf"])
+
+
+def test_crop_pct_is_a_fraction_in_0_1():
+    assert parse_args(["--crop_pct", "1"]).crop_pct == 1.0
+    with pytest.raises(ConfigError, match=r"^crop_pct is the fraction of the resized image kept by the centre crop, "
+                                          r"in \(0, 1\], got 5.0$"):
+        parse_args(["--crop_pct", "5"])
+    with pytest.raises(ConfigError, match=r"must be > 0.0"):
+        parse_args(["--crop_pct", "0"])
+
+
+def test_a_yaml_file_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("batch_size: 8  # café\n".encode("latin-1"))
+    result = run_script("train", "--config", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {path}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8"]
+
+
+def test_cli_turns_ctrl_c_into_one_line_and_exit_130(capsys):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    try:
+        run_cli(interrupted)
+    except KeyboardInterrupt:  # not caught: fail this test rather than stop the whole session
+        pytest.fail("run_cli let KeyboardInterrupt through")
+    except SystemExit as stop:
+        assert stop.code == 130 and capsys.readouterr().err == "\ninterrupted (Ctrl-C)\n"
+    else:
+        pytest.fail("run_cli returned")

@@ -1,5 +1,6 @@
 """PyTorch -> MindSpore weight conversion: logits match a torch twin, timm naming, checks and the script."""
 import argparse
+import re
 
 import numpy as np
 import pytest
@@ -213,3 +214,20 @@ def test_script_failure_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: torchvision weights do not fit mobilenet_v3_large")
     assert not (tmp_path / "small.ckpt").exists()
+
+
+def test_output_must_be_a_ckpt_and_random_bytes_are_not_a_pytorch_file(tmp_path):
+    torch.save(TorchMobileNetV3("mobilenet_v3_small").state_dict(), tmp_path / "small.pth")
+    result = run_script("convert_weights", "--input", tmp_path / "small.pth", "--output", tmp_path / "s.bin")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"error: --output {tmp_path / 's.bin'}: use a file name ending in .ckpt (MindSpore reads checkpoints only "
+        "under that name)"]
+    assert not (tmp_path / "s.bin").exists()
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(UserError, match=re.escape(f"{noise} is not a PyTorch file (torch.save writes a zip archive, "
+                                                  "before torch 1.6 a pickle)")):
+        read_torch_state_dict(noise)
+    legacy = {"classifier.3.weight": torch.zeros(2, 3)}
+    torch.save(legacy, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert list(read_torch_state_dict(tmp_path / "legacy.pth")) == list(legacy)

@@ -214,3 +214,29 @@ def test_user_errors_are_one_line_and_exit_2(trained, folder, tmp_path, capsys, 
     errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "preprocessing:"))]
     assert len(errors) == 1 and errors[0].startswith("error: "), errors
     assert re.search(message, errors[0]), errors[0]
+
+
+def test_json_folders_are_created_and_a_bad_path_fails_before_evaluating(trained, folder, tmp_path, capsys):
+    nested = tmp_path / "no" / "such" / "dir" / "m.json"
+    run_cli(eval_main(), flags(data_url=folder, pretrained=trained, json=nested))
+    assert json.loads(nested.read_text())["images"] == 21
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run_cli(eval_main(), flags(data_url=folder, pretrained=trained, json=tmp_path))
+    captured = capsys.readouterr()
+    assert stop.value.code == 2 and captured.out == ""
+    assert captured.err.splitlines() == [f"error: --json {tmp_path} is a directory; give a file name"]
+
+
+def test_a_folder_of_only_unreadable_images_is_an_error_not_nan(trained, tmp_path, capsys):
+    for name in CLASSES:
+        (tmp_path / "val" / name).mkdir(parents=True)
+        (tmp_path / "val" / name / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(SystemExit) as stop:
+        run_cli(eval_main(), flags(data_url=tmp_path, pretrained=trained, json=tmp_path / "m.json"))
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error")]
+    assert stop.value.code == 2 and errors == [f"error: none of the images in {tmp_path / 'val'} could be read "
+                                               "(see the warnings above): nothing to evaluate"]
+    assert captured.err.count("warning: skipping unreadable image") == len(CLASSES)
+    assert captured.out == "" and not (tmp_path / "m.json").exists()

@@ -2,6 +2,7 @@
 import errno
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -146,9 +147,11 @@ def test_kill_9_loses_at_most_the_current_epoch(image_folder, tmp_path, uninterr
     process.kill()
     process.wait()
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["mobilenet_v3_small-1_12.ckpt"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial file left visible
+    # No partial file left visible; the lock file stays, but the OS released its lock with the process.
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [checkpoint.LOCK_NAME]
     resume(image_folder, tmp_path)
     assert_same(final_weights(tmp_path), uninterrupted)
+    assert not (tmp_path / checkpoint.LOCK_NAME).exists()
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_config, tmp_path, monkeypatch):
@@ -185,3 +188,104 @@ def test_truncated_checkpoint_cannot_be_resumed(small_config, tmp_path):
         out.truncate(5000)
     with pytest.raises(UserError, match="is truncated, corrupt or not a MindSpore checkpoint"):
         train(small_config(epoch_size=2, resume="auto"))
+
+
+def test_two_runs_at_once_into_one_folder(image_folder, tmp_path):
+    """Started together, one run gets the folder and the other is refused at once, naming the holder."""
+    runs = [start_training(image_folder, tmp_path, "--epoch_size", "2", "--decay_epoch", "2") for _ in range(2)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert sorted(run.returncode for run in runs) == [0, 2], [out[-2000:] for out in outputs]
+    winner, loser = (0, 1) if runs[0].returncode == 0 else (1, 0)
+    assert f"error: ckpt_save_dir {tmp_path} is in use by another training run (pid {runs[winner].pid}); wait " \
+           "for it to end or pass another --ckpt_save_dir" in outputs[loser].splitlines()
+    assert "Epoch:[" not in outputs[loser]
+    assert f"last checkpoint: {tmp_path / 'mobilenet_v3_small-2_24.ckpt'}" in outputs[winner]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mobilenet_v3_small-1_12.ckpt",
+                                                          "mobilenet_v3_small-2_24.ckpt"]
+
+
+def tiny_checkpoint(path, **meta):
+    checkpoint.save(path, {"w": ms.Tensor(np.arange(3, dtype=np.float32))}, meta)
+    return path.read_bytes()
+
+
+def test_fresh_run_refuses_a_folder_holding_another_runs_checkpoints(small_config, tmp_path):
+    other = tmp_path / "ckpt" / "mobilenet_v3_small-3_18.ckpt"
+    before = tiny_checkpoint(other, run="other")
+    with pytest.raises(UserError, match=re.escape(
+            f"ckpt_save_dir {other.parent} already holds checkpoints of another run (mobilenet_v3_small-3_18.ckpt): "
+            "continue that run with --resume auto, or pass another --ckpt_save_dir")):
+        train(small_config(keep_checkpoint_max=1))
+    assert other.read_bytes() == before and os.listdir(other.parent) == [other.name]
+
+
+def test_folder_lock_refuses_a_second_holder_and_survives_a_stale_file(tmp_path):
+    (tmp_path / checkpoint.LOCK_NAME).write_text("999999999\n")  # left by a killed run: not locked
+    with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=True):
+        assert (tmp_path / checkpoint.LOCK_NAME).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(UserError, match=re.escape(f"ckpt_save_dir {tmp_path} is in use by another training run "
+                                                      f"(pid {os.getpid()})")):
+            checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=False).__enter__()
+    assert os.listdir(tmp_path) == []
+    with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=True):  # free again
+        (tmp_path / checkpoint.LOCK_NAME).unlink()  # deleted by hand meanwhile: the run still ends cleanly
+    assert os.listdir(tmp_path) == []
+
+
+def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
+    """A resumed run rotates its own earlier checkpoints, never another run's, and never overwrites one."""
+    other = tiny_checkpoint(tmp_path / "m-3_18.ckpt", run="other")
+    for name in ("m-1_6.ckpt", "m-2_12.ckpt"):
+        tiny_checkpoint(tmp_path / name, run="mine")
+    tensors = {"w": ms.Tensor(np.ones(3, np.float32))}
+    with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=False) as folder:
+        with pytest.raises(UserError, match=f"not overwriting {tmp_path / 'm-3_18.ckpt'}: another run wrote it"):
+            folder.continue_run({"run": "mine"}, ["m-3_18.ckpt", "m-4_24.ckpt"])  # before training
+        folder.continue_run({"run": "mine"}, ["m-4_24.ckpt"])
+        with pytest.raises(UserError, match=f"not overwriting {tmp_path / 'm-3_18.ckpt'}: another run wrote it"):
+            folder.save("m-3_18.ckpt", tensors, {})
+        assert folder.save("m-4_24.ckpt", tensors, {}) == tmp_path / "m-4_24.ckpt"
+    assert sorted(os.listdir(tmp_path)) == ["m-3_18.ckpt", "m-4_24.ckpt"]
+    assert (tmp_path / "m-3_18.ckpt").read_bytes() == other
+    assert checkpoint.read_meta(tmp_path / "m-4_24.ckpt") == {"run": "mine"}
+    with checkpoint.RunFolder(tmp_path / "new", "m", keep=2, fresh=True) as folder:
+        for epoch in range(1, 4):
+            folder.save(f"m-{epoch}_{6 * epoch}.ckpt", tensors, {})
+        assert checkpoint.read_meta(tmp_path / "new" / "m-3_18.ckpt") == {"run": folder.run_id}
+    assert sorted(os.listdir(tmp_path / "new")) == ["m-2_12.ckpt", "m-3_18.ckpt"]
+
+
+def test_temporary_checkpoint_name_is_unique_per_process(tmp_path, monkeypatch):
+    written = []
+    real_save = ms.save_checkpoint
+    monkeypatch.setattr(ms, "save_checkpoint", lambda entries, name, **kw: written.append(name) or
+                        real_save(entries, name, **kw))
+    tiny_checkpoint(tmp_path / "m-1_6.ckpt")
+    assert written == [str(tmp_path / f".m-1_6.{os.getpid()}.partial.ckpt")]
+
+
+def test_failed_write_leaves_no_partial_file_of_mindspore_either(tmp_path):
+    """A write cut short for lack of room removes MindSpore's own ".partial.tmp" as well as ours. A file-size
+    limit stands in for the full disk: the writer gets the same failed write() (EFBIG instead of ENOSPC)."""
+    tensors = {"w": ms.Tensor(np.zeros(1 << 18, np.float32))}  # 1 MiB, twice the limit
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, hard))
+    try:
+        with pytest.raises(UserError, match=r"could not write checkpoint .*File too large.* Earlier checkpoints"):
+            checkpoint.save(tmp_path / "m-1_6.ckpt", tensors, {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert os.listdir(tmp_path) == []
+
+
+def test_resumed_run_refuses_before_training_to_overwrite_another_runs_checkpoint(small_config, tmp_path, capsys):
+    source = train(small_config(epoch_size=1, ckpt_save_dir=str(tmp_path / "a")))
+    other = tmp_path / "b" / "mobilenet_v3_small-2_12.ckpt"
+    before = tiny_checkpoint(other, run="other")
+    capsys.readouterr()
+    with pytest.raises(UserError, match=re.escape(f"not overwriting {other}: another run wrote it")):
+        train(small_config(epoch_size=2, resume=str(source), ckpt_save_dir=str(other.parent)))
+    assert "Epoch:[" not in capsys.readouterr().out
+    assert other.read_bytes() == before and os.listdir(other.parent) == [other.name]

@@ -52,7 +52,7 @@ def predict(predictor, folder, **settings):
 
 
 def test_export_writes_the_checkpoint_meta_next_to_the_mindir(trained, exported):
-    assert meta_path(exported) == exported.with_name("model.json")
+    assert meta_path(exported) == exported.with_name("model.mindir.json")
     saved = json.loads(meta_path(exported).read_text())
     assert saved == dict(checkpoint.load(trained)[1], image_size=32)
     assert (saved["model"], saved["num_classes"], saved["classes"]) == ("mobilenet_v3_small", 3, CLASSES)
@@ -261,3 +261,44 @@ def test_mindir_without_meta_names_classes_by_index_and_checks_their_number(expo
     error, _ = run_infer_expecting_error(capsys, data_url=image_folder / "val" / "class_0", pretrained=bare,
                                          num_classes=1000)
     assert error == "error: the model gives 3 class scores, but num_classes is 1000; pass --num_classes 3"
+
+
+@pytest.mark.parametrize("output,message", [
+    ("{tmp}/preds.json", "--output {tmp}/preds.json is a directory; give a file name"),
+    ("/proc/x.json", "--output /proc/x.json cannot be written ("),
+], ids=["directory", "proc"])
+def test_output_is_checked_before_predicting(exported, image_folder, tmp_path, capsys, output, message):
+    (tmp_path / "preds.json").mkdir()
+    error, out = run_infer_expecting_error(capsys, data_url=image_folder / "val", pretrained=exported,
+                                           output=output.format(tmp=tmp_path))
+    assert error.startswith("error: " + message.format(tmp=tmp_path)), error
+    assert out == ""  # nothing predicted
+
+
+@pytest.mark.parametrize("backend", ["mindspore", "onnxruntime"])
+def test_pretrained_naming_a_directory_says_so(trained, image_folder, capsys, backend):
+    error, _ = run_infer_expecting_error(capsys, data_url=image_folder / "val", pretrained=trained.parent,
+                                         backend=backend)
+    assert error == (f"error: checkpoint {trained.parent} is a directory (the latest checkpoint in it is {trained}); "
+                     "pass the file itself")
+
+
+def test_file_names_that_are_not_utf8_are_written_as_they_are(exported, image_folder, tmp_path):
+    """A Latin-1 name (bytes b'caf\\xe9.jpg') goes to a strict UTF-8 stdout, the CSV and the JSON unchanged."""
+    import os
+    import subprocess
+    import sys
+    folder = tmp_path / "names"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/caf\xe9.jpg"
+    Path(os.fsdecode(raw)).write_bytes((image_folder / "val" / "class_0" / "0.jpg").read_bytes())
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "infer.py"),
+                             *flags(data_url=folder, pretrained=exported, output=tmp_path / "p.csv")],
+                            capture_output=True, env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(raw + b": class_")
+    assert (tmp_path / "p.csv").read_bytes().splitlines()[1].startswith(raw + b",")
+    with (tmp_path / "p.csv").open(newline="", encoding="utf-8", errors="surrogateescape") as table:
+        assert os.fsencode(list(csv.reader(table))[1][0]) == raw
+    write_predictions([Prediction(os.fsdecode(raw), [0], ["class_0"], [1.0])], tmp_path / "p.json")
+    assert os.fsencode(json.loads((tmp_path / "p.json").read_text())[0]["path"]) == raw

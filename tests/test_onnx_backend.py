@@ -77,7 +77,7 @@ def test_infer_gives_the_same_predictions_with_both_backends(model_copy, image_f
                        output=outputs[backend])
         assert "18 images predicted, 0 skipped" in out
     assert onnx_backend.cache_path(model_copy, 32) == tmp_path / "small-32px.onnx"
-    assert (tmp_path / "small-32px.onnx").is_file() and (tmp_path / "small-32px.json").is_file()
+    assert (tmp_path / "small-32px.onnx").is_file() and (tmp_path / "small-32px.onnx.json").is_file()
     ours, theirs = (json.loads(outputs[backend].read_text()) for backend in ("mindspore", "onnxruntime"))
     assert [r["path"] for r in ours] == [r["path"] for r in theirs] == sorted(
         str(p) for p in (image_folder / "val").glob("*/*.jpg"))
@@ -140,7 +140,8 @@ def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy,
     assert onnx_backend.cached_export(config) == cached
     assert export.read_meta(cached)["source_sha256"] == onnx_backend.file_sha256(model_copy) != meta["source_sha256"]
     assert np.abs(onnx_logits(cached, images) - before - shift).max() <= 1e-5
-    assert sorted(p.name for p in model_copy.parent.iterdir()) == ["small-32px.json", "small-32px.onnx", "small.ckpt"]
+    assert sorted(p.name for p in model_copy.parent.iterdir()) == ["small-32px.onnx", "small-32px.onnx.json",
+                                                                   "small.ckpt"]
 
 
 def test_a_changed_image_size_gets_an_export_of_its_own(model_copy):
@@ -160,7 +161,7 @@ def test_given_onnx_from_the_export_script(model_copy, image_folder, tmp_path, c
                                                                    backend="onnxruntime")))
     mindspore_predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))
     images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    assert names == CLASSES  # from model.json
+    assert names == CLASSES  # from model.onnx.json
     np.testing.assert_array_equal(predict(images), cached_predict(images))  # the same export, bit for bit
     assert_same_logits(predict(images), mindspore_predict(images))
 
@@ -289,3 +290,23 @@ def test_export_is_the_graph_of_torchs_export(model_name, tmp_path):
     assert np.abs(cell).max() > 1.0  # large enough for rounding differences to show
     assert_same_logits(onnx_logits(ours, images), cell)
     assert_same_logits(onnx_logits(reference, images), torch_logits)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(model_copy, tmp_path, capsys):
+    """A real SIGINT in the middle of an ONNX Runtime evaluation: no traceback, the shell's status for SIGINT."""
+    import signal
+    import sys
+    from conftest import write_image_folder
+    given = export_onnx(model_copy, tmp_path / "model", capsys)
+    data = write_image_folder(tmp_path / "many", {"val": 200}, size=(8, 8))
+    process = subprocess.Popen([sys.executable, "-u", str(REPO / "scripts" / "eval.py"),
+                                *flags(data_url=data, pretrained=given, backend="onnxruntime", batch_size=1)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("eval: 50/600 batches"):
+            process.send_signal(signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert err.splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err, err[-2000:]
+    assert "Top_1_Accuracy" not in out

@@ -142,7 +142,7 @@ def test_preset_is_recorded_and_eval_infer_export_use_it_unless_a_flag_says_othe
     exported = run_script("export", "--device_target", "CPU", "--pretrained", root / "small.ckpt", "--resize", "32",
                           "--file_name", root / "small_bilinear", "--interpolation", "bilinear")
     assert exported.returncode == 0, exported.stderr
-    written = json.loads((root / "small_bilinear.json").read_text())
+    written = json.loads((root / "small_bilinear.mindir.json").read_text())
     assert written["preprocessing"]["interpolation"] == "bilinear" and written["preset"] == meta["preset"]
     from_export = run_script("infer", *common[:2], "--pretrained", root / "small_bilinear.mindir", *common[4:])
     assert from_export.returncode == 0, from_export.stderr

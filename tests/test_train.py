@@ -98,3 +98,30 @@ def test_train_script_end_to_end(small_config, image_folder, tmp_path):
     lines = [line for line in result.stdout.splitlines() if line.startswith("Epoch:[")]
     assert len(lines) == 6 and all(STEP_LINE.match(line) for line in lines)
     assert f"last checkpoint: {tmp_path / 'cli' / 'mobilenet_v3_small-1_6.ckpt'}" in result.stdout
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("tree", "--eval_interval 1 needs held-out images in {root}/val/<class>/, but data_url {root} is one class-folder "
+             "tree, so validation would run on the training images; add them, or set --eval_interval 0"),
+    ("no_val", "--eval_interval 1 needs held-out images in {root}/val/<class>/, but data_url {root} has no val/ "
+               "folder; add them, or set --eval_interval 0"),
+    ("other_classes", "class folders of {root}/val differ from the training classes: only here: ['zebra']; "
+                      "missing here: ['class_2']"),
+])
+def test_eval_interval_checks_the_validation_folder_before_training(small_config, image_folder, tmp_path, capsys,
+                                                                    layout, message):
+    root = tmp_path / "data"
+    shutil.copytree(image_folder / "train", root if layout == "tree" else root / "train")
+    if layout == "other_classes":
+        shutil.copytree(image_folder / "val", root / "val")
+        (root / "val" / "class_2").rename(root / "val" / "zebra")
+    with pytest.raises(UserError) as error:
+        train(small_config(data_url=str(root), eval_interval=1))
+    assert str(error.value) == message.format(root=root)
+    assert "Epoch:[" not in capsys.readouterr().out
+
+
+def test_eval_interval_validates_on_val(small_config, capsys):
+    train(small_config(epoch_size=1, eval_interval=1))
+    assert re.search(r"^validation after epoch 1: \{'Top_1_Accuracy': [\d.]+, 'Top_5_Accuracy': 1.0\}$",
+                     capsys.readouterr().out, re.M)
