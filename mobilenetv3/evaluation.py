@@ -4,14 +4,13 @@ Each rank evaluates its own shard (no padding: no image is counted twice) and th
 summed across ranks at the end, so N processes print exactly what one process prints.
 With fewer than 5 classes, "Top-5" means top-`num_classes`, which is always 1.0.
 """
-import sys
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import data
 from .errors import UserError
+from .progress import progress
 
 
 @dataclass
@@ -45,17 +44,13 @@ def count_correct(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
                      -log_probs[np.arange(len(labels)), labels].sum(), len(labels)], dtype=np.float64)
 
 
-def evaluate(predict, dataset, dist=None, progress_every=50, source="the data set") -> Metrics:
+def evaluate(predict, dataset, dist=None, source="the data set") -> Metrics:
     """`predict(images) -> logits` (numpy) over every batch of `dataset`; counts summed across ranks.
     `source` names the data in the error raised when not one image of it could be read."""
     totals = np.zeros(4, dtype=np.float64)
-    batches = dataset.get_dataset_size()
-    start = time.time()
-    main_process = dist is None or dist.rank == 0
-    for index, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True), 1):
+    batches = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    for images, labels in progress(batches, dataset.get_dataset_size(), "batch", enabled=dist is None or dist.rank == 0):
         totals += count_correct(predict(images), labels)
-        if main_process and progress_every and index % progress_every == 0:
-            print(f"eval: {index}/{batches} batches, {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     if dist is not None and dist.size > 1:
         from .distributed import all_reduce_sum
         totals = all_reduce_sum(totals)

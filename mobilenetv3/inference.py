@@ -19,6 +19,7 @@ from . import checkpoint, data, export, runtime
 from .errors import UserError
 from .evaluation import mindspore_predictor
 from .folding import fold_for_inference
+from .progress import progress
 from .imagenet import class_names as imagenet_class_names, display_names
 
 
@@ -110,7 +111,7 @@ def predict_folder(predict, folder, config, class_names: List[str]):
     transform = Compose(data.eval_transforms(config))
     predictions, skipped = [], []
     k = min(config.top_k, len(class_names))
-    for start in range(0, len(paths), config.batch_size):
+    for start in progress(range(0, len(paths), config.batch_size), -(-len(paths) // config.batch_size), "batch"):
         batch, batch_paths = [], []
         for path in paths[start:start + config.batch_size]:
             try:
