@@ -20,6 +20,7 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 
+from . import checkpoint
 from .errors import UserError
 from .model import portable_ops
 
@@ -57,6 +58,19 @@ def read_meta(exported) -> dict:
     except (OSError, ValueError) as err:
         raise UserError(f"{path} (the meta of {exported}) is not readable JSON ({err}); "
                         "export again or delete it") from None
+
+
+def checked_meta(path, file_format: str, config) -> dict:
+    """The meta written next to an exported model (meta_path), checked like a checkpoint's: model,
+    num_classes, width and image size must agree with the flags. num_classes is the flag's without a meta."""
+    checkpoint.require_file(path, f"{file_format} file")
+    meta = read_meta(path)
+    checkpoint.check_model_matches(meta, path, config.model, config.num_classes, config.width)
+    image_size = meta.get("image_size", config.resize)
+    if image_size != config.resize:
+        raise UserError(f"{path} was exported for {image_size}-pixel images, but resize is {config.resize}; "
+                        f"pass --resize {image_size}")
+    return dict(meta, num_classes=meta.get("num_classes", config.num_classes))
 
 
 def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = None) -> Path:

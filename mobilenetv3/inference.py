@@ -51,7 +51,7 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
     mindspore runs a .ckpt (with BatchNorm folded into the convolutions, see folding; logits agree with the
     unfolded network to float32 rounding) or an exported .mindir, onnxruntime a .ckpt (exported to ONNX
     once, see onnx_backend) or an exported .onnx. The meta has "num_classes", and "classes" if the model carries its
-    own class list. An exported file is checked against the meta written next to it (exported_meta).
+    own class list. An exported file is checked against the meta written next to it (export.checked_meta).
     """
     path = config.pretrained
     if not path:
@@ -67,7 +67,7 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
     if file_format is None:
         net, meta = checkpoint.model_from_checkpoint(config)
         return mindspore_predictor(fold_for_inference(net)), dict(meta, num_classes=net.num_classes)
-    meta = exported_meta(path, file_format, config)
+    meta = export.checked_meta(path, file_format, config)
     try:
         graph = ms.load(str(path))
     except RuntimeError as err:
@@ -79,19 +79,6 @@ def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str
     """(batch of CHW float32 images -> logits, class names, the model's meta) for config.pretrained: see load_model."""
     predict, meta = load_model(config)
     return predict, class_names_for(meta["num_classes"], meta.get("classes")), meta
-
-
-def exported_meta(path, file_format: str, config) -> dict:
-    """The meta written next to an exported model (export.meta_path), checked like a checkpoint's: model,
-    num_classes, width and image size must agree with the flags. num_classes is the flag's without a meta."""
-    checkpoint.require_file(path, f"{file_format} file")
-    meta = export.read_meta(path)
-    checkpoint.check_model_matches(meta, path, config.model, config.num_classes, config.width)
-    image_size = meta.get("image_size", config.resize)
-    if image_size != config.resize:
-        raise UserError(f"{path} was exported for {image_size}-pixel images, but resize is {config.resize}; "
-                        f"pass --resize {image_size}")
-    return dict(meta, num_classes=meta.get("num_classes", config.num_classes))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

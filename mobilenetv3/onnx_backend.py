@@ -21,7 +21,6 @@ import numpy as np
 
 from . import checkpoint, export
 from .errors import UserError
-from .inference import exported_meta
 from .runtime import cpu_threads
 
 CACHE_VERSION = 1  # bump when the exported graph changes (export.fuse_onnx_graph), to redo cached exports
@@ -120,7 +119,7 @@ def onnx_model(config):
     path = Path(config.pretrained)
     if path.suffix.lower() != ".onnx":
         path = cached_export(config)
-    meta = exported_meta(path, "ONNX", config)
+    meta = export.checked_meta(path, "ONNX", config)
     session = make_session(path, config.threads)
     check_input(session, path, config.resize)
     input_name = session.get_inputs()[0].name

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from mobilenetv3 import checkpoint
 from conftest import REPO, STEP_LINE, write_image_folder
 
 MPIRUN = shutil.which("mpirun")

@@ -124,12 +124,12 @@ def test_each_exported_file_has_its_own_meta(random_checkpoint, tmp_path):
     """MINDIR at 64 px, then ONNX at 32 px under the same name: each file keeps the image size it was made for."""
     pytest.importorskip("onnx")
     from mobilenetv3.export import meta_path, read_meta
-    from mobilenetv3.inference import exported_meta
+    from mobilenetv3.export import checked_meta
     net, meta = checkpoint.model_from_checkpoint(build_config(overrides=dict(MODEL, pretrained=str(random_checkpoint))))
     mindir = export(net, tmp_path / "model", "MINDIR", 64, meta)
     onnx_file = export(net, tmp_path / "model", "ONNX", 32, meta)
     assert (meta_path(mindir), meta_path(onnx_file)) == (tmp_path / "model.mindir.json", tmp_path / "model.onnx.json")
     assert (read_meta(mindir)["image_size"], read_meta(onnx_file)["image_size"]) == (64, 32)
-    assert exported_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=64)))["image_size"] == 64
+    assert checked_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=64)))["image_size"] == 64
     with pytest.raises(UserError, match="model.mindir was exported for 64-pixel images, but resize is 32"):
-        exported_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=32)))
+        checked_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=32)))

@@ -87,7 +87,7 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, unin
     saved = checkpoint.load(checkpoint.latest(tmp_path))[1]
     assert saved["epoch"] == 1 and 3 <= saved["epoch_step"] < 12
     output = resume(image_folder, tmp_path)
-    assert f"resumed from" in output and f"at epoch 2, step {saved['epoch_step'] + 1}" in output
+    assert "resumed from" in output and f"at epoch 2, step {saved['epoch_step'] + 1}" in output
     assert f"Epoch:[  2/   3], step:[   {saved['epoch_step'] + 1:2d}/   12]" in output
     assert_same(final_weights(tmp_path), uninterrupted)
 
