@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import yaml
 
+from .distributed import EveryRankError, abort_job
 from .errors import UserError
 
 
@@ -264,9 +265,18 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
 
 
 def run_cli(main, argv=None):
-    """Run a script's main(argv), turning the errors users cause into one line and exit status 2."""
+    """Run a script's main(argv), turning the errors users cause into one line and exit status 2.
+
+    Under mpirun, an exception only this rank raised ends every rank (see distributed.abort_job)."""
     try:
         return main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_code", 2))
+        status = getattr(err, "exit_code", 2)
+        if not isinstance(err, EveryRankError):
+            abort_job(status)
+        sys.exit(status)
+    except Exception:
+        sys.excepthook(*sys.exc_info())  # the traceback, as if uncaught
+        abort_job(1)
+        sys.exit(1)

@@ -205,6 +205,22 @@ def test_a_dead_rank_ends_the_job_within_60_s(tmp_path, launcher, dying_rank):
         assert_scheduler_gone(rank_reports(tmp_path / "job", 1)[0]["scheduler_pid"])
 
 
+@needs_mpirun
+@pytest.mark.parametrize("flag, message", [
+    ("--fail", "error: rank 1 alone found a mistake"),  # a UserError: its one line
+    ("--crash", "RuntimeError: rank 1 alone hit a bug"),  # any other exception: its traceback
+])
+def test_an_error_on_one_rank_ends_the_job_within_15_s(tmp_path, flag, message):
+    # Before, the rank that raised waited in MPI_Finalize for the others, which waited for it in a collective.
+    status, output, _ = launch("mpirun", 2, tmp_path, flag, "1", timeout=120)
+    ended = time.time()
+    assert status != 0, output
+    assert 0 < ended - float((tmp_path / "died_at").read_text()) < 15, output
+    assert output.count(message) == 1, output
+    assert "MPI_ABORT was invoked on rank 1" in output
+    assert_scheduler_gone(rank_reports(tmp_path, 1)[0]["scheduler_pid"])
+
+
 @needs_msrun
 def test_a_cluster_that_cannot_form_is_explained(tmp_path):
     # msrun told to expect 2 workers but starting 1: the cluster never forms.
@@ -241,6 +257,28 @@ def test_a_busy_scheduler_port_is_named(tmp_path):
     message = f"MS_SCHED_PORT {port}: cannot listen on 127.0.0.1:{port} for the MindSpore scheduler"
     assert f"error: {message}" in output  # rank 0
     assert f"error: rank 0 could not start the cluster: {message}" in output, output  # rank 1
+
+
+@needs_mpirun
+def test_a_scheduler_host_given_by_name_is_resolved(tmp_path):
+    # Before, MindSpore got the name and said only "Parse ip failed".
+    status, output, _ = launch("mpirun", 2, tmp_path, env={"MS_SCHED_HOST": "localhost"})
+    assert status == 0, output
+    assert [report["size"] for report in rank_reports(tmp_path, 2)] == [2, 2]
+
+
+@needs_mpirun
+def test_a_scheduler_host_of_another_machine_is_named(tmp_path):
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine; only bound to, never sent to. Before, the message
+    # blamed MS_SCHED_PORT.
+    status, output, seconds = launch("mpirun", 2, tmp_path, env={"MS_SCHED_HOST": "192.0.2.1"})
+    assert status != 0
+    message = f"MS_SCHED_HOST 192.0.2.1 is not an address of rank 0's machine {socket.gethostname()}, where the " \
+              f"scheduler must listen; set MS_SCHED_HOST to an IP address of rank 0's machine " \
+              f"{socket.gethostname()} (mpirun -x MS_SCHED_HOST=...), or unset it"
+    assert f"error: {message}\n" in output, output  # rank 0
+    assert f"error: rank 0 could not start the cluster: {message}\n" in output, output  # rank 1
+    assert seconds < 60
 
 
 @needs_mpirun
