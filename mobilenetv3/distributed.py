@@ -57,7 +57,8 @@ SCHEDULER_CONNECT_TIMEOUT = 5.0  # seconds for each rank's test connection to th
 # Errors only from the submodules that narrate cluster start-up ("The worker node start sync start!",
 # "The group mccl_world_group has already existed", ...), on rank 0 too.
 CLUSTER_CHATTER = "{DISTRIBUTED:3,DEVICE:3}"
-SINGLE_PROCESS_WARNING = "run_distribute is true but only one process was launched; running on one process"
+# Only where a launcher started the process: without one, a single process is what the user asked for.
+SINGLE_PROCESS_WARNING = "run_distribute is true but the launcher started only one process; running on one process"
 
 
 class EveryRankError(UserError):
@@ -149,7 +150,7 @@ def init_distributed(device_target: str, run_distribute: bool, device_id: int = 
     select_device(device_target, device_id)  # init() needs it, and runtime.setup may select it again afterwards
     if _state["joined"]:
         return _state["info"]
-    if run_distribute and size == 1 and not _state["warned_single"]:
+    if run_distribute and size == 1 and launcher != "single" and not _state["warned_single"]:
         _state["warned_single"] = True
         print(f"warning: {SINGLE_PROCESS_WARNING}", file=sys.stderr)
     if launcher == "single" or (launcher == "mpirun" and size == 1):
@@ -441,3 +442,4 @@ def check_same_config(config: dict):
 def _digest(value) -> int:
     text = json.dumps(value, sort_keys=True, default=str).encode()
     return int.from_bytes(hashlib.sha256(text).digest()[:7], "little")  # 56 bits: an int64 holds it exactly
+
