@@ -440,6 +440,10 @@ def check_same_config(config: dict):
 
 
 def _digest(value) -> int:
-    text = json.dumps(value, sort_keys=True, default=str).encode()
+    text = json.dumps(value, sort_keys=True, default=_json_value).encode()
     return int.from_bytes(hashlib.sha256(text).digest()[:7], "little")  # 56 bits: an int64 holds it exactly
 
+
+def _json_value(value):
+    """Sets sorted: their order changes with each process's hash seed."""
+    return sorted(value, key=repr) if isinstance(value, (set, frozenset)) else str(value)

@@ -136,6 +136,16 @@ def test_single_process_needs_no_launcher(monkeypatch, capsys):
     check_same_config({"batch_size": 4})
 
 
+def test_config_digests_agree_across_processes():
+    # A Config carries the set of keys given as flags; its order depends on each process's hash seed, so
+    # before, every rank of a job launched with flags found another rank's config different.
+    code = "from mobilenetv3.distributed import _digest; print(_digest({'flags': frozenset(map(str, range(20)))}))"
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=dict(os.environ, PYTHONHASHSEED=str(seed), PYTHONPATH=str(REPO))).stdout
+               for seed in range(4)}
+    assert len(digests) == 1 and digests != {""}
+
+
 @pytest.mark.parametrize("environ, expected", [
     ({}, {}),
     ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"},
