@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import yaml
 
-from .distributed import EveryRankError, abort_job
+from .distributed import EveryRankError, abort_job, in_mpi_job
 from .errors import UserError
 
 
@@ -267,16 +267,17 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
 def run_cli(main, argv=None):
     """Run a script's main(argv), turning the errors users cause into one line and exit status 2.
 
-    Under mpirun, an exception only this rank raised ends every rank (see distributed.abort_job)."""
+    Under mpirun, an exception only this rank raised ends every rank (see distributed.in_mpi_job)."""
     try:
         return main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         status = getattr(err, "exit_code", 2)
-        if not isinstance(err, EveryRankError):
+        if not isinstance(err, EveryRankError) and in_mpi_job():
             abort_job(status)
         sys.exit(status)
     except Exception:
+        if not in_mpi_job():
+            raise
         sys.excepthook(*sys.exc_info())  # the traceback, as if uncaught
         abort_job(1)
-        sys.exit(1)

@@ -204,15 +204,19 @@ def _mpi_world(size: int):
     return world
 
 
-def abort_job(status: int):
-    """Under mpirun once MPI is up, end every rank of the job now with `status` (MPI_Abort); otherwise
-    return. A rank leaving alone would wait in MPI_Finalize while the others wait for it in a collective."""
+def in_mpi_job() -> bool:
+    """True once mpi4py has started MPI with several ranks: then a rank that exits alone would wait in
+    MPI_Finalize while the others wait for it in a collective, and must end the job with abort_job."""
     mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() == 1:
-        return
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1
+
+
+def abort_job(status: int):
+    """End every rank of the MPI job now with exit `status` (MPI_Abort)."""
+    from mpi4py import MPI
     sys.stdout.flush()
     sys.stderr.flush()
-    mpi.COMM_WORLD.Abort(status)
+    MPI.COMM_WORLD.Abort(status)
 
 
 def _join_cluster_from_mpirun(rank: int, size: int):
