@@ -1,6 +1,7 @@
 import pytest
 
-from mobilenetv3.config import TRAIN_KEYS, Config, ConfigError, build_config, parse_args
+from mobilenetv3.config import TRAIN_KEYS, Config, ConfigError, build_config, parse_args, run_cli
+from mobilenetv3.errors import UserError
 from conftest import REPO, run_script
 
 # The seed README's parameter table: key -> default.
@@ -99,3 +100,14 @@ def test_help_has_examples_and_defaults():
     assert result.returncode == 0
     assert "mpirun -n 8 python scripts/train.py --model mobilenet_v3_small" in result.stdout
     assert "--epoch_size VALUE" in result.stdout and "default 200" in result.stdout
+
+
+def test_run_cli_prints_user_errors_and_lets_bugs_through(capsys):
+    def mistake(argv):
+        raise UserError("config file x.yaml not found")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(mistake)
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: config file x.yaml not found\n"
+    with pytest.raises(ZeroDivisionError):  # outside an MPI job, the exception itself, for the caller to see
+        run_cli(lambda argv: 1 / 0)
