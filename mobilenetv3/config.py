@@ -18,6 +18,7 @@ from typing import List, Optional
 
 import yaml
 
+from .distributed import EveryRankError, abort_job, in_mpi_job
 from .errors import UserError
 
 
@@ -281,6 +282,7 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
 def run_cli(main, argv=None):
     """Run a script's main(argv), turning the errors users cause into one line and exit status 2, and
     Ctrl-C (KeyboardInterrupt) into one line and status 130, as a shell reports a process ended by SIGINT.
+    Under mpirun, an exception only this rank raised ends every rank (see distributed.in_mpi_job).
 
     File names that are not valid UTF-8 are printed as the bytes they are (surrogateescape) rather than
     refused by a strict UTF-8 stdout; every other character encodes in UTF-8 anyway."""
@@ -291,7 +293,15 @@ def run_cli(main, argv=None):
         return main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(getattr(err, "exit_code", 2))
+        status = getattr(err, "exit_code", 2)
+        if not isinstance(err, EveryRankError) and in_mpi_job():
+            abort_job(status)
+        sys.exit(status)
     except KeyboardInterrupt:
         print("\ninterrupted (Ctrl-C)", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+    except Exception:
+        if not in_mpi_job():
+            raise
+        sys.excepthook(*sys.exc_info())  # the traceback, as if uncaught
+        abort_job(1)

@@ -19,14 +19,18 @@ Launchers, told apart by the variables they export:
 
 A rank that dies ends the job: mpirun kills the other ranks when one exits abnormally, and the scheduler
 dies with rank 0. Under msrun the scheduler notices the missing heartbeat after MS_NODE_TIMEOUT and
-msrun then stops the rest.
+msrun then stops the rest. A rank that raises under mpirun once MPI is up would instead wait in
+MPI_Finalize for ranks that wait for it in a collective, so config.run_cli ends the job with MPI_Abort
+(abort_job) on any exception but an EveryRankError, which every rank raises alike.
 
 Environment set here (a value the user exported wins): GLOG_v=3 on every rank but 0 and on the
 scheduler, MS_SUBMODULE_LOG_v=CLUSTER_CHATTER, MS_TOPO_TIMEOUT and MS_NODE_TIMEOUT (CLUSTER_TIMEOUTS);
 under mpirun on CPU also MS_ROLE, MS_WORKER_NUM, MS_NODE_ID, MS_SCHED_HOST and MS_SCHED_PORT, where an
-exported MS_SCHED_HOST (needed across machines if the host name resolves to 127.x) or MS_SCHED_PORT is
-what rank 0 uses.
+exported MS_SCHED_HOST (an address or name of rank 0's machine, needed across machines if its name
+resolves to 127.x) or MS_SCHED_PORT is what rank 0 uses; every rank checks that it reaches the scheduler
+before joining.
 """
+import errno
 import hashlib
 import json
 import os
@@ -49,10 +53,17 @@ CLUSTER_TIMEOUTS = {
     "MS_NODE_TIMEOUT": "20",  # a rank silent this long is declared dead and the job stops
 }
 SCHEDULER_START_TIMEOUT = 120.0
+SCHEDULER_CONNECT_TIMEOUT = 5.0  # seconds for each rank's test connection to the scheduler
 # Errors only from the submodules that narrate cluster start-up ("The worker node start sync start!",
 # "The group mccl_world_group has already existed", ...), on rank 0 too.
 CLUSTER_CHATTER = "{DISTRIBUTED:3,DEVICE:3}"
-SINGLE_PROCESS_WARNING = "run_distribute is true but only one process was launched; running on one process"
+# Only where a launcher started the process: without one, a single process is what the user asked for.
+SINGLE_PROCESS_WARNING = "run_distribute is true but the launcher started only one process; running on one process"
+
+
+class EveryRankError(UserError):
+    """A UserError every rank raises alike (its cause was shared by a collective): each rank can exit
+    normally, none waits for another."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,7 @@ def init_distributed(device_target: str, run_distribute: bool, device_id: int = 
     select_device(device_target, device_id)  # init() needs it, and runtime.setup may select it again afterwards
     if _state["joined"]:
         return _state["info"]
-    if run_distribute and size == 1 and not _state["warned_single"]:
+    if run_distribute and size == 1 and launcher != "single" and not _state["warned_single"]:
         _state["warned_single"] = True
         print(f"warning: {SINGLE_PROCESS_WARNING}", file=sys.stderr)
     if launcher == "single" or (launcher == "mpirun" and size == 1):
@@ -193,6 +204,21 @@ def _mpi_world(size: int):
     return world
 
 
+def in_mpi_job() -> bool:
+    """True once mpi4py has started MPI with several ranks: then a rank that exits alone would wait in
+    MPI_Finalize while the others wait for it in a collective, and must end the job with abort_job."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1
+
+
+def abort_job(status: int):
+    """End every rank of the MPI job now with exit `status` (MPI_Abort)."""
+    from mpi4py import MPI
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(status)
+
+
 def _join_cluster_from_mpirun(rank: int, size: int):
     """Export the dynamic-cluster variables msrun would, with rank 0 running the scheduler."""
     world = _mpi_world(size)
@@ -204,23 +230,70 @@ def _join_cluster_from_mpirun(rank: int, size: int):
             address = err
     address = world.bcast(address, root=0)  # an error too, so that no rank waits for a cluster that won't form
     if isinstance(address, UserError):
-        raise UserError(str(address) if rank == 0 else f"rank 0 could not start the cluster: {address}")
-    host, port = address
+        raise EveryRankError(str(address) if rank == 0 else f"rank 0 could not start the cluster: {address}")
+    host, port, scheduler_machine = address
+    _check_every_rank_reaches(world, host, port, scheduler_machine)
     os.environ.update(MS_ROLE="MS_WORKER", MS_WORKER_NUM=str(size), MS_NODE_ID=str(rank),
                       MS_SCHED_HOST=host, MS_SCHED_PORT=str(port))
 
 
+def _check_every_rank_reaches(world, host: str, port: int, scheduler_machine: str):
+    """EveryRankError unless every rank can open a TCP connection to the scheduler. MindSpore would retry
+    an unreachable address until MS_TOPO_TIMEOUT, logging each attempt."""
+    try:
+        socket.create_connection((host, port), timeout=SCHEDULER_CONNECT_TIMEOUT).close()
+        failure = None
+    except OSError as err:
+        failure = (socket.gethostname(), err.strerror or "timed out")
+    failures = [(rank, report) for rank, report in enumerate(world.allgather(failure)) if report]
+    if failures:
+        ranks = ", ".join(f"rank {rank} on {machine} ({why})" for rank, (machine, why) in failures)
+        raise EveryRankError(f"{ranks} cannot reach the MindSpore scheduler at {host}:{port} on rank 0's machine "
+                             f"{scheduler_machine}; give every rank MS_SCHED_HOST=<an address of {scheduler_machine} "
+                             f"that all machines reach> (mpirun -x MS_SCHED_HOST=...), and let TCP port {port} "
+                             "through its firewall")
+
+
 def _scheduler_host(size: int) -> str:
+    """The IPv4 address rank 0 serves the scheduler on: MS_SCHED_HOST (a name is resolved here, as MindSpore
+    takes only addresses), else 127.0.0.1 if every rank is on this machine, else the address of its name."""
+    machine = socket.gethostname()
     if "MS_SCHED_HOST" in os.environ:
-        return os.environ["MS_SCHED_HOST"]
+        name = os.environ["MS_SCHED_HOST"]
+        fix = f"set MS_SCHED_HOST to an IP address of rank 0's machine {machine} (mpirun -x MS_SCHED_HOST=...)"
+        try:
+            host = socket.gethostbyname(name)
+        except OSError as err:
+            raise UserError(f"MS_SCHED_HOST {name!r} does not resolve on rank 0's machine {machine} "
+                            f"({err.strerror}); {fix}") from None
+        if not _is_address_of_this_machine(host):
+            named = name if name == host else f"{name!r} ({host})"
+            raise UserError(f"MS_SCHED_HOST {named} is not an address of rank 0's machine {machine}, where the "
+                            f"scheduler must listen; {fix}, or unset it")
+        return host
     if int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", size)) == size:
         return "127.0.0.1"  # every rank is on this machine
-    host = socket.gethostbyname(socket.gethostname())
+    fix = "give every rank MS_SCHED_HOST=<this machine's IP> (mpirun -x MS_SCHED_HOST=...)"
+    try:
+        host = socket.gethostbyname(machine)
+    except OSError as err:
+        raise UserError(f"the ranks run on several machines but rank 0's machine name {machine!r} does not "
+                        f"resolve ({err.strerror}); add it to /etc/hosts there, or {fix}") from None
     if host.startswith("127."):
-        raise UserError(f"the ranks run on several machines but this machine's name {socket.gethostname()!r} "
-                        f"resolves to the loopback address {host}, which the others cannot reach; give every "
-                        "rank MS_SCHED_HOST=<this machine's IP> (mpirun -x MS_SCHED_HOST=...)")
+        raise UserError(f"the ranks run on several machines but this machine's name {machine!r} resolves to the "
+                        f"loopback address {host}, which the others cannot reach; {fix}")
     return host
+
+
+def _is_address_of_this_machine(host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                return False
+            raise
+    return True
 
 
 def _free_port(host: str, wanted: int) -> int:
@@ -252,7 +325,7 @@ def _start_scheduler(size: int):
                                  env=environ, stdin=subprocess.DEVNULL)
     _wait_until_listening(scheduler, host, port)
     threading.Thread(target=_exit_if_scheduler_fails, args=(scheduler,), daemon=True).start()
-    return host, port
+    return host, port, socket.gethostname()
 
 
 def _wait_until_listening(scheduler, host: str, port: int):
@@ -366,10 +439,15 @@ def check_same_config(config: dict):
     else:
         keys = [name for i, name in enumerate(names) if (gathered[differing, i + 1] != gathered[0, i + 1]).any()]
         detail = f"different values of {', '.join(keys)}"
-    raise UserError(f"rank {', '.join(map(str, differing))} got {detail} than rank 0; give every rank the "
-                    "same --config file and flags")
+    raise EveryRankError(f"rank {', '.join(map(str, differing))} got {detail} than rank 0; give every rank the "
+                         "same --config file and flags")
 
 
 def _digest(value) -> int:
-    text = json.dumps(value, sort_keys=True, default=str).encode()
+    text = json.dumps(value, sort_keys=True, default=_json_value).encode()
     return int.from_bytes(hashlib.sha256(text).digest()[:7], "little")  # 56 bits: an int64 holds it exactly
+
+
+def _json_value(value):
+    """Sets sorted: their order changes with each process's hash seed."""
+    return sorted(value, key=repr) if isinstance(value, (set, frozenset)) else str(value)

@@ -1,12 +1,14 @@
 """A small job for tests/test_distributed.py, run under mpirun, msrun or alone.
 
-  python tests/distributed_job.py OUT_DIR --checks collectives,dense[,mobilenet] [--die RANK] [--config_rank RANK]
+  python tests/distributed_job.py OUT_DIR --checks collectives,dense[,mobilenet] [--die RANK] [--fail RANK]
+                                 [--crash RANK] [--config_rank RANK]
 
 Each rank writes OUT_DIR/rank<r>.json (its DistInfo and all_reduce_sum results) and OUT_DIR/<check>_rank<r>.npz
 (parameters after training). `dense` trains a Dense layer with MSE for 3 steps on shards of a fixed
 dataset, at DENSE_BATCH rows per step in total whatever the number of ranks. `--die r` makes rank r
-write the time and SIGKILL itself after init while the others sit in collectives; `--config_rank r` gives rank r another
-batch_size than the others before check_same_config.
+write the time and SIGKILL itself after init while the others sit in collectives; `--fail r` and `--crash r` make
+it raise instead, a UserError or a RuntimeError (a user's mistake seen by one rank, a bug); `--config_rank r`
+gives rank r another batch_size than the others before check_same_config.
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ import mobilenetv3  # noqa: F401  (sets the CPU and log defaults before MindSpor
 from mobilenetv3 import runtime
 from mobilenetv3.config import Config, run_cli
 from mobilenetv3.distributed import all_reduce_sum, check_same_config, init_distributed, is_main_process
+from mobilenetv3.errors import UserError
 
 DENSE_BATCH, DENSE_STEPS = 4, 3
 
@@ -79,6 +82,8 @@ def main(argv=None):
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--checks", default="collectives")
     parser.add_argument("--die", type=int)
+    parser.add_argument("--fail", type=int)
+    parser.add_argument("--crash", type=int)
     parser.add_argument("--config_rank", type=int)
     parser.add_argument("--run_distribute", default="true")
     args = parser.parse_args(argv)
@@ -90,11 +95,16 @@ def main(argv=None):
               "is_main_process": is_main_process(), "scheduler_pid": scheduler_pid(),
               "cpus": sorted(os.sched_getaffinity(0)), "init_again": init_distributed("CPU", True) == info}
     (args.out_dir / f"rank{info.rank}.json").write_text(json.dumps(report))
-    if args.die is not None:
+    if {args.die, args.fail, args.crash} != {None}:
         all_reduce_sum(np.ones(1))  # every rank has written its report before one dies
-        if info.rank == args.die:
+        if info.rank in (args.die, args.fail, args.crash):
             (args.out_dir / "died_at").write_text(repr(time.time()))
+        if info.rank == args.die:
             os.kill(os.getpid(), signal.SIGKILL)
+        if info.rank == args.fail:
+            raise UserError(f"rank {info.rank} alone found a mistake")
+        if info.rank == args.crash:
+            raise RuntimeError(f"rank {info.rank} alone hit a bug")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the launcher kills this rank; if not, the test fails
             all_reduce_sum(np.ones(1))

@@ -1,6 +1,7 @@
 import pytest
 
 from mobilenetv3.config import FIELDS, TRAIN_KEYS, Config, ConfigError, build_config, parse_args, run_cli
+from mobilenetv3.errors import UserError
 from conftest import REPO, run_script
 
 # The seed README's parameter table: key -> default. One deliberate change: num_parallel_workers 0 (each
@@ -150,3 +151,14 @@ def test_cli_turns_ctrl_c_into_one_line_and_exit_130(capsys):
         assert stop.code == 130 and capsys.readouterr().err == "\ninterrupted (Ctrl-C)\n"
     else:
         pytest.fail("run_cli returned")
+
+
+def test_run_cli_prints_user_errors_and_lets_bugs_through(capsys):
+    def mistake(argv):
+        raise UserError("config file x.yaml not found")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(mistake)
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: config file x.yaml not found\n"
+    with pytest.raises(ZeroDivisionError):  # outside an MPI job, the exception itself, for the caller to see
+        run_cli(lambda argv: 1 / 0)

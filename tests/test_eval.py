@@ -128,6 +128,7 @@ def test_eval_script_prints_the_seed_line(trained, folder, expected, tmp_path):
     result = run_script("eval", *flags(model="mobilenet_v3_small", data_url=folder, pretrained=trained,
                                        json=tmp_path / "metrics.json"))
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "run_distribute" not in result.stderr  # true by default, yet one process is what was asked for
     first, second = result.stdout.splitlines()[:2]
     printed = ast.literal_eval(first)
     assert list(printed) == ["Top_1_Accuracy", "Top_5_Accuracy"]
