@@ -23,6 +23,7 @@ def plot(runs: dict, output: Path):
         raise UserError('plot.py needs matplotlib: pip install -e ".[plot]" (or pip install matplotlib)') from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7, 5), height_ratios=(2, 1))
     accuracy = top.twinx()
     for index, (name, lines) in enumerate(runs.items()):
@@ -35,7 +36,11 @@ def plot(runs: dict, output: Path):
                           color=colour, linestyle="--", marker="o", label=f"{name}: val Top-1")
         bottom.plot(epochs, [line["lr"] for line in lines], color=colour, label=name)
     top.set_ylabel("train loss")
-    accuracy.set_ylabel("validation Top-1")
+    if accuracy.lines:
+        accuracy.set_ylabel("validation Top-1")
+    else:  # no run validated (--eval_interval 0): no empty axis
+        accuracy.set_axis_off()
+    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("epoch")
     handles = top.get_legend_handles_labels()[0] + accuracy.get_legend_handles_labels()[0]
