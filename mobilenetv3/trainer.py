@@ -341,7 +341,6 @@ def train(config, dist=None):
         return _train(config, dist, None)
     with checkpoint.RunFolder(config.ckpt_save_dir, config.model, config.keep_checkpoint_max,
                               fresh=not config.resume) as folder:
-        run_record.write_run_file(config, dist.size if dist else 1, config.ckpt_save_dir)
         with run_record.tee_stdout(config.ckpt_save_dir):
             return _train(config, dist, folder)
 
@@ -402,7 +401,10 @@ def _train(config, dist, folder):
         print(f"dataset sink: {sink_size(steps, 0, config.log_interval)} steps per sink, as log_interval "
               f"{config.log_interval} does not divide the {steps} steps of an epoch")
     meta = dict(model_meta(config, train_folder.classes), config=asdict(config))
-    metrics_file = run_record.MetricsFile(config.ckpt_save_dir, start_epoch) if main_process else None
+    metrics_file = None
+    if main_process:  # after the checks above: a refused run leaves no record in another run's folder
+        run_record.write_run_file(config, size, config.ckpt_save_dir)
+        metrics_file = run_record.MetricsFile(config.ckpt_save_dir, start_epoch)
     last = None
     started = time.time()
     with stop_signals or contextlib.nullcontext():

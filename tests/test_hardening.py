@@ -111,7 +111,7 @@ def test_signal_with_data_worker_processes_saves_and_resumes_exactly(image_folde
     end with the run; resumed after the ^C, again with 2 workers, the run ends bit for bit where the
     1-worker uninterrupted one does."""
     process = start_training(image_folder, tmp_path, "--num_parallel_workers", 2, own_group=True)
-    wait_for_line(process, "Epoch:[  2/  3], step:[    3/   12]")
+    wait_for_line(process, "Epoch:[  2/   3], step:[    3/   12]")
     assert len(group_members(process.pid)) > 1  # the worker processes run
     if to_group:
         os.killpg(process.pid, signum)
@@ -171,7 +171,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_config, tmp_
         train(small_config(epoch_size=2, resume="auto"))
     assert checkpoint.list_checkpoints(config.ckpt_save_dir) == [checkpoint.Path(first)]
     assert open(first, "rb").read() == before
-    assert sorted(os.listdir(config.ckpt_save_dir)) == [os.path.basename(first)]
+    assert sorted(os.listdir(config.ckpt_save_dir)) == sorted([os.path.basename(first), *RUN_RECORD])
 
 
 def test_unwritable_checkpoint_dir_fails_before_training(small_config, tmp_path):
@@ -200,8 +200,12 @@ def test_two_runs_at_once_into_one_folder(image_folder, tmp_path):
            "for it to end or pass another --ckpt_save_dir" in outputs[loser].splitlines()
     assert "Epoch:[" not in outputs[loser]
     assert f"last checkpoint: {tmp_path / 'mobilenet_v3_small-2_24.ckpt'}" in outputs[winner]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mobilenet_v3_small-1_12.ckpt",
-                                                          "mobilenet_v3_small-2_24.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "mobilenet_v3_small-1_12.ckpt",
+                                                          "mobilenet_v3_small-2_24.ckpt", "run.yaml", "train.log"]
+    assert "# command: " in (tmp_path / "run.yaml").read_text()  # the winner's record, not a mix
+
+
+RUN_RECORD = ["metrics.jsonl", "run.yaml", "train.log"]  # written beside the checkpoints (run_record)
 
 
 def tiny_checkpoint(path, **meta):
@@ -216,7 +220,7 @@ def test_fresh_run_refuses_a_folder_holding_another_runs_checkpoints(small_confi
             f"ckpt_save_dir {other.parent} already holds checkpoints of another run (mobilenet_v3_small-3_18.ckpt): "
             "continue that run with --resume auto, or pass another --ckpt_save_dir")):
         train(small_config(keep_checkpoint_max=1))
-    assert other.read_bytes() == before and os.listdir(other.parent) == [other.name]
+    assert other.read_bytes() == before and os.listdir(other.parent) == [other.name]  # no file of the refused run
 
 
 def test_folder_lock_refuses_a_second_holder_and_survives_a_stale_file(tmp_path):
@@ -288,4 +292,6 @@ def test_resumed_run_refuses_before_training_to_overwrite_another_runs_checkpoin
     with pytest.raises(UserError, match=re.escape(f"not overwriting {other}: another run wrote it")):
         train(small_config(epoch_size=2, resume=str(source), ckpt_save_dir=str(other.parent)))
     assert "Epoch:[" not in capsys.readouterr().out
-    assert other.read_bytes() == before and os.listdir(other.parent) == [other.name]
+    assert other.read_bytes() == before
+    # No checkpoint, no run.yaml or metrics.jsonl of the refused run: only its output appended to the log.
+    assert sorted(os.listdir(other.parent)) == [other.name, "train.log"]
