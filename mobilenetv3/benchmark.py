@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import platform
-import resource
 import tempfile
 import time
 import traceback
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from .run_record import peak_rss_mb
 
 MODELS = {"small": "mobilenet_v3_small", "large": "mobilenet_v3_large"}
 BACKENDS = ("mindspore", "onnxruntime")  # keys of COMPARISONS, in the order they run
@@ -110,17 +111,6 @@ METRICS = {
 
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def peak_rss_mb() -> float:
-    """High-water resident set size of this process (VmHWM; ru_maxrss where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def random_batch(batch_size, image_size, num_classes, seed):

@@ -88,6 +88,13 @@ def read_metrics(path) -> list:
 
 
 def peak_rss_mb() -> float:
+    """High-water resident set size of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
