@@ -15,6 +15,7 @@ from mobilenetv3.config import build_config
 from mobilenetv3.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks/ (the harness and the PyTorch twin) is not installed
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)
 
@@ -66,11 +67,11 @@ def small_config(image_folder, tmp_path):
     return make
 
 
-def run_script(name, *args, cwd=None, timeout=600, env=None):
-    """Run scripts/<name>.py in a fresh interpreter; returns the CompletedProcess (text)."""
+def run_script(name, *args, cwd=None, timeout=600, env=None, folder="scripts"):
+    """Run <folder>/<name>.py in a fresh interpreter; returns the CompletedProcess (text)."""
     import subprocess
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, str(REPO / folder / f"{name}.py"), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py: a quick run on a tiny setting writes every figure, with ratios computed from them.
+"""benchmarks/benchmark.py: a quick run on a tiny setting writes every figure, with ratios computed from them.
 
 No timing thresholds: the machine is shared, so only signs, counts and exact relations are checked.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from mobilenetv3 import benchmark
+from benchmarks import harness
 
 # Batch 1 only: one training and one inference graph to compile keeps the run under a minute or two. One
 # thread: on a busy machine two OpenMP threads make PyTorch's steps up to 100x slower (waits at every barrier).
@@ -115,14 +115,14 @@ def test_quick_run_writes_every_figure(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
-    result = run_script("benchmark", *TINY, "--json", out, cwd=tmp_path)
+    result = run_script("benchmark", *TINY, "--json", out, cwd=tmp_path, folder="benchmarks")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     check_report(report, with_baseline=True)
     assert "ours/baseline" in result.stdout and "data pipelines:" in result.stdout
     assert "ours/mindspore" in result.stdout and "ours/torch" in result.stdout
     graphs = report["models"]["small"]["backends"]["onnxruntime"]
-    line = f"small ONNX graphs: {benchmark.compare_graphs(graphs['ours']['graph'], graphs['baseline']['graph'])}"
+    line = f"small ONNX graphs: {harness.compare_graphs(graphs['ours']['graph'], graphs['baseline']['graph'])}"
     assert line in result.stdout.splitlines()
     assert "NOTE" not in result.stdout
 
@@ -130,7 +130,7 @@ def test_quick_run_writes_every_figure(tmp_path):
 def test_without_torch_reports_ours_and_says_why(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
-    result = run_script("benchmark", *TINY, "--json", out, cwd=tmp_path,
+    result = run_script("benchmark", *TINY, "--json", out, cwd=tmp_path, folder="benchmarks",
                         env={"PYTHONPATH": fake_missing(tmp_path, "torch")})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -146,7 +146,7 @@ def test_without_torch_reports_ours_and_says_why(tmp_path):
 @pytest.mark.parametrize("package", ["onnxruntime", "onnx"])
 def test_without_onnxruntime_or_onnx_leaves_that_comparison_out_and_says_why(package, tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("benchmark", *TINY, "--backends", "onnxruntime", "--json", out, cwd=tmp_path,
+    result = run_script("benchmark", *TINY, "--backends", "onnxruntime", "--json", out, cwd=tmp_path, folder="benchmarks",
                         env={"PYTHONPATH": fake_missing(tmp_path, package)})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -160,26 +160,26 @@ def test_without_onnxruntime_or_onnx_leaves_that_comparison_out_and_says_why(pac
 
 
 def test_latency_is_measured_at_batch_1_whatever_the_batch_sizes():
-    assert benchmark.measured_cases([32, 2], ("train", "infer")) == [("train", 32), ("train", 2), ("infer", 1),
+    assert harness.measured_cases([32, 2], ("train", "infer")) == [("train", 32), ("train", 2), ("infer", 1),
                                                                      ("infer", 2), ("infer", 32)]
-    assert benchmark.measured_cases([1], ("train", "infer")) == [("train", 1), ("infer", 1)]
-    assert benchmark.measured_cases([32], ("infer",)) == [("infer", 1), ("infer", 32)]
+    assert harness.measured_cases([1], ("train", "infer")) == [("train", 1), ("infer", 1)]
+    assert harness.measured_cases([32], ("infer",)) == [("infer", 1), ("infer", 32)]
 
 
 def test_graph_comparison_names_the_op_counts_that_differ():
     ours = {"nodes": 5, "opset": 14, "op_types": {"Conv": 3, "HardSwish": 2}}
     baseline = {"nodes": 6, "opset": 14, "op_types": {"Conv": 3, "HardSwish": 1, "Mul": 2}}
-    assert benchmark.compare_graphs(ours, baseline) == (
+    assert harness.compare_graphs(ours, baseline) == (
         "ours 5 nodes, baseline 6 nodes (opset 14/14); op counts that differ, ours/baseline: HardSwish 2/1, Mul 0/2")
-    assert benchmark.compare_graphs(ours, ours) == (
+    assert harness.compare_graphs(ours, ours) == (
         "ours 5 nodes, baseline 5 nodes (opset 14/14); the same count of every op type")
 
 
 def test_missing_torch_makes_the_baseline_worker_unavailable(tmp_path, monkeypatch):
     fake_missing(tmp_path, "torch")
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
-    worker = benchmark.Worker("baseline", benchmark.TorchRunner,
-                              ("mobilenet_v3_small", benchmark.Settings(models=["small"])))
+    worker = harness.Worker("baseline", harness.TorchRunner,
+                              ("mobilenet_v3_small", harness.Settings(models=["small"])))
     try:
         info, reason = worker.ready()
     finally:
@@ -195,12 +195,12 @@ def test_missing_torch_makes_the_baseline_worker_unavailable(tmp_path, monkeypat
     (["--backends", "tensorflow"], "invalid choice: 'tensorflow'"),
 ])
 def test_bad_settings_are_refused_before_measuring(flags, message, tmp_path):
-    result = run_script("benchmark", *flags, cwd=tmp_path, timeout=60)
+    result = run_script("benchmark", *flags, cwd=tmp_path, folder="benchmarks", timeout=60)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_workers_are_pinned_to_as_many_cpus_as_threads():
-    script = ("import os; from mobilenetv3.benchmark import pin_to; pin_to({}); "
+    script = ("import os; from benchmarks.harness import pin_to; pin_to({}); "
               "print(len(os.sched_getaffinity(0)))")
     available = len(os.sched_getaffinity(0))
     counts = [int(subprocess.run([sys.executable, "-c", script.format(threads)], capture_output=True, text=True,
@@ -215,11 +215,11 @@ def test_benchmark_jpegs_are_cut_from_photos_or_said_to_be_synthetic(tmp_path, m
     rng = np.random.default_rng(0)
     pixels = np.stack([x % 256, y % 256, (x * y) % 256], axis=-1) + rng.integers(0, 40, (477, 720, 3))
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(photo, quality=98)
-    monkeypatch.setattr(benchmark, "PHOTO_GLOBS", (str(tmp_path / "*.jpg"),))
-    made = benchmark.write_benchmark_jpegs(tmp_path / "cut", 4, seed=0)
+    monkeypatch.setattr(harness, "PHOTO_GLOBS", (str(tmp_path / "*.jpg"),))
+    made = harness.write_benchmark_jpegs(tmp_path / "cut", 4, seed=0)
     assert made["source"] == "cut from 1 photos (photo.jpg)"
     files = sorted((tmp_path / "cut").glob("class_*/*.jpg"))
     assert len(files) == 4 and all(Image.open(f).size == (500, 375) for f in files)
     assert made["mean_file_kb"] == pytest.approx(np.mean([f.stat().st_size for f in files]) / 1000)
-    monkeypatch.setattr(benchmark, "PHOTO_GLOBS", ())
-    assert benchmark.write_benchmark_jpegs(tmp_path / "synthetic", 2, seed=0)["source"].startswith("synthetic")
+    monkeypatch.setattr(harness, "PHOTO_GLOBS", ())
+    assert harness.write_benchmark_jpegs(tmp_path / "synthetic", 2, seed=0)["source"].startswith("synthetic")

@@ -16,7 +16,7 @@ from mobilenetv3.convert import (TIMM_STAGE_SIZES, convert_state_dict, read_torc
                                  torchvision_to_timm)
 from mobilenetv3.errors import UserError  # noqa: E402
 from mobilenetv3.model import ARCHITECTURES, create_model  # noqa: E402
-from mobilenetv3.torch_reference import TorchMobileNetV3, randomize_, to_timm_state_dict  # noqa: E402
+from benchmarks.torch_reference import TorchMobileNetV3, randomize_, to_timm_state_dict  # noqa: E402
 
 BN_EPS = {"torchvision": 1e-3, "timm": 1e-5}
 

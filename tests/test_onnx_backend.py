@@ -263,7 +263,7 @@ def test_export_is_the_graph_of_torchs_export(model_name, tmp_path):
     torch = pytest.importorskip("torch")
     from mobilenetv3.convert import convert_state_dict
     from mobilenetv3.model import create_model
-    from mobilenetv3.torch_reference import TorchMobileNetV3, randomize_
+    from benchmarks.torch_reference import TorchMobileNetV3, randomize_
     twin = randomize_(TorchMobileNetV3(model_name, num_classes=10), seed=3, image_size=64).eval()
     weights, _ = convert_state_dict(twin.state_dict(), "torchvision", model_name)
     net = create_model(model_name, 10)

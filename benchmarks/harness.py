@@ -13,7 +13,7 @@ process. The parent drives both workers in turns, one timed window each, in the 
 baseline, baseline, ours, ...: a load change on a shared machine then hits both figures alike and
 the ratio stays meaningful even when the absolute numbers drift. Warm-up steps are not timed;
 throughputs are medians over the timed windows, latencies the median and 90th percentile of single
-batch-1 calls. The PyTorch twin is mobilenetv3.torch_reference (torchvision's layout); without torch
+batch-1 calls. The PyTorch twin is benchmarks.torch_reference (torchvision's layout); without torch
 the report says so and carries our figures alone; without onnxruntime or onnx it leaves the
 "onnxruntime" comparison out and says so.
 
@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .run_record import peak_rss_mb
+from mobilenetv3.run_record import peak_rss_mb
 
 MODELS = {"small": "mobilenet_v3_small", "large": "mobilenet_v3_large"}
 BACKENDS = ("mindspore", "onnxruntime")  # keys of COMPARISONS, in the order they run
@@ -136,11 +136,11 @@ class MindSporeRunner:
 
     def __init__(self, model, settings: Settings):
         import mindspore as ms
-        from . import runtime
-        from .config import build_config
-        from .folding import fold_for_inference
-        from .model import count_complexity, create_model
-        from .trainer import build_train_step
+        from mobilenetv3 import runtime
+        from mobilenetv3.config import build_config
+        from mobilenetv3.folding import fold_for_inference
+        from mobilenetv3.model import count_complexity, create_model
+        from mobilenetv3.trainer import build_train_step
         self.ms = ms
         runtime.setup("CPU", settings.seed)
         runtime.set_cpu_threads(settings.threads)
@@ -172,8 +172,8 @@ class TorchRunner:
 
     def __init__(self, model, settings: Settings):
         import torch
-        from .config import Config
-        from .torch_reference import TorchMobileNetV3
+        from mobilenetv3.config import Config
+        from benchmarks.torch_reference import TorchMobileNetV3
         self.torch = torch
         torch.set_num_threads(settings.threads)
         torch.manual_seed(settings.seed)
@@ -216,7 +216,7 @@ class OnnxRuntimeRunner:
     """An exported graph in an ONNX Runtime session (onnx_backend.make_session): inference only."""
 
     def __init__(self, path, settings: Settings):
-        from .onnx_backend import make_session
+        from mobilenetv3.onnx_backend import make_session
         start = time.perf_counter()
         self.session = make_session(path, settings.threads)
         options = self.session.get_session_options()
@@ -253,9 +253,9 @@ def export_ours_onnx(model, settings: Settings, path) -> dict:
     # marks the comparison as unavailable instead.
     import onnx  # noqa: F401
     import onnxruntime  # noqa: F401
-    from . import runtime
-    from .export import export
-    from .model import count_complexity, create_model
+    from mobilenetv3 import runtime
+    from mobilenetv3.export import export
+    from mobilenetv3.model import count_complexity, create_model
     runtime.setup("CPU", settings.seed)
     net = create_model(model, settings.num_classes)
     complexity = count_complexity(net, settings.image_size)
@@ -268,8 +268,8 @@ def export_ours_onnx(model, settings: Settings, path) -> dict:
 def export_torch_onnx(model, settings: Settings, path, opset: int) -> dict:
     """The PyTorch twin (eval mode) exported by torch.onnx.export with a dynamic batch axis at `opset`."""
     import torch
-    from .config import Config
-    from .torch_reference import TorchMobileNetV3
+    from mobilenetv3.config import Config
+    from benchmarks.torch_reference import TorchMobileNetV3
     torch.manual_seed(settings.seed)
     net = TorchMobileNetV3(model, settings.num_classes, bn_eps=Config().bn_eps).eval()
     example = torch.zeros(1, 3, settings.image_size, settings.image_size)
@@ -575,7 +575,7 @@ class TorchImages:
 
     def __getitem__(self, index):
         from PIL import Image
-        from . import data
+        from mobilenetv3 import data
         path, label = self.samples[index % len(self.samples)]
         with Image.open(path) as image:
             image = image.convert("RGB")
@@ -596,8 +596,8 @@ class TorchImages:
 
 def pipeline_batches(pipeline, transform, workers, root, settings: Settings, batch_size, passes):
     """An iterator over `passes` passes of batches of one pipeline over the JPEGs below `root`."""
-    from . import data
-    from .config import build_config
+    from mobilenetv3 import data
+    from mobilenetv3.config import build_config
     config = build_config(overrides=dict(device_target="CPU", resize=settings.image_size, batch_size=batch_size,
                                          num_parallel_workers=workers, seed=settings.seed, repeat_num=passes))
     folder = data.scan_image_folder(Path(root))

@@ -8,8 +8,8 @@ extra (pip install .[convert]); only this module and the .pth reader import it.
 import torch
 from torch import nn
 
-from .convert import torchvision_to_timm
-from .model import ARCHITECTURES, STEM_CHANNELS, BlockConfig, make_divisible
+from mobilenetv3.convert import torchvision_to_timm
+from mobilenetv3.model import ARCHITECTURES, STEM_CHANNELS, BlockConfig, make_divisible
 
 ACTIVATIONS = {"RE": nn.ReLU, "HS": nn.Hardswish}
 TORCH_BN_MOMENTUM = 0.01  # torchvision's value; MindSpore's equivalent is 0.99

@@ -1,11 +1,11 @@
 """CPU speed of MobileNetV3-Small/Large: ours against the same network in PyTorch, in MindSpore and in ONNX Runtime.
 
 Examples:
-  python scripts/benchmark.py                                  # small and large, batch 1 and 32, 224 px
-  python scripts/benchmark.py --models small --batch_sizes 1 8 64 --json bench.json
-  python scripts/benchmark.py --backends onnxruntime --threads 1  # the ONNX Runtime comparison only
-  python scripts/benchmark.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
-  python scripts/benchmark.py --data_only --json data.json      # the data pipelines alone
+  python benchmarks/harness.py                                  # small and large, batch 1 and 32, 224 px
+  python benchmarks/harness.py --models small --batch_sizes 1 8 64 --json bench.json
+  python benchmarks/harness.py --backends onnxruntime --threads 1  # the ONNX Runtime comparison only
+  python benchmarks/harness.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
+  python benchmarks/harness.py --data_only --json data.json      # the data pipelines alone
 
 Two comparisons, each a row group of the table (column "backend"):
   mindspore    our MindSpore model (GRAPH mode) against the PyTorch eager twin: training throughput
@@ -23,18 +23,21 @@ figure with its timed windows, both graphs' op-type histograms, the machine (loa
 end), versions and settings. On a shared machine, repeat runs and compare.
 """
 import argparse
+import sys
+from pathlib import Path
 
-from mobilenetv3 import benchmark
-from mobilenetv3.config import run_cli
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed: import it from the checkout
+from benchmarks import harness  # noqa: E402
+from mobilenetv3.config import run_cli  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=sorted(benchmark.MODELS), help="default: small large "
+    parser.add_argument("--models", nargs="+", choices=sorted(harness.MODELS), help="default: small large "
                         "(--quick: small)")
     parser.add_argument("--batch_sizes", nargs="+", type=int, help="default: 1 32 (--quick: 1 8)")
-    parser.add_argument("--backends", nargs="+", choices=benchmark.BACKENDS,
-                        help=f"comparisons to run; default: {' '.join(benchmark.BACKENDS)}")
+    parser.add_argument("--backends", nargs="+", choices=harness.BACKENDS,
+                        help=f"comparisons to run; default: {' '.join(harness.BACKENDS)}")
     parser.add_argument("--image_size", type=int, help="default: 224")
     parser.add_argument("--threads", type=int, help="compute threads of every side; default: one per CPU")
     parser.add_argument("--num_parallel_workers", type=int,
@@ -47,13 +50,13 @@ def main(argv=None):
     chosen = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "json")}
     chosen["data_only"] = args.data_only
     try:
-        settings = (benchmark.Settings.quick_settings if args.quick else benchmark.Settings)(**chosen)
+        settings = (harness.Settings.quick_settings if args.quick else harness.Settings)(**chosen)
     except ValueError as err:
         parser.error(str(err))
-    report = benchmark.run(settings)
-    print(benchmark.format_table(report))
+    report = harness.run(settings)
+    print(harness.format_table(report))
     if args.json:
-        benchmark.save_json(report, args.json)
+        harness.save_json(report, args.json)
         print(f"report written to {args.json}")
 
 
