@@ -40,6 +40,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from mobilenetv3.cpu_info import available_cpus, cpu_flags, cpu_model, physical_cores
 from mobilenetv3.run_record import peak_rss_mb
 
 MODELS = {"small": "mobilenet_v3_small", "large": "mobilenet_v3_large"}
@@ -109,10 +110,6 @@ METRICS = {
 }
 
 
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def random_batch(batch_size, image_size, num_classes, seed):
     """The same images and labels for both frameworks."""
     rng = np.random.default_rng([seed, batch_size])
@@ -139,7 +136,7 @@ class MindSporeRunner:
         from mobilenetv3 import runtime
         from mobilenetv3.config import build_config
         from mobilenetv3.folding import fold_for_inference
-        from mobilenetv3.model import count_complexity, create_model
+        from mobilenetv3 import count_complexity, create_model
         from mobilenetv3.trainer import build_train_step
         self.ms = ms
         runtime.setup("CPU", settings.seed)
@@ -255,7 +252,7 @@ def export_ours_onnx(model, settings: Settings, path) -> dict:
     import onnxruntime  # noqa: F401
     from mobilenetv3 import runtime
     from mobilenetv3.export import export
-    from mobilenetv3.model import count_complexity, create_model
+    from mobilenetv3 import count_complexity, create_model
     runtime.setup("CPU", settings.seed)
     net = create_model(model, settings.num_classes)
     complexity = count_complexity(net, settings.image_size)
@@ -724,23 +721,8 @@ def _version(package) -> Optional[str]:
 
 
 def machine_info() -> dict:
-    model, cores, flags = platform.processor() or "unknown", set(), ""
-    try:
-        physical = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name":
-                model = value
-            elif key == "physical id":
-                physical = value
-            elif key == "core id":
-                cores.add((physical, value))
-            elif key == "flags":
-                flags = value
-    except OSError:
-        pass
-    return {"cpu_model": model, "physical_cores": len(cores) or None, "logical_cpus": os.cpu_count(),
-            "cpus_available": available_cpus(), "avx512": "avx512f" in flags.split(),
+    return {"cpu_model": cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+            "cpus_available": available_cpus(), "avx512": "avx512f" in cpu_flags(),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "platform": platform.platform(),
             "load_average_start": list(os.getloadavg()), "cpu_pressure_start": cpu_pressure()}
 

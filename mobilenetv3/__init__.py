@@ -14,6 +14,6 @@ __all__ = list(_MODEL_API)
 def __getattr__(name):
     # Imported on first use, so tools that need no MindSpore (data preparation) start at once.
     if name in _MODEL_API:
-        from . import model
-        return getattr(model, name)
+        from . import factory, model
+        return getattr(factory if name == "create_model" else model, name)
     raise AttributeError(f"module 'mobilenetv3' has no attribute {name!r}")

@@ -262,22 +262,3 @@ class RunFolder:
 def latest(directory, prefix: Optional[str] = None) -> Optional[Path]:
     found = list_checkpoints(directory, prefix)
     return found[-1] if found else None
-
-
-def model_from_checkpoint(config, path=None):
-    """The eval-mode model a checkpoint was saved for, and its meta.
-
-    The architecture comes from the checkpoint's meta (BN eps included: timm weights use 1e-5);
-    --model, --num_classes and --width must agree with it, so a wrong flag is one clear error.
-    """
-    from .model import create_model
-    path = path or config.pretrained
-    if not path:
-        raise UserError("no checkpoint given: pass --pretrained CKPT")
-    _, meta = load(path)
-    check_model_matches(meta, path, config.model, config.num_classes, config.width)
-    net = create_model(config.model, config.num_classes, config.width, config.dropout_rate,
-                       meta.get("bn_momentum", config.bn_momentum), meta.get("bn_eps", config.bn_eps))
-    load_weights(net, path, new_classifier_ok=False)
-    net.set_train(False)
-    return net, meta

@@ -18,8 +18,9 @@ from typing import List, Optional
 
 import yaml
 
-from .distributed import EveryRankError, abort_job, in_mpi_job
+from .distributed import EveryRankError, abort_job, in_mpi_job, launcher_rank
 from .errors import UserError
+from .runtime import usable_device_target
 
 
 class ConfigError(UserError):
@@ -276,7 +277,14 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
         hint = _closest(flag.lstrip("-").split("=")[0], list(keys or FIELDS) + ["config"], prefix="--")
         raise ConfigError(f"unknown flag {flag!r}{hint} (see --help)")
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    return build_config(args.config, overrides, source=lambda name: f"--{name}")
+    config = build_config(args.config, overrides, source=lambda name: f"--{name}")
+    if "device_target" in (keys or FIELDS):
+        device, why = usable_device_target(config.device_target, explicit="device_target" in config.flags)
+        if why and launcher_rank() in (None, "0"):
+            print(f"note: no usable GPU here ({why}): running on the CPU; --device_target CPU skips this check",
+                  file=sys.stderr)
+        config.device_target = device
+    return config
 
 
 def run_cli(main, argv=None):

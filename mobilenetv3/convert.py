@@ -24,7 +24,8 @@ import numpy as np
 from . import checkpoint
 from .errors import UserError
 from .imagenet import NUM_CLASSES, wnids
-from .model import ARCHITECTURES, create_model
+from .factory import create_model
+from .model import ARCHITECTURES
 
 SOURCES = ("torchvision", "timm")
 SAFETENSORS_SUFFIX = ".safetensors"

@@ -1,21 +1,19 @@
-"""Hand-written AVX2 CPU kernels (csrc/cpu_kernels.cc) as MindSpore AOT custom ops, used by default on CPU.
+"""Hand-written AVX2 CPU kernels (csrc/cpu_kernels.cc) as MindSpore AOT custom ops. They know no network:
+passes.use_cpu_kernels puts them into one.
 
-- Depthwise convolutions (DepthwiseConv2d, forward and backward). MindSpore 2.10 runs Conv2D(group=C) on
-  CPU through oneDNN's im2col+GEMM path, 57% of a MobileNetV3-Small training step and 46% of inference.
-- Hard-swish and the global average pool, with their gradients (hard_swish_op, global_mean_op): 2-4x
-  faster than MindSpore's HSwish and AdaptiveAvgPool2D kernels.
+- Depthwise convolutions (depthwise_op, forward and backward). MindSpore 2.10 runs Conv2D(group=C) on
+  CPU through oneDNN's im2col+GEMM path, the largest share of a MobileNetV3-Small training step.
+- Hard-swish and the global average pool, with their gradients (hard_swish_op, global_mean_op), faster
+  than MindSpore's HSwish and ReduceMean kernels.
 - For the inference network (folding.py): a depthwise convolution with its bias and activation, a bias
   with its activation, and a whole squeeze-excitation, each one kernel.
 Results agree with MindSpore's ops to float32 rounding (tests/test_cpu_kernels.py, tests/test_folding.py)
 and are bit-identical run to run for any thread count.
 
-Where the library cannot run (GPU/Ascend, a CPU without AVX2 and FMA, no compiler) every op falls back to
-MindSpore's: model.conv2d() builds a plain nn.Conv2d (library_for), hard_swish_op and global_mean_op return
-MindSpore's ops. The library is compiled on first use into $XDG_CACHE_HOME/mobilenetv3/<hash>/ (~/.cache by
-default), keyed by the source, the compiler flags and the MindSpore version; a failure is reported once on
-stderr with the command that would fix it. Either way the parameters are nn.Conv2d's (`weight` of shape
-(C, 1, k, k)), so checkpoints and parameter names do not depend on which one runs, and export writes
-MindSpore's ops (model.portable_ops).
+The library runs only on CPU, with AVX2 and FMA and a C++ compiler (kernel_library() says whether, and
+why not once on stderr); elsewhere the network keeps MindSpore's ops. It is compiled on first use into
+$XDG_CACHE_HOME/mobilenetv3/<hash>/ (~/.cache by default), keyed by the source, the compiler flags and
+the MindSpore version.
 """
 import ctypes
 import hashlib
@@ -28,11 +26,13 @@ from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
+
+from .cpu_info import cpu_flags, physical_cores
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
 LIBRARY_NAME = "libmobilenetv3_kernels.so"
-FLAGS = ["-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wl,--no-undefined"]
+FLAGS = ["-Wall", "-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wl,--no-undefined"]
 STRIDES = (1, 2)  # the library's entry points DwFwd<stride> and DwBwd<stride>
 MAX_KERNEL = 7
 
@@ -52,14 +52,6 @@ def library_path() -> Path:
     """Where this source, these flags and this MindSpore version are built to."""
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [ms.__version__]).encode()).hexdigest()[:16]
     return cache_dir() / key / LIBRARY_NAME
-
-
-def cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 def _build(path: Path) -> Optional[str]:
@@ -122,13 +114,8 @@ def kernel_library() -> Optional[str]:
               file=sys.stderr, flush=True)
         return None
     _state["library"] = str(path)
-    set_threads(_state.get("threads") or _default_threads())
+    set_threads(_state.get("threads") or physical_cores())
     return _state["library"]
-
-
-def _default_threads() -> int:
-    from .runtime import physical_cores
-    return physical_cores()
 
 
 def set_threads(threads: int):
@@ -158,8 +145,9 @@ def custom_op(library: str, entry: str, out_shape, bprop=None):
                       bprop=bprop)
 
 
-def _custom_ops(library: str, stride: int):
-    """The forward op f(x, w) -> y, whose bprop is the backward op g(x, w, dy) -> (dx, dw)."""
+def depthwise_op(library: str, stride: int):
+    """A depthwise convolution f(x, w) -> y (padding kernel // 2, float32) in place of nn.Conv2d's op,
+    whose bprop is the backward op g(x, w, dy) -> (dx, dw)."""
     backward = ops.Custom(f"{library}:DwBwd{stride}", out_shape=lambda x, w, dy: (x, w),
                           out_dtype=lambda x, w, dy: (x, w), func_type="aot")
 
@@ -179,46 +167,11 @@ def _with_gradient(library: str, entry: str, out_shape):
     return custom_op(library, entry, out_shape, bprop)
 
 
-def hard_swish_op():
-    """x * relu6(x + 3) / 6 with its gradient, float32: the library's kernels, else MindSpore's HSwish."""
-    library = kernel_library()
-    return ops.HSwish() if library is None else _with_gradient(library, "HSwish", lambda x: x)
+def hard_swish_op(library: str):
+    """x * relu6(x + 3) / 6 with its gradient, float32."""
+    return _with_gradient(library, "HSwish", lambda x: x)
 
 
-def global_mean_op():
-    """(N, C, H, W) -> (N, C, 1, 1) means with their gradient, float32: the library's kernels, else
-    MindSpore's AdaptiveAvgPool2D."""
-    library = kernel_library()
-    if library is None:
-        return ops.AdaptiveAvgPool2D(1)
+def global_mean_op(library: str):
+    """(N, C, H, W) -> (N, C, 1, 1) means with their gradient, float32."""
     return _with_gradient(library, "Mean", lambda x: [x[0], x[1], 1, 1])
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """nn.Conv2d(channels, channels, kernel, stride, padding kernel // 2, group=channels) that runs the AVX2
-    kernel of `library`, with a bias only if `bias_init` is given (BatchNorm folded into it for inference).
-    portable = True (model.portable_ops, for export) compiles nn.Conv2d's op instead."""
-
-    def __init__(self, channels, kernel, stride, library: str, weight_init="normal", bias_init=None):
-        if not kernel_supports(channels, kernel, stride):
-            raise ValueError(f"the depthwise kernel takes an odd kernel size up to {MAX_KERNEL} and stride "
-                             f"{' or '.join(map(str, STRIDES))}; got kernel {kernel}, stride {stride}")
-        super().__init__(channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels,
-                         has_bias=bias_init is not None, weight_init=weight_init, bias_init=bias_init)
-        self.depthwise = _custom_ops(library, stride)
-        self.portable = False
-
-    def construct(self, x):
-        # A compile-time choice in GRAPH mode; the kernel is float32 only (mixed precision gets nn.Conv2d's op).
-        if self.portable or x.dtype != ms.float32:
-            y = self.conv2d(x, self.weight)
-        else:
-            y = self.depthwise(x, self.weight)
-        if self.has_bias:
-            y = self.bias_add(y, self.bias)
-        return y
-
-
-def library_for(channels, kernel, stride) -> Optional[str]:
-    """The kernel library if a depthwise convolution of this shape can run on it in this process, else None."""
-    return kernel_library() if kernel_supports(channels, kernel, stride) else None

@@ -29,6 +29,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from .cpu_info import available_cpus
 from .errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -281,7 +282,7 @@ def data_workers(requested: int) -> int:
     """Data workers of this process: `requested`, or for 0 its share of the CPUs (those available, divided
     among the job's processes on this machine), and never more than that share. Said once per process."""
     from .distributed import is_main_process
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    available = available_cpus()
     ranks = local_ranks()
     share = max(1, available // ranks)
     where = f"{available} CPUs available" + (f" / {ranks} processes on this machine" if ranks > 1 else "")

@@ -8,7 +8,7 @@
 Launchers, told apart by the variables they export:
 - mpirun (OMPI_COMM_WORLD_SIZE): on GPU and Ascend, `init("nccl"/"hccl")` uses OpenMPI directly. On CPU
   that path fails ("Failed to initialize communication library"), so the ranks join MindSpore's dynamic
-  cluster the way msrun would set it up: rank 0 starts the scheduler process (scheduler.py) on a free
+  cluster the way msrun would set it up: rank 0 starts the scheduler process (cluster_scheduler.py) on a free
   port, waits until it listens and broadcasts its address over mpi4py; rank r becomes MS_WORKER r.
 - msrun (MS_ROLE): msrun has exported everything and `init()` joins. msrun also runs the script as the
   scheduler (MS_ROLE=MS_SCHED), whose `init()` serves the cluster and exits without returning.
@@ -41,6 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -105,6 +106,13 @@ def detect_launcher(environ=None) -> str:
     return "single"
 
 
+def launcher_rank(environ=None) -> Optional[str]:
+    """This process's rank as the launcher set it (before init_distributed), or None outside mpirun/msrun."""
+    environ = os.environ if environ is None else environ
+    launcher = detect_launcher(environ)
+    return environ.get("OMPI_COMM_WORLD_RANK") if launcher == "mpirun" else environ.get("MS_NODE_ID")
+
+
 def apply_log_defaults(environ=None):
     """Keep MindSpore's log to what rank 0 has to say; must run before MindSpore is imported.
 
@@ -115,8 +123,7 @@ def apply_log_defaults(environ=None):
     launcher = detect_launcher(environ)
     if launcher not in ("mpirun", "msrun"):
         return
-    rank = environ.get("OMPI_COMM_WORLD_RANK") if launcher == "mpirun" else environ.get("MS_NODE_ID")
-    if environ.get("MS_ROLE") == "MS_SCHED" or rank not in (None, "0"):
+    if environ.get("MS_ROLE") == "MS_SCHED" or launcher_rank(environ) not in (None, "0"):
         environ.setdefault("GLOG_v", "3")
     environ.setdefault("MS_SUBMODULE_LOG_v", CLUSTER_CHATTER)
 
@@ -321,7 +328,7 @@ def _start_scheduler(size: int):
     for name, seconds in CLUSTER_TIMEOUTS.items():
         environ.setdefault(name, seconds)
     apply_log_defaults(environ)
-    scheduler = subprocess.Popen([sys.executable, str(Path(__file__).with_name("scheduler.py"))],
+    scheduler = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cluster_scheduler.py"))],
                                  env=environ, stdin=subprocess.DEVNULL)
     _wait_until_listening(scheduler, host, port)
     threading.Thread(target=_exit_if_scheduler_fails, args=(scheduler,), daemon=True).start()

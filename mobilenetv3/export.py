@@ -22,7 +22,7 @@ import numpy as np
 
 from . import checkpoint
 from .errors import UserError
-from .model import portable_ops
+from .passes import written_out
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
@@ -74,7 +74,8 @@ def checked_meta(path, file_format: str, config) -> dict:
 
 
 def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = None) -> Path:
-    """Write `net` in eval mode for NCHW float32 images of `image_size`; returns the file written.
+    """Write `net` in eval mode for NCHW float32 images of `image_size`; returns the file written. `net`
+    is changed in place into ops every exporter knows (passes.written_out).
 
     With `meta` (the checkpoint's), also writes it with "image_size" to meta_path(file).
     """
@@ -82,12 +83,12 @@ def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = 
     net.set_train(False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with portable_ops(net):  # ops both formats know, no custom op naming a local library
-            if file_format == "MINDIR":
-                ms.export(net, ms.Tensor(shape=[None, 3, image_size, image_size], dtype=ms.float32),
-                          file_name=str(path), file_format=file_format)
-            else:
-                _export_onnx(net, path, image_size)
+        written_out(net)  # ops both formats know
+        if file_format == "MINDIR":
+            ms.export(net, ms.Tensor(shape=[None, 3, image_size, image_size], dtype=ms.float32),
+                      file_name=str(path), file_format=file_format)
+        else:
+            _export_onnx(net, path, image_size)
         if not path.is_file():
             raise UserError(f"MindSpore reported no error but wrote no {path}")
         if meta is not None:

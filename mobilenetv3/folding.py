@@ -18,8 +18,9 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from .cpu_kernels import DepthwiseConv2d, custom_op, kernel_library, output_shape
+from .cpu_kernels import custom_op, kernel_library, output_shape
 from .model import ConvBNAct, HardSwish, SqueezeExcitation
+from .passes import is_depthwise, use_cpu_kernels
 
 KERNEL_ACTIVATIONS = {type(None): "Id", nn.ReLU: "Relu", HardSwish: "HSwish"}  # -> the library's entry names
 
@@ -34,7 +35,7 @@ class FoldedConvAct(nn.Cell):
     def __init__(self, block: ConvBNAct, library=None):
         super().__init__()
         conv, bn = block[0], block[1]
-        self.activation = block[2] if len(block) > 2 else None
+        activation = block[2] if len(block) > 2 else None
         scale = bn.gamma.asnumpy().astype(np.float64) / np.sqrt(bn.moving_variance.asnumpy().astype(np.float64) + bn.eps)
         weight = conv.weight.asnumpy().astype(np.float64) * scale[:, None, None, None]
         bias = bn.beta.asnumpy().astype(np.float64) - bn.moving_mean.asnumpy().astype(np.float64) * scale
@@ -42,14 +43,14 @@ class FoldedConvAct(nn.Cell):
         self.bias = ms.Parameter(ms.Tensor(bias.astype(np.float32)), name="bias")
         self.conv2d = conv.conv2d  # nn.Conv2d's op, configured with its padding, stride and groups
         self.bias_add = ops.BiasAdd()
-        self.mode = "plain"
-        if library is not None:
-            activation = KERNEL_ACTIVATIONS[type(self.activation)]
-            if isinstance(conv, DepthwiseConv2d):
-                self.mode, self.fused = "depthwise", custom_op(library, f"DwFwd{activation}{conv.stride[0]}",
+        self.mode, self.activation = "plain", activation
+        if library is not None:  # the kernel applies the activation
+            entry, self.activation = KERNEL_ACTIVATIONS[type(activation)], None
+            if is_depthwise(conv):
+                self.mode, self.fused = "depthwise", custom_op(library, f"DwFwd{entry}{conv.stride[0]}",
                                                               output_shape(conv.stride[0]))
             else:
-                self.mode, self.fused = "bias", custom_op(library, f"Bias{activation}", lambda x, b: x)
+                self.mode, self.fused = "bias", custom_op(library, f"Bias{entry}", lambda x, b: x)
 
     def construct(self, x):
         if self.mode == "depthwise":
@@ -81,7 +82,8 @@ class FusedSqueezeExcitation(nn.Cell):
 
 def fold_for_inference(net: nn.Cell, fused_kernels: bool = True) -> nn.Cell:
     """Fold every ConvBNAct's BatchNorm, in place, and with `fused_kernels` use the CPU kernel library where
-    it runs (kernel_library()); returns `net`, set to inference mode. Folding twice changes nothing."""
+    it runs (kernel_library(); the remaining hard-swish and pool too: passes.use_cpu_kernels); returns `net`,
+    set to inference mode. Folding twice changes nothing."""
     library = kernel_library() if fused_kernels else None
     for parent in [cell for _, cell in net.cells_and_names() if isinstance(cell, nn.SequentialCell)]:
         for index, cell in enumerate(parent):
@@ -89,4 +91,6 @@ def fold_for_inference(net: nn.Cell, fused_kernels: bool = True) -> nn.Cell:
                 parent[index] = FoldedConvAct(cell, library)
             elif isinstance(cell, SqueezeExcitation) and library is not None:
                 parent[index] = FusedSqueezeExcitation(cell, library)
+    if library is not None:
+        use_cpu_kernels(net)
     return net.set_train(False)

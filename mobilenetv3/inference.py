@@ -15,9 +15,10 @@ import numpy as np
 from mindspore.dataset.transforms import Compose
 from PIL import Image
 
-from . import checkpoint, data, export, runtime
+from . import data, export, runtime
 from .errors import UserError
 from .evaluation import mindspore_predictor
+from .factory import model_from_checkpoint
 from .folding import fold_for_inference
 from .progress import progress
 from .imagenet import class_names as imagenet_class_names, display_names
@@ -65,7 +66,7 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
         return onnx_model(config)
     runtime.set_cpu_threads(config.threads)
     if file_format is None:
-        net, meta = checkpoint.model_from_checkpoint(config)
+        net, meta = model_from_checkpoint(config)
         return mindspore_predictor(fold_for_inference(net)), dict(meta, num_classes=net.num_classes)
     meta = export.checked_meta(path, file_format, config)
     try:

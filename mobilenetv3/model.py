@@ -4,15 +4,13 @@ The architecture is data: one table row per inverted-residual block. One generic
 every row, so parameter names and shapes match torchvision one-to-one (features.<i>.block.<j>...,
 classifier.0 / classifier.3) and converted weights load without special cases.
 """
-import contextlib
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple
 
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, Normal
 
-from .cpu_kernels import DepthwiseConv2d, global_mean_op, hard_swish_op, library_for
 from .dropout import StepDropout
 
 
@@ -24,36 +22,17 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
-# Single kernels for hard-swish, hard-sigmoid and the global pool (the CPU kernel library's where it runs,
-# else MindSpore's) are 2-4x faster than the written-out ops, but ONNX export knows none of them: cells with
-# a `portable` attribute switch to the written-out form inside portable_ops(). Both agree to float32 rounding.
-
 class HardSwish(nn.Cell):
     """x * ReLU6(x + 3) / 6."""
 
-    def __init__(self):
-        super().__init__()
-        self.portable = False
-        self.kernel = hard_swish_op()
-
     def construct(self, x):
-        if self.portable:
-            return x * ops.relu6(x + 3.0) / 6.0
-        if x.dtype == ms.float32:
-            return self.kernel(x)
         return ops.hardswish(x)
 
 
 class HardSigmoid(nn.Cell):
     """ReLU6(x + 3) / 6."""
 
-    def __init__(self):
-        super().__init__()
-        self.portable = False
-
     def construct(self, x):
-        if self.portable:
-            return ops.relu6(x + 3.0) / 6.0
         return ops.hardsigmoid(x)
 
 
@@ -63,29 +42,10 @@ class GlobalAvgPool(nn.Cell):
     def __init__(self, keep_dims=True):
         super().__init__()
         self.keep_dims = keep_dims
-        self.portable = False
-        self.kernel = global_mean_op()
 
     def construct(self, x):
-        if self.portable:
-            return ops.mean(x, (2, 3), keep_dims=self.keep_dims)
-        pooled = self.kernel(x) if x.dtype == ms.float32 else ops.adaptive_avg_pool2d(x, 1)
+        pooled = ops.adaptive_avg_pool2d(x, 1)  # on CPU several times faster than ReduceMean
         return pooled if self.keep_dims else ops.flatten(pooled)
-
-
-@contextlib.contextmanager
-def portable_ops(net: nn.Cell):
-    """Inside the block, `net` compiles to ops every exporter knows (written-out activations, ReduceMean,
-    nn.Conv2d's depthwise op instead of the CPU kernel naming a local library): for MINDIR and ONNX export."""
-    cells = [cell for _, cell in net.cells_and_names() if hasattr(cell, "portable")]
-    saved = [cell.portable for cell in cells]
-    for cell in cells:
-        cell.portable = True
-    try:
-        yield net
-    finally:
-        for cell, portable in zip(cells, saved):
-            cell.portable = portable
 
 
 ACTIVATIONS = {"RE": nn.ReLU, "HS": HardSwish}
@@ -149,11 +109,7 @@ STEM_CHANNELS = 16
 
 
 def conv2d(in_ch, out_ch, kernel, stride=1, groups=1, weight_init="normal", bias_init=None) -> nn.Conv2d:
-    """nn.Conv2d with torchvision's padding, biased only with `bias_init`; a depthwise one runs the AVX2
-    kernel where it can (cpu_kernels.py), with the same parameters."""
-    library = library_for(in_ch, kernel, stride) if groups == in_ch == out_ch > 1 else None
-    if library:
-        return DepthwiseConv2d(in_ch, kernel, stride, library, weight_init, bias_init)
+    """nn.Conv2d with torchvision's padding, biased only with `bias_init`."""
     return nn.Conv2d(in_ch, out_ch, kernel, stride, pad_mode="pad", padding=(kernel - 1) // 2, group=groups,
                      has_bias=bias_init is not None, weight_init=weight_init, bias_init=bias_init)
 
@@ -267,22 +223,6 @@ class MobileNetV3(nn.Cell):
 
 def list_models() -> List[str]:
     return sorted(ARCHITECTURES)
-
-
-def create_model(name: str, num_classes: int = 1000, width: float = 1.0, dropout_rate: float = 0.2,
-                 bn_momentum: float = 0.99, bn_eps: float = 1e-3, pretrained: Optional[str] = None) -> MobileNetV3:
-    """Build a registered model by name; `pretrained` is a checkpoint path loaded with shape checks.
-
-    A checkpoint for another num_classes loads everything but the last Linear layer, which stays
-    freshly initialised (fine-tuning); the caller is told so on stdout.
-    """
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    net = MobileNetV3(ARCHITECTURES[name], num_classes, width, dropout_rate, bn_momentum, bn_eps)
-    if pretrained:
-        from .checkpoint import load_weights
-        load_weights(net, pretrained)
-    return net
 
 
 class Complexity(NamedTuple):

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import checkpoint, export
 from .errors import UserError
+from .factory import model_from_checkpoint
 from .runtime import cpu_threads
 
 CACHE_VERSION = 1  # bump when the exported graph changes (export.fuse_onnx_graph), to redo cached exports
@@ -86,7 +87,7 @@ def cached_export(config) -> Path:
         raise UserError(f"cannot cache the ONNX export of {source}: {target.parent} is not writable; export it with "
                         "scripts/export.py --file_format ONNX --file_name <writable path> and pass that .onnx as "
                         "--pretrained")
-    net, meta = checkpoint.model_from_checkpoint(config)
+    net, meta = model_from_checkpoint(config)
     partial = target.with_name(f".{target.stem}.{os.getpid()}.partial")
     try:
         written = export.export(net, partial, "ONNX", config.resize, dict(meta, **key))

@@ -17,17 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from .cpu_info import cpu_model
+
 RUN_FILE, METRICS_FILE, LOG_FILE = "run.yaml", "metrics.jsonl", "train.log"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_commit(directory: Path) -> str:

@@ -5,23 +5,32 @@ is 10x faster for them. The cap only works if set before the first MindSpore op,
 it on import (a value the user already exported wins).
 """
 import os
-from pathlib import Path
+from typing import Optional, Tuple
 
 from . import gpu_env
+from .cpu_info import cpu_flags, physical_cores
 from .errors import UserError, mindspore_cause
 
 
-def _cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return any(line.startswith("flags") and "avx512f" in line for line in cpuinfo)
-    except OSError:
-        return False
-
-
 def apply_cpu_defaults():
-    if "ONEDNN_MAX_CPU_ISA" not in os.environ and _cpu_has_avx512():
+    if "ONEDNN_MAX_CPU_ISA" not in os.environ and "avx512f" in cpu_flags():
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+
+
+def usable_device_target(requested: str, explicit: bool) -> Tuple[str, Optional[str]]:
+    """(device, why it is not `requested`): `requested`, unless it is GPU and MindSpore's GPU backend cannot
+    start here (gpu_env, checked without starting it, so MindSpore's own start-up errors never print); then
+    a GPU asked for by flag (`explicit`) is a UserError naming the cause, and the default or a config file's
+    GPU becomes the CPU."""
+    if requested != "GPU":
+        return requested, None
+    problem = gpu_env.start_up_problem()
+    if problem is None:
+        return requested, None
+    if explicit:
+        raise UserError(f"--device_target GPU: MindSpore cannot start on a GPU here: {problem}. "
+                        "python scripts/check_gpu.py lists what it needs; --device_target CPU runs on the CPU")
+    return "CPU", problem
 
 
 _selected_device = {}
@@ -62,21 +71,6 @@ def setup(device_target: str, seed: int = 1, graph_mode: bool = True, device_id:
     select_device(device_target, device_id)
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
     ms.set_seed(seed)
-
-
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (os.cpu_count() also counts SMT siblings,
-    which share one core's vector units, so dense kernels gain little from them). Read from
-    /sys/devices/system/cpu/cpu<N>/topology; the CPU count where that is missing."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
-        except OSError:
-            return len(cpus)
-    return len(cores)
 
 
 def cpu_threads(requested: int) -> int:

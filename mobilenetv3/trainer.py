@@ -20,9 +20,10 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.train import Callback, Model
 
-from . import checkpoint, data, dropout, optim, preprocessing, run_record, schedules
+from . import checkpoint, data, dropout, lr_schedules, optim, preprocessing, run_record
 from .errors import UserError
-from .model import create_model
+from .factory import create_model
+from .passes import use_cpu_kernels
 
 # The seed README's step line: "Epoch:[ 90/ 120], step:[    1/ 2502], ...".
 LOG_FORMAT = "Epoch:[{epoch:3d}/{epochs:4d}], step:[{step:5d}/{steps:5d}], loss:[{loss:.3f}/{mean:.3f}], " \
@@ -108,6 +109,7 @@ def build_train_step(net, config, lr: np.ndarray):
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.smooth_factor)
     amp = config.amp_level if config.amp_level != "auto" else ("O0" if config.device_target == "CPU" else "O2")
     if amp == "O0":
+        use_cpu_kernels(net)  # where they run (CPU); float32 only, so not under mixed precision
         return TrainStep(nn.WithLossCell(net, loss_fn), optimizer, config.grad_clip, config.ema_decay)
     if config.grad_clip > 0 or config.ema_decay > 0:
         raise UserError(f"grad_clip and ema_decay need amp_level O0 (got {amp}); set --amp_level O0")
@@ -370,7 +372,7 @@ def _train(config, dist, folder):
         return dataset.skip(skip_steps) if skip_steps else dataset
 
     steps = dataset_for(0).get_dataset_size()
-    lr = schedules.learning_rates(config, steps)
+    lr = lr_schedules.learning_rates(config, steps)
     train_step = build_train_step(net, config, lr)
     start_epoch, skip_steps = 0, 0
     resume_path = resolve_resume(config) if config.resume else None

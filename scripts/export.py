@@ -15,9 +15,9 @@ classes, the preprocessing the model expects, ...) with the image size to that f
 import sys
 
 from mobilenetv3 import preprocessing, runtime
-from mobilenetv3.checkpoint import model_from_checkpoint
 from mobilenetv3.config import PREPROCESSING_KEYS, parse_args, run_cli
 from mobilenetv3.export import export, export_path
+from mobilenetv3.factory import model_from_checkpoint
 
 KEYS = ["device_target", "device_id", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format",
         "file_name", "resize", *PREPROCESSING_KEYS]

@@ -74,7 +74,7 @@ def save_params(net, path):
 
 def scheduler_pid():
     children = Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
-    return next((int(pid) for pid in children if b"scheduler.py" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
+    return next((int(pid) for pid in children if b"cluster_scheduler.py" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ import mindspore.train.amp as amp
 
 from mobilenetv3 import checkpoint
 from mobilenetv3.errors import UserError
-from mobilenetv3.model import create_model
+from mobilenetv3.factory import create_model
 from mobilenetv3.trainer import build_train_step, restore_training_state, training_state
 
 LR = np.full(12, 0.01, np.float32)

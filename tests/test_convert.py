@@ -15,7 +15,8 @@ from mobilenetv3.config import build_config  # noqa: E402
 from mobilenetv3.convert import (TIMM_STAGE_SIZES, convert_state_dict, read_torch_state_dict,  # noqa: E402
                                  torchvision_to_timm)
 from mobilenetv3.errors import UserError  # noqa: E402
-from mobilenetv3.model import ARCHITECTURES, create_model  # noqa: E402
+from mobilenetv3.factory import create_model, model_from_checkpoint  # noqa: E402
+from mobilenetv3.model import ARCHITECTURES  # noqa: E402
 from benchmarks.torch_reference import TorchMobileNetV3, randomize_, to_timm_state_dict  # noqa: E402
 
 BN_EPS = {"torchvision": 1e-3, "timm": 1e-5}
@@ -203,7 +204,7 @@ def test_script_converts_timm_weights_that_eval_rebuilds(tmp_path):
     # The class list is the ImageNet val folders' names, so eval on an ImageNet tree passes its class check.
     assert len(meta["classes"]) == 1000 and meta["classes"][:2] == ["n01440764", "n01443537"]
     config = build_config(overrides=dict(model="mobilenet_v3_small", pretrained=str(tmp_path / "small.ckpt")))
-    net, _ = checkpoint.model_from_checkpoint(config)
+    net, _ = model_from_checkpoint(config)
     images = random_images(64, seed=5)
     assert np.abs(net(ms.Tensor(images)).asnumpy() - torch_logits(twin, images)).max() <= 1e-4
 

@@ -74,7 +74,7 @@ def assert_scheduler_gone(pid):
     """The scheduler rank 0 started must not outlive the job (a zombie has an empty command line)."""
     assert pid is not None
     cmdline = Path(f"/proc/{pid}/cmdline")
-    assert not cmdline.exists() or b"scheduler.py" not in cmdline.read_bytes()
+    assert not cmdline.exists() or b"cluster_scheduler.py" not in cmdline.read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from conftest import REPO, run_script, write_image_folder
 from mobilenetv3 import checkpoint, data
 from mobilenetv3.config import build_config, run_cli
 from mobilenetv3.evaluation import count_correct, evaluate
-from mobilenetv3.model import create_model
+from mobilenetv3.factory import create_model
 from mobilenetv3.trainer import train
 
 # Seven classes, so that Top-5 is a real test (with fewer than 5 classes it is always 1.0).

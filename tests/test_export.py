@@ -11,7 +11,7 @@ from mobilenetv3 import checkpoint
 from mobilenetv3.config import build_config
 from mobilenetv3.errors import UserError
 from mobilenetv3.export import export, export_path
-from mobilenetv3.model import create_model
+from mobilenetv3.factory import create_model, model_from_checkpoint
 
 MODEL = dict(model="mobilenet_v3_small", num_classes=10, width=0.5)
 IMAGE_SIZE = 48
@@ -62,7 +62,7 @@ def expected(random_checkpoint):
 
 def checkpoint_model(path):
     config = build_config(overrides=dict(MODEL, pretrained=str(path)))
-    return checkpoint.model_from_checkpoint(config)[0]
+    return model_from_checkpoint(config)[0]
 
 
 def onnx_logits(path, images):
@@ -125,7 +125,7 @@ def test_each_exported_file_has_its_own_meta(random_checkpoint, tmp_path):
     pytest.importorskip("onnx")
     from mobilenetv3.export import meta_path, read_meta
     from mobilenetv3.export import checked_meta
-    net, meta = checkpoint.model_from_checkpoint(build_config(overrides=dict(MODEL, pretrained=str(random_checkpoint))))
+    net, meta = model_from_checkpoint(build_config(overrides=dict(MODEL, pretrained=str(random_checkpoint))))
     mindir = export(net, tmp_path / "model", "MINDIR", 64, meta)
     onnx_file = export(net, tmp_path / "model", "ONNX", 32, meta)
     assert (meta_path(mindir), meta_path(onnx_file)) == (tmp_path / "model.mindir.json", tmp_path / "model.onnx.json")

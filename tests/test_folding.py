@@ -7,9 +7,14 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from mobilenetv3.cpu_kernels import DepthwiseConv2d, kernel_library
+from mobilenetv3.cpu_kernels import kernel_library
+from mobilenetv3.factory import create_model
 from mobilenetv3.folding import FoldedConvAct, FusedSqueezeExcitation, fold_for_inference
-from mobilenetv3.model import ARCHITECTURES, ConvBNAct, SqueezeExcitation, create_model
+from mobilenetv3.model import ARCHITECTURES, ConvBNAct, GlobalAvgPool, HardSwish, SqueezeExcitation
+from mobilenetv3.passes import KernelGlobalAvgPool, KernelHardSwish
+
+needs_kernels = pytest.mark.skipif(kernel_library() is None, reason="the AVX2 kernels cannot run here (the reason "
+                                   "is on stderr); the plain inference network is tested without them")
 
 
 def trained_like(model_name, seed=0):
@@ -38,7 +43,7 @@ def trained_like(model_name, seed=0):
     return net.set_train(False)
 
 
-@pytest.mark.parametrize("fused_kernels", [True, False])
+@pytest.mark.parametrize("fused_kernels", [pytest.param(True, marks=needs_kernels), False])
 @pytest.mark.parametrize("model_name", ["mobilenet_v3_small", "mobilenet_v3_large"])
 def test_inference_network_gives_the_same_logits(model_name, fused_kernels):
     images = ms.Tensor(np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32))
@@ -51,7 +56,7 @@ def test_inference_network_gives_the_same_logits(model_name, fused_kernels):
     print(f"{model_name}: largest logit {largest:.2f}, largest difference {error:.2e}")
     assert error <= 4e-6 * largest
     cells = [cell for _, cell in folded.cells_and_names()]
-    assert not any(isinstance(cell, (nn.BatchNorm2d, ConvBNAct, DepthwiseConv2d)) for cell in cells)
+    assert not any(isinstance(cell, (nn.BatchNorm2d, ConvBNAct)) for cell in cells)
     modes = Counter(cell.mode for cell in cells if isinstance(cell, FoldedConvAct))
     se_blocks = sum(row.use_se for row in ARCHITECTURES[model_name].blocks)
     depthwise = len(ARCHITECTURES[model_name].blocks)
@@ -59,6 +64,8 @@ def test_inference_network_gives_the_same_logits(model_name, fused_kernels):
     if fused_kernels:  # every depthwise convolution one kernel, every other conv Conv2D + one kernel
         assert modes == {"depthwise": depthwise, "bias": modes["bias"]} and modes["bias"] > depthwise
         assert fused_se == se_blocks and not any(isinstance(cell, SqueezeExcitation) for cell in cells)
+        assert not any(isinstance(cell, (HardSwish, GlobalAvgPool)) for cell in cells)  # classifier, head pool
+        assert sum(isinstance(cell, (KernelHardSwish, KernelGlobalAvgPool)) for cell in cells) == 2
     else:
         assert set(modes) == {"plain"} and fused_se == 0
     assert not folded.training
@@ -83,7 +90,8 @@ def test_folding_moves_batchnorm_into_conv_parameters():
     assert {f"{block}.{p}" for block in blocks for p in ("weight", "bias")} <= names
     assert not any(".1.moving_mean" in n or n.endswith(".0.weight") and n[:-len(".0.weight")] in blocks
                    for n in names)
-    assert "features.1.block.1.fc1_weight" in names  # the fused squeeze-excitation's copy of fc1.weight
+    if kernel_library() is not None:
+        assert "features.1.block.1.fc1_weight" in names  # the fused squeeze-excitation's copy of fc1.weight
     assert fold_for_inference(net) is net and set(net.parameters_dict()) == names  # folding twice changes nothing
 
 
@@ -95,6 +103,7 @@ def randomized_block(block, seed):
     return block
 
 
+@needs_kernels
 @pytest.mark.parametrize("groups,kernel,stride,activation", [
     (13, 3, 1, "HS"), (13, 5, 2, "RE"), (13, 3, 2, None), (1, 1, 1, "HS"), (1, 1, 1, "RE"), (1, 1, 1, None)])
 def test_fused_conv_kernels_match_the_plain_ops_on_odd_shapes(groups, kernel, stride, activation):
@@ -111,6 +120,7 @@ def test_fused_conv_kernels_match_the_plain_ops_on_odd_shapes(groups, kernel, st
         assert (expected < 0).mean() < 0.4  # the activation ran: ReLU / hard-swish leave few negatives
 
 
+@needs_kernels
 def test_fused_squeeze_excitation_matches_the_cell_on_odd_shapes():
     se = randomized_block(SqueezeExcitation(20), seed=3)  # 8 squeezed channels
     x = ms.Tensor(np.random.default_rng(6).uniform(-2, 2, (3, 20, 7, 5)).astype(np.float32))

@@ -2,6 +2,7 @@
 MindSpore's error text kept whole. The CUDA toolkit is stood in for by a script that answers like
 nvcc --version (all MindSpore reads of it)."""
 import ctypes
+import os
 import subprocess
 import sys
 
@@ -83,14 +84,46 @@ def test_check_gpu_does_not_import_mindspore():
 
 
 @no_gpu_here
-def test_training_on_the_default_gpu_without_one_names_the_cause(tmp_path):
-    """Before: MindSpore's traceback, whose message lists the Ascend libraries it tried."""
-    result = run_script("train", "--data_url", tmp_path / "no_data", env={"CUDA_HOME": ""})
+def test_the_default_gpu_without_one_runs_on_the_cpu_and_says_so_in_one_line(tmp_path):
+    """Before: MindSpore's libcuda/libcudnn errors and a traceback, ~40 lines, for a job the CPU can do."""
+    from mobilenetv3 import checkpoint, create_model
+    ms_ckpt = tmp_path / "small.ckpt"
+    checkpoint.save(ms_ckpt, {p.name: p for p in create_model("mobilenet_v3_small", 4).get_parameters()},
+                    dict(model="mobilenet_v3_small", num_classes=4, width=1.0))
+    result = run_script("export", "--pretrained", ms_ckpt, "--num_classes", "4", "--resize", "32",
+                        "--file_format", "MINDIR", env={"CUDA_HOME": ""})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "small.mindir").is_file()
+    notes = [line for line in result.stderr.splitlines() if "GPU" in line or "cuda" in line.lower()]
+    problem = gpu_env.start_up_problem(dict(os.environ, CUDA_HOME=""))
+    assert notes == [f"note: no usable GPU here ({problem}): running on the CPU; --device_target CPU skips this check"]
+    assert "Traceback" not in result.stderr and "[ERROR]" not in result.stderr
+
+
+@no_gpu_here
+def test_an_explicit_gpu_without_one_is_one_line_naming_the_cause_and_the_fix(tmp_path):
+    result = run_script("train", "--device_target", "GPU", "--data_url", tmp_path / "no_data", env={"CUDA_HOME": ""})
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1] == (
-        f"error: device_target GPU: MindSpore cannot start on it here: {NO_DRIVER}. python scripts/check_gpu.py "
-        "lists what it needs; --device_target CPU trains on the CPU")
+    assert result.stderr.strip() == (
+        f"error: --device_target GPU: MindSpore cannot start on a GPU here: {NO_DRIVER}. python scripts/check_gpu.py "
+        "lists what it needs; --device_target CPU runs on the CPU")
+
+
+@pytest.mark.parametrize("argv, problem, device", [([], "NVIDIA driver: missing", "CPU"), ([], None, "GPU"),
+                                                   (["--device_target", "GPU"], None, "GPU"),
+                                                   (["--device_target", "CPU"], "NVIDIA driver: missing", "CPU")])
+def test_the_device_is_chosen_from_the_flag_and_what_the_machine_has(monkeypatch, capsys, argv, problem, device):
+    from mobilenetv3.config import TRAIN_KEYS, parse_args
+    monkeypatch.setattr(gpu_env, "start_up_problem", lambda environ=None: problem)
+    assert parse_args(argv, keys=TRAIN_KEYS).device_target == device
+    said = capsys.readouterr().err.splitlines()
+    assert said == (["note: no usable GPU here (NVIDIA driver: missing): running on the CPU; --device_target CPU "
+                     "skips this check"] if device == "CPU" and not argv else [])
+    if problem:
+        from mobilenetv3.errors import UserError
+        with pytest.raises(UserError, match=r"^--device_target GPU: MindSpore cannot start on a GPU here: NVIDIA "
+                                            r"driver: missing\. python scripts/check_gpu.py"):
+            parse_args(["--device_target", "GPU"], keys=TRAIN_KEYS)
 
 
 DEVICE_LOAD_ERROR = """Unsupported device target GPU. This process only supports one of the ['CPU']. Please check \

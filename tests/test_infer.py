@@ -15,7 +15,7 @@ from mobilenetv3 import checkpoint, data
 from mobilenetv3.config import build_config, run_cli
 from mobilenetv3.export import meta_path
 from mobilenetv3.inference import Prediction, class_names_for, load_predictor, predict_folder, write_predictions
-from mobilenetv3.model import create_model
+from mobilenetv3.factory import create_model
 
 CLASSES = ["class_0", "class_1", "class_2"]
 SETTINGS = dict(device_target="CPU", num_classes=3, resize=32, batch_size=6)  # 6 images per val class

@@ -3,8 +3,10 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from mobilenetv3.model import (ARCHITECTURES, GlobalAvgPool, HardSigmoid, HardSwish, count_complexity, create_model,
-                               list_models, make_divisible)
+from mobilenetv3.factory import create_model
+from mobilenetv3.model import (ARCHITECTURES, GlobalAvgPool, HardSigmoid, HardSwish, count_complexity, list_models,
+                               make_divisible)
+from mobilenetv3.passes import WrittenOutGlobalAvgPool, WrittenOutHardSigmoid, WrittenOutHardSwish, written_out
 from mobilenetv3.trainer import TrainStep
 
 # torchvision 0.29's counts for 1000 classes (trainable; and including BN running statistics).
@@ -98,14 +100,29 @@ def test_same_seed_same_model_and_output():
     assert not np.array_equal(a.classifier[3].weight.asnumpy(), c.classifier[3].weight.asnumpy())
 
 
-def test_fused_kernels_match_their_written_out_export_form():
+def test_activations_match_their_written_out_export_form():
     x = ms.Tensor(np.linspace(-6, 6, 10008).reshape(1, 3, 6, 556), ms.float32)
-    for make in (HardSwish, HardSigmoid, GlobalAvgPool, lambda: GlobalAvgPool(keep_dims=False)):
-        fused, portable = make(), make()
-        portable.portable = True
-        expected = portable(x).asnumpy()
-        assert fused(x).shape == expected.shape and np.abs(fused(x).asnumpy() - expected).max() < 1e-6
+    for op, written in ((HardSwish(), WrittenOutHardSwish()), (HardSigmoid(), WrittenOutHardSigmoid()),
+                        (GlobalAvgPool(), WrittenOutGlobalAvgPool(True)), (GlobalAvgPool(False), WrittenOutGlobalAvgPool(False))):
+        expected = written(x).asnumpy()
+        assert op(x).shape == expected.shape and np.abs(op(x).asnumpy() - expected).max() < 1e-6
         assert np.abs(expected).max() > 0.1
+
+
+def test_written_out_replaces_every_activation_and_keeps_parameters_and_logits():
+    ms.set_seed(3)
+    net = create_model("mobilenet_v3_small", num_classes=5).set_train(False)
+    x = ms.Tensor(np.random.default_rng(0).normal(size=(2, 3, 64, 64)), ms.float32)
+    names = [(p.name, p.shape) for p in net.get_parameters()]
+    expected = net(x).asnumpy()
+    written_out(net)
+    kinds = [type(cell) for _, cell in net.cells_and_names()]
+    assert not {HardSwish, HardSigmoid, GlobalAvgPool} & set(kinds)
+    # stem, expansion and depthwise of the 8 hard-swish blocks, last conv, classifier; one per SE block
+    assert kinds.count(WrittenOutHardSwish) == 1 + 2 * 8 + 1 + 1 and kinds.count(WrittenOutHardSigmoid) == 9
+    assert kinds.count(WrittenOutGlobalAvgPool) == 9 + 1
+    assert [(p.name, p.shape) for p in net.get_parameters()] == names
+    assert np.abs(net(x).asnumpy() - expected).max() < 1e-5 * np.abs(expected).max()
 
 
 def test_training_steps_lower_the_loss_in_graph_mode():

@@ -16,7 +16,7 @@ import pytest
 onnxruntime = pytest.importorskip("onnxruntime")
 
 from conftest import REPO  # noqa: E402
-from mobilenetv3 import checkpoint, export, onnx_backend, runtime  # noqa: E402
+from mobilenetv3 import checkpoint, cpu_info, export, onnx_backend, runtime  # noqa: E402
 from mobilenetv3.config import build_config, run_cli  # noqa: E402
 from mobilenetv3.inference import load_predictor  # noqa: E402
 
@@ -213,7 +213,7 @@ def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):
         predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy),
                                                                 backend="onnxruntime", threads=threads)))
         assert predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)
-    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1, 3, runtime.physical_cores()]
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1, 3, cpu_info.physical_cores()]
     assert {s.get_session_options().graph_optimization_level for s in sessions} == {
         onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
@@ -228,8 +228,8 @@ def test_threads_reach_mindspore_once_per_process(model_copy, monkeypatch):
         runtime.set_cpu_threads(1)
     assert calls == [3]
     monkeypatch.setattr(runtime, "_cpu_threads", {})
-    assert runtime.set_cpu_threads(0) == runtime.physical_cores()
-    assert calls == [3, runtime.physical_cores()]
+    assert runtime.set_cpu_threads(0) == cpu_info.physical_cores()
+    assert calls == [3, cpu_info.physical_cores()]
 
 
 def test_physical_cores_agree_with_lscpu():
@@ -239,7 +239,7 @@ def test_physical_cores_agree_with_lscpu():
     rows = [line.split(",") for line in listing.splitlines() if not line.startswith("#")]
     usable = os.sched_getaffinity(0)
     cores = {(socket, core) for cpu, core, socket in rows if int(cpu) in usable}
-    assert runtime.physical_cores() == len(cores) >= 1
+    assert cpu_info.physical_cores() == len(cores) >= 1
 
 
 def op_types(path) -> Counter:
@@ -262,7 +262,7 @@ def test_export_is_the_graph_of_torchs_export(model_name, tmp_path):
     optimisations, and the same logits."""
     torch = pytest.importorskip("torch")
     from mobilenetv3.convert import convert_state_dict
-    from mobilenetv3.model import create_model
+    from mobilenetv3.factory import create_model
     from benchmarks.torch_reference import TorchMobileNetV3, randomize_
     twin = randomize_(TorchMobileNetV3(model_name, num_classes=10), seed=3, image_size=64).eval()
     weights, _ = convert_state_dict(twin.state_dict(), "torchvision", model_name)

@@ -11,7 +11,7 @@ from conftest import run_script
 from mobilenetv3 import checkpoint, preprocessing
 from mobilenetv3.config import build_config
 from mobilenetv3.convert import PRESETS, TIMM_CONV_HEAD, torch_name, torchvision_to_timm
-from mobilenetv3.model import create_model
+from mobilenetv3.factory import create_model
 
 SMALL = "mobilenet_v3_small"
 

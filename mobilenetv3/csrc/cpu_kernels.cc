@@ -1,5 +1,8 @@
-// Depthwise convolution (NCHW float32, weight (C,1,k,k), odd k <= 7, padding k/2, stride 1 or 2) as
-// MindSpore AOT custom ops, hand-written AVX2+FMA. MindSpore 2.10's CPU path for Conv2D(group=C) is
+// MobileNetV3's CPU kernels as MindSpore AOT custom ops, hand-written AVX2+FMA: the depthwise convolution,
+// hard-swish and the global mean with their gradients, and the fused ops of the inference network.
+//
+// Depthwise convolution (NCHW float32, weight (C,1,k,k), odd k <= 7, padding k/2, stride 1 or 2):
+// MindSpore 2.10's CPU path for Conv2D(group=C) is
 // oneDNN's im2col+GEMM, over half of a MobileNetV3 training step; this is 1.6-2x faster end to end.
 //
 // Each task transposes 8 channels into a zero-padded channel-last block in thread-local scratch,

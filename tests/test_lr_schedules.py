@@ -5,7 +5,7 @@ import pytest
 
 from mobilenetv3.config import ConfigError, build_config
 from mobilenetv3.errors import UserError
-from mobilenetv3.schedules import learning_rates
+from mobilenetv3.lr_schedules import learning_rates
 
 STEPS = 10  # per epoch
 
