@@ -141,12 +141,11 @@ def scan_labelled_folder(directory: Path, labels_path, classes: List[str], synse
                                                     if label in names else ""))
         index[name] = class_index
     unlabelled = [name for name in images if name not in index]
-    for count, what, offenders in ((len(unlabelled), "image file(s) without a label", unlabelled),
-                                   (len(missing), "label(s) for files that are not images in the folder", missing),
-                                   (len(twice), "file(s) labelled twice", twice),
-                                   (len(unknown), "label(s) naming no class of the model", unknown)):
-        if count:
-            problems.append(f"{count} {what} ({_shown(offenders)})")
+    for what, offenders in (("image file(s) without a label", unlabelled),
+                            ("label(s) for files that are not images in the folder", missing),
+                            ("file(s) labelled twice", twice), ("label(s) naming no class of the model", unknown)):
+        if offenders:
+            problems.append(f"{len(offenders)} {what} ({_shown(offenders)})")
     if problems:
         numbering = (f"integers are lines 1-{len(synsets)} of --val_synsets" if synsets is not None else
                      f"integers are 0-based indices below {len(classes)}; the devkit's 1-based ids need --val_synsets")
