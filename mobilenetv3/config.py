@@ -104,7 +104,16 @@ class Config:
     top_k: int = key(5, "Predictions printed per image", minimum=1)
     output: Optional[str] = key(None, "Output file: predictions (.json or .csv) for infer, "
                                 "the converted .ckpt for convert_weights")
-    json: Optional[str] = key(None, "Also write the evaluation metrics to this JSON file")
+    json: Optional[str] = key(None, "Also write the evaluation metrics to this JSON file: Top-1, Top-5, loss, "
+                              "images, then per-class accuracy and the confusion matrix")
+    val_labels: Optional[str] = key(None, "Evaluate the flat folder data_url (ImageNet's val as it ships) labelled "
+                                    "by this file: FILE.csv with the header filename,class, or any other file with "
+                                    "one label per line for the image files in sorted name order (the devkit's "
+                                    "ground truth, with --val_synsets); a class is a name or synset of the model's "
+                                    "class list, or a 0-based index into it")
+    val_synsets: Optional[str] = key(None, "With val_labels: one class (name or synset) per line; an integer label "
+                                     "k is then line k, counted from 1 (the devkit's ILSVRC2012_IDs: see the "
+                                     "README for writing this file from its meta.mat)")
     backend: str = key("mindspore", "Engine for eval and infer: onnxruntime runs the checkpoint exported to ONNX "
                        "(once, cached next to it) or a given .onnx, much faster on CPU (pip install onnxruntime)",
                        choices=["mindspore", "onnxruntime"])
@@ -128,9 +137,9 @@ MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "b
 PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
 EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "batch_size", "num_parallel_workers",
                   "resize", *PREPROCESSING_KEYS, "seed"]
-TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "backend", "threads", "file_format",
-                                                     "file_name", "source", "input", "preset")]
-EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json"]
+TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "val_labels", "val_synsets", "backend",
+                                                     "threads", "file_format", "file_name", "source", "input", "preset")]
+EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json", "val_labels", "val_synsets"]
 INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
 NONE_WORDS = {"", "none", "null", "false"}
@@ -246,6 +255,8 @@ def check_consistency(config: Config):
                               f"{','.join(map(str, FIELDS[name].default_factory()))}; got {values}")
     if config.min_crop_area > 1.0:
         raise ConfigError(f"min_crop_area is a fraction of the image area in (0, 1], got {config.min_crop_area}")
+    if config.val_synsets and not config.val_labels:
+        raise ConfigError("val_synsets numbers the labels of a val_labels file; pass --val_labels FILE too")
     if config.crop_pct > 1.0:
         raise ConfigError(f"crop_pct is the fraction of the resized image kept by the centre crop, in (0, 1], got "
                           f"{config.crop_pct}")

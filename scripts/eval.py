@@ -1,5 +1,5 @@
 """Evaluate a checkpoint (or an exported .mindir/.onnx): Top-1/Top-5 accuracy on DIR/val (or on DIR, a
-class-folder tree).
+class-folder tree), or with --val_labels on the flat folder DIR (ImageNet's val as it ships).
 
 Examples:
   python scripts/eval.py --model mobilenet_v3_small --data_url ./dataset/imagenet --pretrained small.ckpt
@@ -7,10 +7,18 @@ Examples:
   python scripts/eval.py --config configs/fashion_mnist_demo.yaml --pretrained demo.ckpt --json metrics.json
   python scripts/eval.py --device_target CPU --data_url ./dataset/imagenet --pretrained small.ckpt \\
       --backend onnxruntime --threads 2
+  python scripts/eval.py --data_url ./ILSVRC2012_img_val --pretrained small.ckpt --val_labels val_labels.csv
+  python scripts/eval.py --data_url ./ILSVRC2012_img_val --pretrained small.ckpt \\
+      --val_labels ILSVRC2012_validation_ground_truth.txt --val_synsets ilsvrc2012_synsets.txt
 
 Prints {'Top_1_Accuracy': ..., 'Top_5_Accuracy': ...}, then the mean loss and image count; on stderr, the
 preprocessing used (the model's own, recorded in its meta, unless --interpolation, --crop_pct, --mean or --std
-say otherwise).
+say otherwise), and a warning when Top-1 is at chance level (labels that do not belong to the images).
+--val_labels: FILE.csv with the header filename,class (filename relative to --data_url), or any other file
+with one label per line for the image files in sorted name order. A class is a name or synset of the model's
+class list, or an integer: a 0-based index into it, or with --val_synsets line k of that file (from 1, as the
+devkit's ILSVRC2012_validation_ground_truth.txt counts). Every image needs a label, every label a known class.
+--json FILE also gets per-class accuracy and the confusion matrix (rows: true class, columns: Top-1 prediction).
 With fewer than 5 classes, Top-5 is top-num_classes accuracy (always 1.0). --backend onnxruntime exports
 the checkpoint to ONNX once (cached next to it as <name>-<resize>px.onnx) and runs it with ONNX Runtime.
 """
@@ -20,7 +28,7 @@ import sys
 from mobilenetv3 import preprocessing, runtime
 from mobilenetv3.config import EVAL_KEYS, parse_args, run_cli
 from mobilenetv3.distributed import init_distributed
-from mobilenetv3.evaluation import evaluate_folder
+from mobilenetv3.evaluation import chance_level_warning, evaluate_folder
 from mobilenetv3.inference import load_model
 from mobilenetv3.outputs import check_writable_file
 
@@ -39,6 +47,9 @@ def main(argv=None):
     if dist.rank == 0:
         print(metrics.seed_dict())
         print(f"loss: {metrics.loss:.4f}, images: {metrics.images}")
+        warning = chance_level_warning(metrics)
+        if warning:
+            print(warning, file=sys.stderr)
         if config.json:
             with open(config.json, "w") as out:
                 json.dump(metrics.as_dict(), out, indent=1)

@@ -1,5 +1,6 @@
 """The headline commands under mpirun on CPU: scripts/train.py and scripts/eval.py with 2 ranks."""
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -42,14 +43,29 @@ def test_mpirun_train_then_eval_equals_one_process(uneven_folder, tmp_path):
     assert "# world size: 2" in (tmp_path / "run.yaml").read_text()
     ckpt = tmp_path / "mobilenet_v3_small-1_3.ckpt"
 
+    # The same images flat, labelled by a CSV file: evaluated on 2 ranks as the class folders on 1.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = ["filename,class"]
+    for path in sorted((uneven_folder / "val").glob("*/*.jpg")):
+        shutil.copy(path, flat / f"{path.parent.name}_{path.name}")
+        rows.append(f"{path.parent.name}_{path.name},{path.parent.name}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     results = {}
-    for ranks in (0, 2):
-        done = run("eval", "--data_url", uneven_folder, "--pretrained", ckpt, "--batch_size", 4, ranks=ranks)
+    for ranks, data in ((0, [uneven_folder]), (2, [uneven_folder]), ("2 flat", [flat, "--val_labels", tmp_path / "labels.csv"])):
+        saved = tmp_path / f"metrics {ranks}.json"
+        done = run("eval", "--data_url", *data, "--pretrained", ckpt, "--batch_size", 4, "--json", saved,
+                   ranks=int(str(ranks)[0]))
         assert done.returncode == 0, done.stderr[-3000:]
         lines = done.stdout.splitlines()
         metrics = [line for line in lines if line.startswith("{'Top_1_Accuracy'")]
         assert len(metrics) == 1, done.stdout  # printed by rank 0 only
-        results[ranks] = (ast.literal_eval(metrics[0]), [line for line in lines if line.startswith("loss:")])
-    assert results[2][0] == results[0][0]  # exactly, floats included
-    assert results[0][1][0].endswith("images: 21") and results[2][1][0].endswith("images: 21")
+        results[ranks] = (ast.literal_eval(metrics[0]), [line for line in lines if line.startswith("loss:")],
+                          json.loads(saved.read_text()))
+    for ranks in (2, "2 flat"):
+        assert results[ranks][0] == results[0][0]  # exactly, floats included
+        assert results[ranks][1][0].endswith("images: 21")
+        one, many = results[0][2], results[ranks][2]
+        assert (many["per_class"], many["confusion_matrix"]) == (one["per_class"], one["confusion_matrix"])
     assert set(results[0][0]) == {"Top_1_Accuracy", "Top_5_Accuracy"}
+    assert [c["images"] for c in results[0][2]["per_class"]] == [7, 7, 7]

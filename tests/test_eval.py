@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import REPO, run_script, write_image_folder
 from mobilenetv3 import checkpoint, data
 from mobilenetv3.config import build_config, run_cli
+from mobilenetv3.errors import UserError
 from mobilenetv3.evaluation import count_correct, evaluate
 from mobilenetv3.factory import create_model
 from mobilenetv3.trainer import train
@@ -37,6 +38,11 @@ def numpy_log_softmax(logits):
     return np.log(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True))
 
 
+def figures(counts):
+    """(top-1 correct, top-5 correct, summed loss, images) of a Counts."""
+    return counts.correct1, counts.correct5, counts.loss_sum, counts.images
+
+
 def test_count_correct_on_hand_made_logits():
     logits = np.array([
         [0, 1, 2, 3, 4, 5, 6],  # ranks 6 5 4 3 2 1 0
@@ -46,29 +52,36 @@ def test_count_correct_on_hand_made_logits():
         [3, 0, 0, 0, 0, 0, 0],  # ranks 0, then the tied 1 2 3 4 5 6
     ], np.float32)
     labels = np.array([6, 5, 0, 2, 6])
-    per_row = [tuple(count_correct(logits[[i]], labels[[i]])[[0, 1, 3]]) for i in range(len(labels))]
+    per_row = [tuple(np.array(figures(count_correct(logits[[i]], labels[[i]])))[[0, 1, 3]]) for i in range(len(labels))]
     assert per_row == [(1, 1, 1), (0, 0, 1), (1, 1, 1), (0, 1, 1), (0, 0, 1)]  # (top-1, top-5, images)
-    correct1, correct5, loss_sum, images = count_correct(logits, labels)
+    counts = count_correct(logits, labels)
+    correct1, correct5, loss_sum, images = figures(counts)
     assert (correct1, correct5, images) == (2, 3, 5)
+    # Top-1 predictions 6, 0, 0, 1, 0 for the labels 6, 5, 0, 2, 6; top 5 hits for labels 6, 0, 2
+    confusion = np.zeros((7, 7), np.int64)
+    for label, predicted in [(6, 6), (5, 0), (0, 0), (2, 1), (6, 0)]:
+        confusion[label, predicted] += 1
+    assert counts.confusion.tolist() == confusion.tolist()
+    assert counts.top5.tolist() == [1, 0, 1, 0, 0, 0, 1]
     expected_loss = -numpy_log_softmax(logits)[np.arange(5), labels].sum()
     assert loss_sum == pytest.approx(expected_loss, rel=1e-12)
     # 20 ties (past the small-array case where every sort is stable): only label 0 is top-1, 0-4 top-5
     ties = np.zeros((1, 20), np.float32)
-    per_label = [tuple(count_correct(ties, np.array([label]))[:2]) for label in range(20)]
+    per_label = [figures(count_correct(ties, np.array([label])))[:2] for label in range(20)]
     assert per_label == [(1, 1)] + [(0, 1)] * 4 + [(0, 0)] * 15
 
 
 def test_top5_with_fewer_than_five_classes_is_top_all():
     logits = np.array([[0.0, 2.0, 1.0], [5.0, -1.0, 0.0], [0.0, 0.0, 3.0]])
     labels = np.array([0, 0, 1])
-    correct1, correct5, loss_sum, images = count_correct(logits, labels)
+    correct1, correct5, loss_sum, images = figures(count_correct(logits, labels))
     assert (correct1, correct5, images) == (1, 3, 3)
     assert loss_sum == pytest.approx(-numpy_log_softmax(logits)[np.arange(3), labels].sum(), rel=1e-12)
 
 
 def test_loss_is_exact_for_large_logits():
     """The shift by the row maximum keeps exp() finite: log-softmax of [1000, 0] is [0, -1000]."""
-    _, _, loss_sum, _ = count_correct(np.array([[1000.0, 0.0], [1000.0, 0.0]]), np.array([0, 1]))
+    loss_sum = count_correct(np.array([[1000.0, 0.0], [1000.0, 0.0]]), np.array([0, 1])).loss_sum
     assert loss_sum == pytest.approx(1000.0, abs=1e-9)
 
 
@@ -77,12 +90,20 @@ def test_evaluate_sums_batches(capsys):
     logits = rng.standard_normal((10, 7)).astype(np.float32)
     labels = rng.integers(0, 7, 10).astype(np.int32)
     dataset = ds.NumpySlicesDataset({"image": logits, "label": labels}, shuffle=False).batch(3)  # 3+3+3+1
-    metrics = evaluate(lambda batch: batch, dataset)
-    correct1, correct5, loss_sum, images = count_correct(logits, labels)
+    metrics = evaluate(lambda batch: batch, dataset, CLASSES)
+    correct1, correct5, loss_sum, images = figures(count_correct(logits, labels))
     assert 0 < correct1 < correct5 < images == 10
     assert (metrics.top1, metrics.top5, metrics.images) == (correct1 / 10, correct5 / 10, 10)
     assert metrics.loss == pytest.approx(loss_sum / 10, rel=1e-12)
     assert capsys.readouterr().err == ""  # 4 batches: no progress line (one every 50 off a terminal)
+
+
+def test_scores_for_another_number_of_classes_are_an_error():
+    dataset = ds.NumpySlicesDataset({"image": np.zeros((2, 7), np.float32), "label": np.zeros(2, np.int32)},
+                                    shuffle=False).batch(2)
+    with pytest.raises(UserError, match=r"^the model gives 7 class scores, but the data set has 6 classes; pass "
+                                        r"--num_classes 7 or the model of these classes$"):
+        evaluate(lambda batch: batch, dataset, CLASSES[:6])
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +142,7 @@ def expected(trained, folder):
     top1, top5 = (ranks == 0).sum() / len(labels), (ranks < 5).sum() / len(labels)
     assert len(labels) == 21 and 0 < top1 < top5 < 1, (top1, top5)  # a test that can fail
     return dict(top1=top1, top5=top5, loss=-numpy_log_softmax(logits)[np.arange(len(labels)), labels].mean(),
-                images=len(labels))
+                images=len(labels), paths=paths, labels=labels, predicted=logits.argmax(axis=1))
 
 
 def test_eval_script_prints_the_seed_line(trained, folder, expected, tmp_path):
@@ -129,6 +150,7 @@ def test_eval_script_prints_the_seed_line(trained, folder, expected, tmp_path):
                                        json=tmp_path / "metrics.json"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "run_distribute" not in result.stderr  # true by default, yet one process is what was asked for
+    assert "chance level" not in result.stderr
     first, second = result.stdout.splitlines()[:2]
     printed = ast.literal_eval(first)
     assert list(printed) == ["Top_1_Accuracy", "Top_5_Accuracy"]
@@ -136,9 +158,16 @@ def test_eval_script_prints_the_seed_line(trained, folder, expected, tmp_path):
     assert first == str(printed)  # the seed's formatting: a dict repr with full float precision
     assert second == f"loss: {expected['loss']:.4f}, images: 21"
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(saved) == ["top1", "top5", "loss", "images"]
+    assert list(saved) == ["top1", "top5", "loss", "images", "per_class", "confusion_matrix"]
     assert (saved["top1"], saved["top5"], saved["images"]) == (expected["top1"], expected["top5"], 21)
     assert saved["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    predicted = expected["predicted"]
+    assert saved["confusion_matrix"] == [[int(((expected["labels"] == t) & (predicted == p)).sum()) for p in range(7)]
+                                         for t in range(7)]
+    assert [(c["class"], c["images"], c["predicted"], c["top1"]) for c in saved["per_class"]] == [
+        (name, VAL_PER_CLASS, int((predicted == c).sum()), int((predicted[expected["labels"] == c] == c).sum()) / 3)
+        for c, name in enumerate(CLASSES)]
+    assert sum(c["top5"] * c["images"] for c in saved["per_class"]) == pytest.approx(expected["top5"] * 21)
 
 
 def eval_main():
@@ -187,6 +216,74 @@ def one_class_fewer(folder, tmp_path):
     return root
 
 
+def flat_val(folder, root):
+    """The val images in one folder, named as ImageNet's are and classes interleaved (file k is image k // 7
+    of class k % 7); returns [(file name, class index)] in name order."""
+    root.mkdir()
+    paths = sorted((folder / "val").glob("*/*.jpg"))
+    files = [(f"ILSVRC2012_val_{k + 1:08d}.JPEG", k % 7) for k in range(len(paths))]
+    for k, (name, _) in enumerate(files):
+        shutil.copy(paths[(k % 7) * VAL_PER_CLASS + k // 7], root / name)
+    return files
+
+
+def write_lines(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def eval_output(capsys, **values):
+    """(stdout lines, stderr lines) of eval.py run in this process with flags(**values)."""
+    run_cli(eval_main(), flags(**values))
+    captured = capsys.readouterr()
+    return captured.out.splitlines(), captured.err.splitlines()
+
+
+def test_flat_folder_with_csv_labels_evaluates_as_the_class_folders(trained, folder, expected, tmp_path, capsys):
+    files = flat_val(folder, tmp_path / "flat")
+    # Classes as names and as indices, the header and a row quoted as spreadsheets write them.
+    labels = write_lines(tmp_path / "val_labels.csv", ["filename,class", f'"{files[0][0]}","{CLASSES[files[0][1]]}"'] +
+                         [f"{name},{CLASSES[c] if k % 2 else c}" for k, (name, c) in enumerate(files[1:])])
+    out, err = eval_output(capsys, data_url=tmp_path / "flat", pretrained=trained, val_labels=labels,
+                           json=tmp_path / "flat.json")
+    assert out[:2] == [str({"Top_1_Accuracy": expected["top1"], "Top_5_Accuracy": expected["top5"]}),
+                       f"loss: {expected['loss']:.4f}, images: 21"]
+    assert not [line for line in err if "chance level" in line]
+    eval_output(capsys, data_url=folder, pretrained=trained, json=tmp_path / "folders.json")
+    flat, folders = (json.loads((tmp_path / name).read_text()) for name in ("flat.json", "folders.json"))
+    assert flat["loss"] == pytest.approx(folders.pop("loss"), rel=1e-6)  # other batches: float32 rounding
+    assert dict(flat, loss=None) == dict(folders, loss=None)  # per class and confusion matrix included
+
+
+def test_flat_folder_with_devkit_ground_truth_and_synsets(trained, folder, expected, tmp_path, capsys):
+    """The devkit's numbering is not the model's: line 1 of the synsets file here is the model's last class."""
+    files = flat_val(folder, tmp_path / "flat")
+    synsets = write_lines(tmp_path / "synsets.txt", reversed(CLASSES))
+    ground_truth = write_lines(tmp_path / "ILSVRC2012_validation_ground_truth.txt", [7 - c for _, c in files])
+    out, _ = eval_output(capsys, data_url=tmp_path / "flat", pretrained=trained, val_labels=ground_truth,
+                         val_synsets=synsets)
+    assert ast.literal_eval(out[0]) == {"Top_1_Accuracy": expected["top1"], "Top_5_Accuracy": expected["top5"]}
+
+
+def test_labels_shifted_by_one_line_warn_of_chance_level(trained, folder, tmp_path, capsys):
+    files = flat_val(folder, tmp_path / "flat")
+    shifted = write_lines(tmp_path / "labels.txt", [CLASSES[c] for _, c in files[1:] + files[:1]])
+    out, err = eval_output(capsys, data_url=tmp_path / "flat", pretrained=trained, val_labels=shifted)
+    printed = ast.literal_eval(out[0])
+    assert list(printed) == ["Top_1_Accuracy", "Top_5_Accuracy"] and out[0] == str(printed)
+    top1 = printed["Top_1_Accuracy"]
+    assert top1 < 3 / 21  # the model's mistakes rarely name the next file's class
+    warnings = [line for line in err if "chance level" in line]
+    assert warnings == [f"warning: Top-1 accuracy {top1:.4f} is at chance level for 7 classes (1/7 = 0.1429; not 3 "
+                        "standard errors above it over 21 images): check that the labels are not shifted, that their "
+                        "classes are in the model's order and that the preprocessing is the model's"]
+
+
+def unlabelled_flat(folder, tmp):
+    files = flat_val(folder, tmp / "flat")
+    return write_lines(tmp / "labels.csv", ["filename,class"] + [f"{name},{c}" for name, c in files[:-1]])
+
+
 ERRORS = {  # case: (flags made from the trained checkpoint, its folder and tmp_path; the error expected)
     "truncated": (lambda trained, folder, tmp: dict(pretrained=truncated_checkpoint(trained, tmp)),
                   r"checkpoint \S+/truncated.ckpt is truncated, corrupt or not a MindSpore checkpoint"),
@@ -201,6 +298,12 @@ ERRORS = {  # case: (flags made from the trained checkpoint, its folder and tmp_
     "class_count": (lambda trained, folder, tmp: dict(pretrained=checkpoint_without_classes(trained, tmp),
                                                       data_url=one_class_fewer(folder, tmp)),
                     r"\S+/six has 6 class folders but the model has 7 classes"),
+    "unlabelled": (lambda trained, folder, tmp: dict(val_labels=unlabelled_flat(folder, tmp), data_url=tmp / "flat"),
+                   r"--val_labels \S+/labels.csv does not fit the images in \S+/flat: 1 image file\(s\) without a "
+                   r"label \(ILSVRC2012_val_00000021.JPEG\)\. Classes are the model's: class_0, class_1, class_2, "
+                   r"\.\.\. \(7\)"),
+    "synsets_alone": (lambda trained, folder, tmp: dict(val_synsets=tmp / "synsets.txt"),
+                      r"val_synsets numbers the labels of a val_labels file; pass --val_labels FILE too"),
 }
 
 
