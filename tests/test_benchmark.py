@@ -57,7 +57,7 @@ def check_report(report, with_baseline):
         assert comparison["available"] is True and comparison["reason"] is None
         assert comparison["baseline_available"] is with_baseline
 
-    from mobilenetv3.model import count_complexity, create_model
+    from mobilenetv3 import count_complexity, create_model
     model = report["models"]["small"]
     assert model["params"] == SMALL_PARAMS
     assert model["macs"] == count_complexity(create_model("mobilenet_v3_small"), 64).macs
