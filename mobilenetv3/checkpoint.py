@@ -19,6 +19,7 @@ from .errors import UserError
 
 META_KEY = "meta"
 OPTIMIZER_PREFIX, EMA_PREFIX = "opt.", "ema."
+RUNNING_STATS = ("moving_mean", "moving_variance")  # BatchNorm's, not trained by gradients
 CLASSIFIER_OUT = ("classifier.3.weight", "classifier.3.bias")
 NAME_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
 
@@ -96,14 +97,19 @@ def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = Fals
     With `new_classifier_ok`, a checkpoint for another number of classes loads everything but the
     last Linear layer, which keeps its fresh initialisation (fine-tuning), and says so. Any other
     mismatch is an error listing the names at fault.
+
+    With `use_ema`, the EMA weights ("ema.<name>") are loaded instead of the raw ones. BatchNorm running
+    statistics are the EMA of them where the checkpoint has it (the trainer averages them too), else the
+    raw ones (EMA weights from elsewhere that average trainable parameters only).
     """
     params, meta = load(path)
-    prefix = EMA_PREFIX if use_ema else ""
-    if use_ema and not any(name.startswith(EMA_PREFIX) for name in params):
-        raise UserError(f"checkpoint {path} has no EMA weights (train with --ema_decay > 0)")
-    weights = {name[len(prefix):]: p for name, p in params.items()
-               if name.startswith(prefix) and not name.startswith(OPTIMIZER_PREFIX)
-               and (use_ema or not name.startswith(EMA_PREFIX))}
+    weights = {name: p for name, p in params.items() if not name.startswith((OPTIMIZER_PREFIX, EMA_PREFIX))}
+    if use_ema:
+        averaged = {name[len(EMA_PREFIX):]: p for name, p in params.items() if name.startswith(EMA_PREFIX)}
+        if not averaged:
+            raise UserError(f"--use_ema: checkpoint {path} has no EMA weights (its run trained without --ema_decay); "
+                            "drop --use_ema or pass a checkpoint of a run with --ema_decay > 0")
+        weights = {**{name: p for name, p in weights.items() if name.endswith(RUNNING_STATS)}, **averaged}
     own = {p.name: p for p in net.get_parameters()}
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -268,7 +274,8 @@ def model_from_checkpoint(config, path=None):
     """The eval-mode model a checkpoint was saved for, and its meta.
 
     The architecture comes from the checkpoint's meta (BN eps included: timm weights use 1e-5);
-    --model, --num_classes and --width must agree with it, so a wrong flag is one clear error.
+    --model, --num_classes and --width must agree with it, so a wrong flag is one clear error. With
+    config.use_ema the weights are the EMA ones, and the meta says so ("weights": "ema").
     """
     from .model import create_model
     path = path or config.pretrained
@@ -278,6 +285,6 @@ def model_from_checkpoint(config, path=None):
     check_model_matches(meta, path, config.model, config.num_classes, config.width)
     net = create_model(config.model, config.num_classes, config.width, config.dropout_rate,
                        meta.get("bn_momentum", config.bn_momentum), meta.get("bn_eps", config.bn_eps))
-    load_weights(net, path, new_classifier_ok=False)
+    load_weights(net, path, new_classifier_ok=False, use_ema=config.use_ema)
     net.set_train(False)
-    return net, meta
+    return net, dict(meta, weights="ema") if config.use_ema else meta

@@ -7,6 +7,8 @@ Examples:
   python scripts/eval.py --config configs/fashion_mnist_demo.yaml --pretrained demo.ckpt --json metrics.json
   python scripts/eval.py --device_target CPU --data_url ./dataset/imagenet --pretrained small.ckpt \\
       --backend onnxruntime --threads 2
+  # the EMA weights of a run trained with --ema_decay (BatchNorm statistics averaged too)
+  python scripts/eval.py --data_url ./dataset/imagenet --pretrained large.ckpt --use_ema
 
 Prints {'Top_1_Accuracy': ..., 'Top_5_Accuracy': ...}, then the mean loss and image count; on stderr, the
 preprocessing used (the model's own, recorded in its meta, unless --interpolation, --crop_pct, --mean or --std
