@@ -57,6 +57,15 @@ def test_o2_clips_and_averages_the_float32_weights_and_skips_overflowed_steps(sm
     assert net(images).dtype == ms.float16  # O2 computes in float16 from those float32 weights
 
 
+@pytest.mark.slow  # O2 compiles for a minute on CPU; its step is tested above
+def test_training_at_o2_saves_float32_ema_weights_beside_the_loss_scale_state(small_config):
+    params, meta = checkpoint.load(train(small_config(amp_level="O2", ema_decay=0.9, epoch_size=1)))
+    model = {n for n in params if not n.startswith((checkpoint.EMA_PREFIX, checkpoint.OPTIMIZER_PREFIX))}
+    ema = {n[len(checkpoint.EMA_PREFIX):] for n in params if n.startswith(checkpoint.EMA_PREFIX)}
+    assert ema == model and all(params[checkpoint.EMA_PREFIX + n].dtype == ms.float32 for n in ema)
+    assert meta["config"]["amp_level"] == "O2" and "opt.scale_sense" in params
+
+
 def test_o1_is_refused_with_the_reason(small_config):
     with pytest.raises(UserError, match=r"amp_level O1 cannot build this network: .*mindspore\.rewrite.*use "
                                         r"--amp_level O2"):
