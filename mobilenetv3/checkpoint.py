@@ -19,6 +19,7 @@ from .errors import UserError
 
 META_KEY = "meta"
 OPTIMIZER_PREFIX, EMA_PREFIX = "opt.", "ema."
+RUNNING_STATS = ("moving_mean", "moving_variance")  # BatchNorm's, not trained by gradients
 CLASSIFIER_OUT = ("classifier.3.weight", "classifier.3.bias")
 NAME_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
 
@@ -96,14 +97,19 @@ def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = Fals
     With `new_classifier_ok`, a checkpoint for another number of classes loads everything but the
     last Linear layer, which keeps its fresh initialisation (fine-tuning), and says so. Any other
     mismatch is an error listing the names at fault.
+
+    With `use_ema`, the EMA weights ("ema.<name>") are loaded instead of the raw ones. BatchNorm running
+    statistics are the EMA of them where the checkpoint has it (the trainer averages them too), else the
+    raw ones (EMA weights from elsewhere that average trainable parameters only).
     """
     params, meta = load(path)
-    prefix = EMA_PREFIX if use_ema else ""
-    if use_ema and not any(name.startswith(EMA_PREFIX) for name in params):
-        raise UserError(f"checkpoint {path} has no EMA weights (train with --ema_decay > 0)")
-    weights = {name[len(prefix):]: p for name, p in params.items()
-               if name.startswith(prefix) and not name.startswith(OPTIMIZER_PREFIX)
-               and (use_ema or not name.startswith(EMA_PREFIX))}
+    weights = {name: p for name, p in params.items() if not name.startswith((OPTIMIZER_PREFIX, EMA_PREFIX))}
+    if use_ema:
+        averaged = {name[len(EMA_PREFIX):]: p for name, p in params.items() if name.startswith(EMA_PREFIX)}
+        if not averaged:
+            raise UserError(f"--use_ema: checkpoint {path} has no EMA weights (its run trained without --ema_decay); "
+                            "drop --use_ema or pass a checkpoint of a run with --ema_decay > 0")
+        weights = {**{name: p for name, p in weights.items() if name.endswith(RUNNING_STATS)}, **averaged}
     own = {p.name: p for p in net.get_parameters()}
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

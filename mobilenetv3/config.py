@@ -101,6 +101,8 @@ class Config:
     eval_interval: int = key(0, "Validate every this many epochs (0: never)", minimum=0)
     resume: Optional[str] = key(None, "Checkpoint to resume from, or 'auto' for the latest in ckpt_save_dir")
     # Evaluation, inference and export.
+    use_ema: bool = key(False, "Use the checkpoint's EMA weights (saved by training with --ema_decay; BatchNorm "
+                        "statistics averaged too) instead of its raw ones")
     top_k: int = key(5, "Predictions printed per image", minimum=1)
     output: Optional[str] = key(None, "Output file: predictions (.json or .csv) for infer, "
                                 "the converted .ckpt for convert_weights")
@@ -135,10 +137,11 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 # The keys each script offers as flags (a YAML file may carry any key; the others are ignored there).
 MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
 PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
-EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "batch_size", "num_parallel_workers",
-                  "resize", *PREPROCESSING_KEYS, "seed"]
-TRAIN_KEYS = [name for name in FIELDS if name not in ("top_k", "output", "json", "val_labels", "val_synsets", "backend",
-                                                     "threads", "file_format", "file_name", "source", "input", "preset")]
+EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "use_ema", "batch_size",
+                  "num_parallel_workers", "resize", *PREPROCESSING_KEYS, "seed"]
+TRAIN_KEYS = [name for name in FIELDS if name not in ("use_ema", "top_k", "output", "json", "val_labels", "val_synsets",
+                                                     "backend", "threads", "file_format", "file_name", "source",
+                                                     "input", "preset")]
 EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json", "val_labels", "val_synsets"]
 INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
@@ -280,7 +283,9 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
         meta = FIELDS[name].metadata
         default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else []
         choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
-        parser.add_argument(f"--{name}", dest=name, metavar="VALUE", default=argparse.SUPPRESS,
+        # A true/false key given alone (--use_ema) means true.
+        alone = dict(nargs="?", const="true") if FIELDS[name].type is bool else {}
+        parser.add_argument(f"--{name}", dest=name, metavar="VALUE", default=argparse.SUPPRESS, **alone,
                             help=f"{meta['help']}{choices}; default {default!r}")
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -37,9 +37,11 @@ def with_extension(path, file_format: str) -> Path:
     return path if path.suffix == extension else path.with_name(path.name + extension)
 
 
-def export_path(checkpoint, file_format: str, file_name: Optional[str] = None) -> Path:
-    """Where to export: `file_name`, else next to the checkpoint under its name; with the format's extension."""
-    return with_extension(file_name or Path(checkpoint).with_suffix(""), file_format)
+def export_path(checkpoint, file_format: str, file_name: Optional[str] = None, use_ema: bool = False) -> Path:
+    """Where to export: `file_name`, else next to the checkpoint under its name (with -ema added for its EMA
+    weights); with the format's extension."""
+    checkpoint = Path(checkpoint)
+    return with_extension(file_name or checkpoint.with_name(checkpoint.stem + ("-ema" if use_ema else "")), file_format)
 
 
 def meta_path(exported) -> Path:

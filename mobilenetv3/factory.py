@@ -45,7 +45,8 @@ def model_from_checkpoint(config, path=None):
     """The eval-mode model a checkpoint was saved for, and its meta: what eval, infer and export run.
 
     --model, --num_classes and --width must agree with the checkpoint's meta (one clear error otherwise);
-    BatchNorm's eps and momentum come from the meta, else from the config.
+    BatchNorm's eps and momentum come from the meta, else from the config. With config.use_ema the weights
+    are the EMA ones, and the meta says so ("weights": "ema").
     """
     path = path or config.pretrained
     if not path:
@@ -54,6 +55,6 @@ def model_from_checkpoint(config, path=None):
     check_model_matches(meta, path, config.model, config.num_classes, config.width)
     net = MobileNetV3(ARCHITECTURES[config.model], config.num_classes, config.width, config.dropout_rate,
                       meta.get("bn_momentum", config.bn_momentum), meta.get("bn_eps", config.bn_eps))
-    load_weights(net, path, new_classifier_ok=False)
+    load_weights(net, path, new_classifier_ok=False, use_ema=config.use_ema)
     net.set_train(False)
-    return net, meta
+    return net, dict(meta, weights="ema") if config.use_ema else meta

@@ -58,6 +58,9 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
     if not path:
         raise UserError("no model given: pass --pretrained CKPT or an exported .mindir or .onnx")
     file_format, backend = EXPORTED_FORMATS.get(Path(path).suffix.lower(), (None, config.backend))
+    if file_format and config.use_ema:
+        raise UserError(f"--use_ema picks a checkpoint's EMA weights, but {path} is an exported {file_format} model; "
+                        "drop --use_ema, or export the checkpoint with --use_ema")
     if backend != config.backend:
         raise UserError(f"{path} is an exported {file_format} model: run it with --backend {backend} "
                         f"(or pass the checkpoint it was exported from)")

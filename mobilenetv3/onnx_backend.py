@@ -66,10 +66,11 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-def cache_path(checkpoint_path, image_size: int) -> Path:
-    """Where the checkpoint's export for `image_size`-pixel images is cached: next to it."""
+def cache_path(checkpoint_path, image_size: int, use_ema: bool = False) -> Path:
+    """Where the checkpoint's export for `image_size`-pixel images (of its EMA weights with `use_ema`) is
+    cached: next to it."""
     checkpoint_path = Path(checkpoint_path)
-    return checkpoint_path.with_name(f"{checkpoint_path.stem}-{image_size}px.onnx")
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}{'-ema' if use_ema else ''}-{image_size}px.onnx")
 
 
 def cached_export(config) -> Path:
@@ -78,7 +79,7 @@ def cached_export(config) -> Path:
     checked against the checkpoint's meta either way."""
     source = checkpoint.require_file(config.pretrained)
     key = dict(zip(CACHE_KEYS, (file_sha256(source), CACHE_VERSION)))
-    target = cache_path(source, config.resize)
+    target = cache_path(source, config.resize, config.use_ema)
     cached = export.read_meta(target) if target.is_file() else {}
     if all(cached.get(name) == value for name, value in key.items()):
         checkpoint.check_model_matches(cached, source, config.model, config.num_classes, config.width)

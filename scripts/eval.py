@@ -10,6 +10,8 @@ Examples:
   python scripts/eval.py --data_url ./ILSVRC2012_img_val --pretrained small.ckpt --val_labels val_labels.csv
   python scripts/eval.py --data_url ./ILSVRC2012_img_val --pretrained small.ckpt \\
       --val_labels ILSVRC2012_validation_ground_truth.txt --val_synsets ilsvrc2012_synsets.txt
+  # the EMA weights of a run trained with --ema_decay (BatchNorm statistics averaged too)
+  python scripts/eval.py --data_url ./dataset/imagenet --pretrained large.ckpt --use_ema
 
 Prints {'Top_1_Accuracy': ..., 'Top_5_Accuracy': ...}, then the mean loss and image count; on stderr, the
 preprocessing used (the model's own, recorded in its meta, unless --interpolation, --crop_pct, --mean or --std

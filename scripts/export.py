@@ -4,6 +4,8 @@ Examples:
   python scripts/export.py --model mobilenet_v3_large --pretrained large.ckpt --file_format MINDIR --resize 224
   python scripts/export.py --model mobilenet_v3_small --pretrained small.ckpt --file_format ONNX \\
       --resize 224 --file_name exported/small --device_target CPU
+  # the EMA weights of a run trained with --ema_decay, to large-ema.mindir
+  python scripts/export.py --model mobilenet_v3_large --pretrained large.ckpt --use_ema
 
 The model is rebuilt in eval mode from the checkpoint's meta (model, num_classes, width, BatchNorm eps);
 --model, --num_classes and --width must agree with it. The batch dimension is dynamic in both formats
@@ -19,8 +21,8 @@ from mobilenetv3.config import PREPROCESSING_KEYS, parse_args, run_cli
 from mobilenetv3.export import export, export_path
 from mobilenetv3.factory import model_from_checkpoint
 
-KEYS = ["device_target", "device_id", "pretrained", "model", "num_classes", "width", "bn_eps", "file_format",
-        "file_name", "resize", *PREPROCESSING_KEYS]
+KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
+        "file_format", "file_name", "resize", *PREPROCESSING_KEYS]
 
 
 def main(argv=None):
@@ -30,8 +32,8 @@ def main(argv=None):
     config, preprocessing_line = preprocessing.resolve(config, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
     meta = dict(meta, preprocessing=preprocessing.of_config(config))
-    path = export(net, export_path(config.pretrained, config.file_format, config.file_name), config.file_format,
-                  config.resize, meta)
+    path = export(net, export_path(config.pretrained, config.file_format, config.file_name, config.use_ema),
+                  config.file_format, config.resize, meta)
     print(f"exported {config.pretrained} to {path}")
 
 

@@ -8,6 +8,7 @@ Examples:
   python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.ckpt --backend onnxruntime
   python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.onnx --backend onnxruntime \\
       --threads 1
+  python scripts/infer.py --data_url ./infer --pretrained large.ckpt --use_ema
 
 Prints each image's top_k class names and probabilities (and, on stderr, the preprocessing used: the model's
 own unless a flag says otherwise); --output writes path, indices, names and probabilities as a JSON list or a

@@ -47,6 +47,13 @@ def test_boolean_spellings(word, value):
     assert parse_args(["--run_distribute", word]).run_distribute is value
 
 
+def test_a_boolean_flag_alone_means_true():
+    assert parse_args(["--use_ema"]).use_ema is True
+    config = parse_args(["--use_ema", "--batch_size", "4", "--dataset_sink_mode"])
+    assert (config.use_ema, config.batch_size, config.dataset_sink_mode) == (True, 4, True)
+    assert parse_args([]).use_ema is False
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--batch_size", "abc"], "batch_size (from --batch_size): expected an integer, got 'abc'"),
     (["--epoch_size", "-3"], "epoch_size (from --epoch_size): must be >= 1, got '-3'"),

@@ -110,6 +110,8 @@ def test_export_names():
     assert export_path("small.ckpt", "ONNX", "out/model") == Path("out/model.onnx")
     assert export_path("small.ckpt", "ONNX", "model.onnx") == Path("model.onnx")
     assert export_path("small.ckpt", "MINDIR", "model.v2") == Path("model.v2.mindir")
+    assert export_path("runs/small-30_100.ckpt", "ONNX", use_ema=True) == Path("runs/small-30_100-ema.onnx")
+    assert export_path("small.ckpt", "ONNX", "model", use_ema=True) == Path("model.onnx")  # a name given is kept
     with pytest.raises(ValueError, match="AIR"):
         export_path("small.ckpt", "AIR")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenetv3 import flat_folder, imagenet
+from mobilenetv3 import imagenet
 from mobilenetv3.config import build_config
 from mobilenetv3.errors import UserError
 from mobilenetv3.evaluation import Metrics, chance_level_warning, evaluate_folder

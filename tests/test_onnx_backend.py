@@ -77,6 +77,7 @@ def test_infer_gives_the_same_predictions_with_both_backends(model_copy, image_f
                        output=outputs[backend])
         assert "18 images predicted, 0 skipped" in out
     assert onnx_backend.cache_path(model_copy, 32) == tmp_path / "small-32px.onnx"
+    assert onnx_backend.cache_path(model_copy, 32, use_ema=True) == tmp_path / "small-ema-32px.onnx"
     assert (tmp_path / "small-32px.onnx").is_file() and (tmp_path / "small-32px.onnx.json").is_file()
     ours, theirs = (json.loads(outputs[backend].read_text()) for backend in ("mindspore", "onnxruntime"))
     assert [r["path"] for r in ours] == [r["path"] for r in theirs] == sorted(
