@@ -4,16 +4,19 @@ Examples:
   python benchmarks/harness.py                                  # small and large, batch 1 and 32, 224 px
   python benchmarks/harness.py --models small --batch_sizes 1 8 64 --json bench.json
   python benchmarks/harness.py --backends onnxruntime --threads 1  # the ONNX Runtime comparison only
+  python benchmarks/harness.py --backends int8 --threads 1        # int8 against float32, both in ONNX Runtime
   python benchmarks/harness.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
   python benchmarks/harness.py --data_only --json data.json      # the data pipelines alone
 
-Two comparisons, each a row group of the table (column "backend"):
+Comparisons, each a row group of the table (column "backend"); the first two run by default:
   mindspore    our MindSpore model (GRAPH mode) against the PyTorch eager twin: training throughput
                (forward, loss, backward, Momentum update), inference throughput, batch-1 latency (median
                and p90), first-step (compile) time, peak RSS and parameter count;
   onnxruntime  our ONNX export (BatchNorm folded, HardSwish fused) against the PyTorch twin exported by
                torch.onnx.export, both in ONNX Runtime with the same threads: the inference figures, and
-               one line per model comparing the two graphs' op counts.
+               one line per model comparing the two graphs' op counts;
+  int8         our ONNX export quantized to int8 (as scripts/export.py --quantize int8 does) against the
+               float32 export, both in ONNX Runtime: the inference figures (--backends int8).
 Each row gives ours, the baseline and the ratio ours/baseline. The baselines need PyTorch (pip install
 torch==2.13.0), the onnxruntime comparison onnxruntime and onnx (pip install onnxruntime onnx); what is
 missing is left out with a NOTE. With the mindspore comparison, the data pipelines follow: ours,
@@ -37,7 +40,7 @@ def main(argv=None):
                         "(--quick: small)")
     parser.add_argument("--batch_sizes", nargs="+", type=int, help="default: 1 32 (--quick: 1 8)")
     parser.add_argument("--backends", nargs="+", choices=harness.BACKENDS,
-                        help=f"comparisons to run; default: {' '.join(harness.BACKENDS)}")
+                        help=f"comparisons to run; default: {' '.join(harness.DEFAULT_BACKENDS)}")
     parser.add_argument("--image_size", type=int, help="default: 224")
     parser.add_argument("--threads", type=int, help="compute threads of every side; default: one per CPU")
     parser.add_argument("--num_parallel_workers", type=int,

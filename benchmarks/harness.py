@@ -6,6 +6,9 @@
   the same opset, both run by onnx_backend.make_session with the same threads; inference only. The
   two exports are made first, each in a helper process, so that the measuring processes hold only
   ONNX Runtime sessions; the report records both graphs' node count and op-type histogram.
+- "int8" (only when asked for, --backends int8): that export quantized to int8 as scripts/export.py
+  --quantize int8 does (export.quantize_onnx, calibrated here on 32 random images: speed does not
+  depend on the values) against the float32 export itself, both in ONNX Runtime as above.
 
 Every model is measured in fresh worker processes, one per side, so that the first-step (compile)
 time and the peak RSS are those of that model alone and the two sides' thread pools never share a
@@ -44,7 +47,9 @@ from mobilenetv3.cpu_info import available_cpus, cpu_flags, cpu_model, physical_
 from mobilenetv3.run_record import peak_rss_mb
 
 MODELS = {"small": "mobilenet_v3_small", "large": "mobilenet_v3_large"}
-BACKENDS = ("mindspore", "onnxruntime")  # keys of COMPARISONS, in the order they run
+BACKENDS = ("mindspore", "onnxruntime", "int8")  # keys of COMPARISONS, in the order they run
+DEFAULT_BACKENDS = ("mindspore", "onnxruntime")
+CALIBRATION_IMAGES = 32  # random ones, for the int8 comparison
 ROLES = ("ours", "baseline")
 SOURCE_IMAGE_SIZE = (500, 375)  # a typical ImageNet photo, width x height
 TORCH_INSTALL = "pip install torch==2.13.0"
@@ -56,7 +61,7 @@ LEARNING_RATE = 1e-3  # small, so that random data cannot drive the weights to i
 class Settings:
     models: List[str] = field(default_factory=lambda: ["small", "large"])  # keys of MODELS
     batch_sizes: List[int] = field(default_factory=lambda: [1, 32])
-    backends: List[str] = field(default_factory=lambda: list(BACKENDS))  # keys of COMPARISONS
+    backends: List[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))  # keys of COMPARISONS
     image_size: int = 224
     num_classes: int = 1000
     threads: int = 0  # 0: one per CPU available to this process
@@ -281,6 +286,15 @@ def export_torch_onnx(model, settings: Settings, path, opset: int) -> dict:
             "export_seconds": time.perf_counter() - start, "graph": graph_summary(path)}
 
 
+def quantize_ours_onnx(float_path, settings: Settings, path) -> dict:
+    """Our float32 export quantized to int8 by export.quantize_onnx, calibrated on random batches."""
+    from mobilenetv3.export import quantize_onnx
+    images, _ = random_batch(CALIBRATION_IMAGES, settings.image_size, settings.num_classes, settings.seed)
+    start = time.perf_counter()
+    written = quantize_onnx(float_path, path, images, {})
+    return {"path": str(written), "quantize_seconds": time.perf_counter() - start, "graph": graph_summary(written)}
+
+
 def in_helper_process(function, *args):
     """function(*args) in a fresh spawned process: its imports and memory stay out of this one."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
@@ -314,6 +328,19 @@ def prepare_onnx_exports(model, settings: Settings, directory: Path, log) -> Pre
     return arguments, info, {}
 
 
+def prepare_int8_exports(model, settings: Settings, directory: Path, log) -> Prepared:
+    """Export ours in float32, then quantize it to int8, each in a helper process, into `directory`."""
+    log(f"{model}: exporting to ONNX and quantizing to int8")
+    try:
+        baseline = in_helper_process(export_ours_onnx, model, settings, directory / "float32.onnx")
+        ours = in_helper_process(quantize_ours_onnx, baseline["path"], settings, directory / "int8.onnx")
+    except ImportError as err:
+        return {}, {}, {role: str(err) for role in ROLES}
+    ours.update(params=baseline["params"], macs=baseline["macs"])
+    arguments = {"ours": (ours.pop("path"), settings), "baseline": (baseline.pop("path"), settings)}
+    return arguments, {"ours": ours, "baseline": baseline}, {}
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Ours against a baseline, each a runner class (built in its worker from prepare's arguments,
@@ -343,6 +370,14 @@ COMPARISONS = {
                      + ONNX_INSTALL,
         baseline_missing="PyTorch is not importable ({reason}): the ONNX Runtime baseline (the PyTorch twin's "
                          "export) is left out; " + TORCH_INSTALL),
+    "int8": Comparison(
+        runners={"ours": OnnxRuntimeRunner, "baseline": OnnxRuntimeRunner}, modes=("infer",),
+        prepare=prepare_int8_exports, ours="our ONNX export quantized to int8 (export.quantize_onnx: QDQ, u8 "
+                                           "activations, s8 per-channel weights) in ONNX Runtime {onnxruntime}",
+        baseline="our float32 ONNX export in ONNX Runtime {onnxruntime}",
+        ours_missing="ONNX Runtime or onnx is not importable ({reason}): the int8 comparison is left out; "
+                     + ONNX_INSTALL,
+        baseline_missing="{reason}"),
 }
 SETTLE_LIMIT = 3.0  # seconds
 

@@ -117,12 +117,19 @@ class Config:
                                      "k is then line k, counted from 1 (the devkit's ILSVRC2012_IDs: see the "
                                      "README for writing this file from its meta.mat)")
     backend: str = key("mindspore", "Engine for eval and infer: onnxruntime runs the checkpoint exported to ONNX "
-                       "(once, cached next to it) or a given .onnx, much faster on CPU (pip install onnxruntime)",
+                       "(once, cached next to it) or a given .onnx, much faster on CPU (pip install onnxruntime); "
+                       "an exported .onnx or .mindir picks its own unless this is given",
                        choices=["mindspore", "onnxruntime"])
     threads: int = key(0, "CPU threads for eval and infer (MindSpore CPU kernels, ONNX Runtime intra-op); "
                        "0: one per physical core", minimum=0)
     file_format: str = key("MINDIR", "Export format", choices=["MINDIR", "ONNX"])
     file_name: Optional[str] = key(None, "Export file name (default: next to the checkpoint)")
+    quantize: str = key("none", "Export int8: also quantize the ONNX export with ONNX Runtime (static, calibrated on "
+                        "calib_data) into <file_name>.int8.onnx; needs file_format ONNX", choices=["none", "int8"])
+    calib_data: Optional[str] = key(None, "Export with quantize int8: folder of images like those the model will "
+                                    "see (searched recursively; class folders or not)")
+    calib_images: int = key(300, "Export with quantize int8: images drawn from calib_data (evenly spaced over its "
+                            "sorted list, so every class folder contributes)", minimum=1)
     # Weight conversion from PyTorch.
     source: str = key("auto", "Parameter naming of the weights to convert (auto: told by the names)",
                       choices=["auto", "torchvision", "timm"])
@@ -140,8 +147,8 @@ PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
 EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "use_ema", "batch_size",
                   "num_parallel_workers", "resize", *PREPROCESSING_KEYS, "seed"]
 TRAIN_KEYS = [name for name in FIELDS if name not in ("use_ema", "top_k", "output", "json", "val_labels", "val_synsets",
-                                                     "backend", "threads", "file_format", "file_name", "source",
-                                                     "input", "preset")]
+                                                     "backend", "threads", "file_format", "file_name", "quantize",
+                                                     "calib_data", "calib_images", "source", "input", "preset")]
 EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json", "val_labels", "val_synsets"]
 INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}

@@ -2,10 +2,12 @@
 
 Both formats take any batch size: the batch dimension is exported as dynamic (named "batch" in ONNX,
 whose input is "images" and output "logits"); height and width are fixed at the exported image size.
-Next to the file, <file>.json (model.mindir.json, model.onnx.json: one per exported file, so exports of
-both formats under one name never share one) holds the checkpoint's meta (model, num_classes, width,
-bn_eps, classes...) and the image size, so inference from the exported file can check its flags and name
-the classes.
+The checkpoint's meta (model, num_classes, width, bn_eps, classes, preprocessing...) and the image size
+travel with the file, so the file alone is enough to predict: an ONNX file carries them as JSON in its
+metadata_props under ONNX_META_KEY (ONNX Runtime reads them without the onnx package:
+session.get_modelmeta().custom_metadata_map). A MINDIR has them next to it in <file>.json
+(model.mindir.json): MindIR can hold strings (export's custom_func, the proto's user_info), but
+mindspore.load gives no access to them, only a deprecated proto reader does.
 
 The ONNX graph is rewritten into the form torchvision's export has, which is what ONNX Runtime runs
 fastest: BatchNorm folded into the convolution before it, and the written-out x * relu6(x + 3) / 6 and
@@ -13,20 +15,23 @@ relu6(x + 3) / 6 (Add, Clip, Mul, Div) replaced by single HardSwish and HardSigm
 Runtime fuses into the convolutions; opset 14, the first with HardSwish.
 """
 import json
+import logging
+import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import mindspore as ms
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, data
 from .errors import UserError
 from .passes import written_out
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
 ONNX_OPSET = 14  # the first with HardSwish
+ONNX_META_KEY = "mobilenetv3.meta"  # metadata_props key of the JSON meta in an ONNX file
 
 
 def with_extension(path, file_format: str) -> Path:
@@ -45,33 +50,44 @@ def export_path(checkpoint, file_format: str, file_name: Optional[str] = None, u
 
 
 def meta_path(exported) -> Path:
-    """The JSON file with the meta of an exported model: its full name with .json added."""
+    """The JSON file with the meta of an exported MINDIR (or of an ONNX file exported before the meta went
+    inside it): its full name with .json added."""
     exported = Path(exported)
     return exported.with_name(exported.name + ".json")
 
 
-def read_meta(exported) -> dict:
-    """The meta written next to an exported model, or {} if there is none (a file from elsewhere)."""
+def read_meta(exported, embedded: Optional[str] = None) -> dict:
+    """The meta of an exported model: `embedded`, the JSON text the file carries itself (an ONNX file's
+    ONNX_META_KEY), else the meta_path file next to it, else {} (a file from elsewhere)."""
     path = meta_path(exported)
-    if not path.is_file():
-        return {}
+    where = f"{path} (the meta of {exported})" if embedded is None else f"the {ONNX_META_KEY} metadata of {exported}"
     try:
-        return json.loads(path.read_text())
+        if embedded is None:
+            if not path.is_file():
+                return {}
+            embedded = path.read_text()
+        meta = json.loads(embedded)
     except (OSError, ValueError) as err:
-        raise UserError(f"{path} (the meta of {exported}) is not readable JSON ({err}); "
-                        "export again or delete it") from None
+        raise UserError(f"{where} is not readable JSON ({err}); export again") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{where} is not a JSON object; export again")
+    return meta
 
 
-def checked_meta(path, file_format: str, config) -> dict:
-    """The meta written next to an exported model (meta_path), checked like a checkpoint's: model,
-    num_classes, width and image size must agree with the flags. num_classes is the flag's without a meta."""
+def checked_meta(path, file_format: str, config, embedded: Optional[str] = None) -> dict:
+    """The meta of an exported model (read_meta), checked like a checkpoint's against the flags given: the
+    file fixes model, num_classes, width and image size, so only --model, --num_classes, --width or --resize
+    saying otherwise is an error (preprocessing.recorded takes the image size from it). num_classes is the
+    config's without a meta."""
     checkpoint.require_file(path, f"{file_format} file")
-    meta = read_meta(path)
-    checkpoint.check_model_matches(meta, path, config.model, config.num_classes, config.width)
+    meta = read_meta(path, embedded)
+    flags = getattr(config, "flags", frozenset())
+    checkpoint.check_model_matches(meta, path, *(getattr(config, key) if key in flags else None
+                                                 for key in ("model", "num_classes", "width")))
     image_size = meta.get("image_size", config.resize)
-    if image_size != config.resize:
-        raise UserError(f"{path} was exported for {image_size}-pixel images, but resize is {config.resize}; "
-                        f"pass --resize {image_size}")
+    if image_size != config.resize and "resize" in flags:
+        raise UserError(f"{path} was exported for {image_size}-pixel images, but --resize is {config.resize}; "
+                        f"pass --resize {image_size} or leave it out")
     return dict(meta, num_classes=meta.get("num_classes", config.num_classes))
 
 
@@ -79,9 +95,10 @@ def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = 
     """Write `net` in eval mode for NCHW float32 images of `image_size`; returns the file written. `net`
     is changed in place into ops every exporter knows (passes.written_out).
 
-    With `meta` (the checkpoint's), also writes it with "image_size" to meta_path(file).
+    With `meta` (the checkpoint's), the file carries it with "image_size" (see the module docstring).
     """
     path = with_extension(path, file_format)
+    meta = None if meta is None else dict(meta, image_size=image_size)
     net.set_train(False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,17 +107,19 @@ def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = 
             ms.export(net, ms.Tensor(shape=[None, 3, image_size, image_size], dtype=ms.float32),
                       file_name=str(path), file_format=file_format)
         else:
-            _export_onnx(net, path, image_size)
+            _export_onnx(net, path, image_size, meta)
         if not path.is_file():
             raise UserError(f"MindSpore reported no error but wrote no {path}")
-        if meta is not None:
-            meta_path(path).write_text(json.dumps(dict(meta, image_size=image_size), indent=1))
+        if file_format == "MINDIR" and meta is not None:
+            meta_path(path).write_text(json.dumps(meta, indent=1))
+        elif file_format == "ONNX":
+            meta_path(path).unlink(missing_ok=True)  # an older export's, which would contradict the file
     except OSError as err:
         raise UserError(f"could not write {path} ({err}); check that {path.parent} is writable") from None
     return path
 
 
-def _export_onnx(net, path: Path, image_size: int):
+def _export_onnx(net, path: Path, image_size: int, meta: Optional[dict]):
     try:
         import onnx
     except ImportError:
@@ -114,8 +133,18 @@ def _export_onnx(net, path: Path, image_size: int):
     for output in model.graph.output:
         output.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
     fuse_onnx_graph(model)
+    if meta is not None:
+        set_onnx_meta(model, meta)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
+
+
+def set_onnx_meta(model, meta: dict):
+    """Put `meta` into the ONNX model's metadata_props as JSON under ONNX_META_KEY, in place."""
+    kept = [prop for prop in model.metadata_props if prop.key != ONNX_META_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=ONNX_META_KEY, value=json.dumps(meta))
 
 
 def fuse_onnx_graph(model):
@@ -208,3 +237,152 @@ class _OnnxGraph:
             return {}
         fused.output.append(div.output[0])
         return {**{id(node): None for node in pattern}, id(div): fused}
+
+
+INT8_SUFFIX = ".int8.onnx"
+CALIBRATION_BATCH = 16  # images per calibration run
+
+
+def int8_path(path) -> Path:
+    """Where the int8 version of the ONNX file `path` goes: model.onnx -> model.int8.onnx."""
+    path = Path(path)
+    return path if path.name.endswith(INT8_SUFFIX) else path.with_name(path.name[:-len(".onnx")] + INT8_SUFFIX)
+
+
+def calibration_paths(folder, count: int) -> list:
+    """`count` image files of `folder` (recursively), evenly spaced over their sorted list: the same files on
+    every run, and every class folder of a class-folder tree contributes in proportion to its size."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--calib_data {folder} is not a directory")
+    paths = data.list_images(folder)
+    if not paths:
+        raise UserError(f"--calib_data {folder} has no image files ({', '.join(sorted(data.IMAGE_EXTENSIONS))}, any "
+                        "case, in any subfolder); give a folder of images like those the model will see")
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))
+    return [paths[i] for i in picks]
+
+
+def calibration_images(paths, transform) -> Tuple[np.ndarray, list]:
+    """(`paths` put through `transform`, stacked as float32 NCHW, [(path, error)] of the unreadable ones
+    skipped); none readable is a UserError. All are held at once (300 images of 224 px: 180 MB), so that
+    calibration can run them batch by batch."""
+    images, skipped = [], []
+    for path in paths:
+        try:
+            images.append(transform(data.read_rgb(path)))
+        except (OSError, ValueError, RuntimeError) as err:
+            skipped.append((path, err))
+    if not images:
+        raise UserError(f"none of the {len(paths)} calibration images could be read (first: {skipped[0][0]}: "
+                        f"{skipped[0][1]})")
+    return np.stack(images).astype(np.float32), skipped
+
+
+def float_nodes(model) -> list:
+    """Names of the nodes quantize_onnx leaves in float32: the classifier, everything after the final global
+    pooling (the mean whose result does not scale features, as a squeeze-excitation's does), so the logits
+    are not rounded to an int8 grid. See docs/performance.md, int8, for why the rest is quantized."""
+    readers = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    pools = [node for node in model.graph.node if node.op_type == "ReduceMean"]
+    if not pools:
+        return []
+    names, pending = [], list(readers[pools[-1].output[0]])
+    while pending:
+        node = pending.pop()
+        if node.name not in names:
+            names.append(node.name)
+            pending.extend(reader for output in node.output for reader in readers[output])
+    return names
+
+
+def write_out_hard_activations(model):
+    """HardSwish(x) -> x * Clip(x + 3, 0, 6) * (1/6) and HardSigmoid(x) -> Clip(x + 3, 0, 6) * (1/6), in place:
+    the inverse of fuse_onnx_graph's fusion, with the division as a product. ONNX Runtime has int8 kernels for
+    Add and Mul and folds the Clip into the quantization range, but none for HardSwish or HardSigmoid, which
+    would run in float32 between a DequantizeLinear and a QuantizeLinear."""
+    from onnx import helper, numpy_helper
+    constants = {"three": 3.0, "zero": 0.0, "six": 6.0, "sixth": 1.0 / 6.0}
+    model.graph.initializer.extend(numpy_helper.from_array(np.array(value, np.float32), f"hard_activation.{name}")
+                                   for name, value in constants.items())
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type not in ("HardSwish", "HardSigmoid"):
+            nodes.append(node)
+            continue
+        x, name = node.input[0], node.name
+        nodes += [helper.make_node("Add", [x, "hard_activation.three"], [f"{name}.plus3"], name=f"{name}.add"),
+                  helper.make_node("Clip", [f"{name}.plus3", "hard_activation.zero", "hard_activation.six"],
+                                   [f"{name}.relu6"], name=f"{name}.clip")]
+        gate = f"{name}.relu6"
+        if node.op_type == "HardSwish":
+            nodes.append(helper.make_node("Mul", [x, gate], [f"{name}.times"], name=f"{name}.mul"))
+            gate = f"{name}.times"
+        nodes.append(helper.make_node("Mul", [gate, "hard_activation.sixth"], list(node.output), name=f"{name}.div"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+class _WithoutPreprocessingAdvice(logging.Filter):
+    """Drops ONNX Runtime's advice to run its quantization pre-processing first: our export is already
+    optimised (BatchNorm folded), and that pass would split HardSwish into ops without int8 kernels."""
+
+    def filter(self, record):
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
+    """Static int8 quantization of our float ONNX export `float_path` into `path` with ONNX Runtime:
+    activations uint8 and weights int8 per output channel (ONNX Runtime's u8s8 kernels, VNNI where the CPU
+    has it), QDQ format, activation ranges (min/max) measured on `images` (float32 NCHW, as the model gets
+    them: calibration_images); float_nodes (the classifier) stay float32. `path` carries `meta` with
+    "quantization" added (see set_onnx_meta); returns `path`."""
+    try:
+        import onnx
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+    except ImportError:
+        raise UserError("--quantize int8 needs ONNX Runtime and onnx: pip install onnxruntime onnx "
+                        "(or pip install .[onnx])") from None
+
+    class Reader(CalibrationDataReader):
+        """Batch by batch: with CalibStridedMinMax 1 ONNX Runtime computes the ranges of each batch and merges
+        them, so only one batch's activations are held at a time. (CalibMaxIntermediateOutputs would bound
+        them too, but ONNX Runtime 1.32 drops the batches collected so far instead of merging them.)"""
+        pending = iter(())
+
+        def __len__(self):
+            return -(-len(images) // CALIBRATION_BATCH)
+
+        def set_range(self, start_index, end_index):
+            self.pending = iter(range(start_index, end_index))
+
+        def get_next(self):
+            batch = next(self.pending, None)
+            return None if batch is None else {
+                INPUT_NAME: images[batch * CALIBRATION_BATCH:(batch + 1) * CALIBRATION_BATCH]}
+
+    model = onnx.load(str(float_path))
+    write_out_hard_activations(model)
+    path = Path(path)
+    float_file = path.with_name(f".{path.name}.{os.getpid()}.float.onnx")
+    advice = _WithoutPreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        onnx.save(model, str(float_file))
+        quantize_static(str(float_file), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_nodes(model),
+                        extra_options={"CalibStridedMinMax": 1})
+    finally:
+        logging.getLogger().removeFilter(advice)
+        float_file.unlink(missing_ok=True)
+    model = onnx.load(str(path))
+    settings = dict(format="QDQ", activations="uint8", weights="int8 per channel", calibration="minmax",
+                    calibration_images=len(images))
+    set_onnx_meta(model, dict(meta, quantization=settings))
+    onnx.save(model, str(path))
+    return Path(path)

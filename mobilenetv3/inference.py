@@ -5,6 +5,7 @@ Images go through the eval transforms one by one (decoded with Pillow, so any mo
 works); files that cannot be read are skipped and reported with the reason, never fatal.
 """
 import csv
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
 
     mindspore runs a .ckpt (with BatchNorm folded into the convolutions, see folding; logits agree with the
     unfolded network to float32 rounding) or an exported .mindir, onnxruntime a .ckpt (exported to ONNX
-    once, see onnx_backend) or an exported .onnx. The meta has "num_classes", and "classes" if the model carries its
+    once, see onnx_backend) or an exported .onnx; an exported file picks its backend unless --backend is given. The meta has "num_classes", and "classes" if the model carries its
     own class list. An exported file is checked against the meta written next to it (export.checked_meta).
     """
     path = config.pretrained
@@ -62,8 +63,10 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
         raise UserError(f"--use_ema picks a checkpoint's EMA weights, but {path} is an exported {file_format} model; "
                         "drop --use_ema, or export the checkpoint with --use_ema")
     if backend != config.backend:
-        raise UserError(f"{path} is an exported {file_format} model: run it with --backend {backend} "
-                        f"(or pass the checkpoint it was exported from)")
+        if "backend" in getattr(config, "flags", ()):
+            raise UserError(f"{path} is an exported {file_format} model: run it with --backend {backend} "
+                            f"(or pass the checkpoint it was exported from)")
+        config = dataclasses.replace(config, backend=backend)  # the file says which engine runs it
     if config.backend == "onnxruntime":
         from .onnx_backend import onnx_model
         return onnx_model(config)

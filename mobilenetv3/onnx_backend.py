@@ -2,20 +2,22 @@
 of truth, ONNX Runtime runs the same network several times faster on CPU.
 
 A checkpoint is exported once (export.export: BatchNorm folded, HardSwish/HardSigmoid fused) to
-<checkpoint name>-<resize>px.onnx next to it, with its meta in <checkpoint name>-<resize>px.onnx.json. The meta
-records the SHA-256 of the checkpoint's bytes and CACHE_VERSION; the export is redone when either no
-longer matches. A content hash rather than mtime+size, because every checkpoint of one model has exactly
-the same size, copies (cp -p, rsync -t) carry an older mtime over, and mtimes are coarse on some file
-systems; hashing a 10-20 MB checkpoint takes tens of milliseconds, an export seconds. The cache is written
-to hidden temporary files and renamed, so processes exporting at once (mpirun) never read half a file.
+<checkpoint name>-<resize>px.onnx next to it, which carries its meta. The meta records the SHA-256 of the
+checkpoint's bytes and CACHE_VERSION; the export is redone when either no longer matches. A content hash
+rather than mtime+size, because every checkpoint of one model has exactly the same size, copies (cp -p,
+rsync -t) carry an older mtime over, and mtimes are coarse on some file systems; hashing a 10-20 MB
+checkpoint takes tens of milliseconds, an export seconds. The cache is written to hidden temporary files
+and renamed, so processes exporting at once (mpirun) never read half a file.
 
-An .onnx given directly runs as it is, checked against the .onnx.json next to it like a MINDIR; without one
-(a file from elsewhere, e.g. torchvision's export), against its input shape.
+An .onnx given directly runs as it is, checked against the meta it carries (export.read_meta: in the file, or
+the .onnx.json an older export wrote next to it); without one (a file from elsewhere, e.g. torchvision's export),
+against its input shape. The int8 files export.quantize_onnx writes run the same way.
 """
 import hashlib
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -24,7 +26,7 @@ from .errors import UserError
 from .factory import model_from_checkpoint
 from .runtime import cpu_threads
 
-CACHE_VERSION = 1  # bump when the exported graph changes (export.fuse_onnx_graph), to redo cached exports
+CACHE_VERSION = 2  # bump when the exported graph changes (export.fuse_onnx_graph), to redo cached exports
 CACHE_KEYS = ("source_sha256", "onnx_cache_version")
 
 
@@ -58,6 +60,11 @@ def make_session(path, threads: int = 0):
         raise UserError(f"{path} is truncated, corrupt or not an ONNX model ({type(err).__name__}: {err})") from None
 
 
+def embedded_meta(session) -> Optional[str]:
+    """The JSON meta an ONNX file carries (export.ONNX_META_KEY of its metadata_props), or None."""
+    return session.get_modelmeta().custom_metadata_map.get(export.ONNX_META_KEY)
+
+
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as source:
@@ -73,17 +80,19 @@ def cache_path(checkpoint_path, image_size: int, use_ema: bool = False) -> Path:
     return checkpoint_path.with_name(f"{checkpoint_path.stem}{'-ema' if use_ema else ''}-{image_size}px.onnx")
 
 
-def cached_export(config) -> Path:
-    """The ONNX export of checkpoint config.pretrained for config.resize, made now unless the cached one
-    is of the same checkpoint bytes (see the module docstring). --model, --num_classes and --width are
-    checked against the checkpoint's meta either way."""
+def cached_session(config):
+    """(path, ONNX Runtime session with config.threads threads) of the ONNX export of checkpoint
+    config.pretrained for config.resize, exported now unless the cached one is of the same checkpoint
+    bytes (see the module docstring). --model, --num_classes and --width are checked against the
+    checkpoint's meta either way."""
     source = checkpoint.require_file(config.pretrained)
     key = dict(zip(CACHE_KEYS, (file_sha256(source), CACHE_VERSION)))
     target = cache_path(source, config.resize, config.use_ema)
-    cached = export.read_meta(target) if target.is_file() else {}
+    session = _open_cache(target, config.threads)
+    cached = export.read_meta(target, embedded_meta(session)) if session is not None else {}
     if all(cached.get(name) == value for name, value in key.items()):
         checkpoint.check_model_matches(cached, source, config.model, config.num_classes, config.width)
-        return target
+        return target, session
     if not os.access(target.parent, os.W_OK):
         raise UserError(f"cannot cache the ONNX export of {source}: {target.parent} is not writable; export it with "
                         "scripts/export.py --file_format ONNX --file_name <writable path> and pass that .onnx as "
@@ -93,14 +102,31 @@ def cached_export(config) -> Path:
     try:
         written = export.export(net, partial, "ONNX", config.resize, dict(meta, **key))
         os.replace(written, target)
-        os.replace(export.meta_path(written), export.meta_path(target))
+        export.meta_path(target).unlink(missing_ok=True)  # a cache version that kept the meta beside the file
     except OSError as err:
         raise UserError(f"could not write {target} ({err})") from None
     finally:
         for leftover in partial.parent.glob(f"{partial.name}.*"):
             leftover.unlink(missing_ok=True)
     print(f"exported {source} to {target} for ONNX Runtime", file=sys.stderr)
-    return target
+    return target, make_session(target, config.threads)
+
+
+def _open_cache(target, threads):
+    """A session of the cached export, or None if there is none or it is damaged (it is made again)."""
+    if not target.is_file():
+        return None
+    try:
+        session = make_session(target, threads)
+        export.read_meta(target, embedded_meta(session))
+        return session
+    except UserError:
+        return None
+
+
+def read_meta(path) -> dict:
+    """The meta of the ONNX file `path` (export.read_meta), read through an ONNX Runtime session."""
+    return export.read_meta(path, embedded_meta(make_session(path, 1)))
 
 
 def check_input(session, path, image_size: int):
@@ -120,10 +146,11 @@ def onnx_model(config):
     run by ONNX Runtime with config.threads threads: what inference.load_model returns for this backend."""
     path = Path(config.pretrained)
     if path.suffix.lower() != ".onnx":
-        path = cached_export(config)
-    meta = export.checked_meta(path, "ONNX", config)
-    session = make_session(path, config.threads)
-    check_input(session, path, config.resize)
+        path, session = cached_session(config)
+    else:
+        session = make_session(checkpoint.require_file(path, "ONNX file"), config.threads)
+    meta = export.checked_meta(path, "ONNX", config, embedded_meta(session))
+    check_input(session, path, meta.get("image_size", config.resize))
     input_name = session.get_inputs()[0].name
 
     def predict(images: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 Weight sets differ here (timm evaluates its ra_in1k weights with bicubic resizing, its miil weights with
 mean 0 and std 1, torchvision with bilinear), and the wrong transforms cost accuracy without any error. So
 every artifact records the preprocessing in its meta ("preprocessing": checkpoints written by training,
-conversion with --preset, exports), and eval, infer and export use it. Precedence: a key given on the
+conversion with --preset, exports), and eval, infer and export use it; an exported file also fixes the
+image size ("image_size", used as resize). Precedence: a key given on the
 command line, then what the model records, then the config file and the defaults.
 """
 import dataclasses
@@ -21,12 +22,16 @@ def recorded(meta: dict) -> dict:
     """What a model's meta says about its preprocessing: its "preprocessing", else the keys of the training
     config it carries (checkpoints written before "preprocessing" existed); {} for a model from elsewhere."""
     saved = meta.get("preprocessing") or meta.get("config") or {}
-    return {name: saved[name] for name in PREPROCESSING_KEYS if name in saved}
+    values = {name: saved[name] for name in PREPROCESSING_KEYS if name in saved}
+    if "image_size" in meta:  # an exported model takes images of this size only
+        values["resize"] = meta["image_size"]
+    return values
 
 
 def describe(values: dict) -> str:
     mean, std = (", ".join(f"{v:g}" for v in values[name]) for name in ("mean", "std"))
-    return f"{values['interpolation']}, crop_pct {values['crop_pct']:g}, mean ({mean}), std ({std})"
+    size = f"{values['resize']} px, " if "resize" in values else ""
+    return f"{size}{values['interpolation']}, crop_pct {values['crop_pct']:g}, mean ({mean}), std ({std})"
 
 
 def resolve(config, meta: dict) -> Tuple[object, str]:

@@ -6,27 +6,56 @@ Examples:
       --resize 224 --file_name exported/small --device_target CPU
   # the EMA weights of a run trained with --ema_decay, to large-ema.mindir
   python scripts/export.py --model mobilenet_v3_large --pretrained large.ckpt --use_ema
+  python scripts/export.py --pretrained small.ckpt --file_format ONNX --resize 224 --device_target CPU \\
+      --quantize int8 --calib_data ./dataset/imagenet/train --calib_images 300
 
 The model is rebuilt in eval mode from the checkpoint's meta (model, num_classes, width, BatchNorm eps);
 --model, --num_classes and --width must agree with it. The batch dimension is dynamic in both formats
 (ONNX: input "images" of shape [batch, 3, resize, resize], output "logits"). The file is written to
---file_name, else next to the checkpoint, with .mindir or .onnx added, and the checkpoint's meta (model,
-classes, the preprocessing the model expects, ...) with the image size to that file's name with .json added
-(model.mindir.json). ONNX export needs: pip install onnx.
+--file_name, else next to the checkpoint, with .mindir or .onnx added. The checkpoint's meta (model,
+classes, the preprocessing the model expects, ...) and the image size go with the file: inside an ONNX file
+(its metadata_props, key mobilenetv3.meta), so the .onnx alone is enough for infer.py and eval.py; next to a
+MINDIR in <file>.mindir.json (mindspore.load cannot read metadata back from a MINDIR), so copy both.
+ONNX export needs: pip install onnx.
+
+--quantize int8 also writes <file>.int8.onnx next to the float32 <file>.onnx: static post-training
+quantization by ONNX Runtime (pip install onnxruntime), calibrated on --calib_images images (default 300)
+drawn evenly from the sorted files below --calib_data and put through the eval transforms the model's
+meta says (the same as eval.py and infer.py use). Run it with eval.py/infer.py --backend onnxruntime
+--pretrained <file>.int8.onnx; README "int8" says what it costs in accuracy and gains in speed.
 """
+import importlib.util
 import sys
 
-from mobilenetv3 import preprocessing, runtime
+from mindspore.dataset.transforms import Compose
+
+from mobilenetv3 import data, preprocessing, runtime
 from mobilenetv3.config import PREPROCESSING_KEYS, parse_args, run_cli
-from mobilenetv3.export import export, export_path
+from mobilenetv3.errors import UserError
+from mobilenetv3.export import (calibration_images, calibration_paths, export, export_path, int8_path,
+                                quantize_onnx)
 from mobilenetv3.factory import model_from_checkpoint
 
 KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
-        "file_format", "file_name", "resize", *PREPROCESSING_KEYS]
+        "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images"]
+
+
+def check_quantize(config):
+    """The --quantize int8 errors a user can make, found before anything is exported."""
+    if config.file_format != "ONNX":
+        raise UserError(f"--quantize int8 needs --file_format ONNX (got {config.file_format}): int8 runs with "
+                        "ONNX Runtime")
+    if not config.calib_data:
+        raise UserError("--quantize int8 needs --calib_data DIR: a folder of a few hundred images like those the "
+                        "model will see, to measure the ranges of its activations")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise UserError("--quantize int8 needs ONNX Runtime: pip install onnxruntime (or pip install .[onnx])")
+    return calibration_paths(config.calib_data, config.calib_images)
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=KEYS)
+    calibration = check_quantize(config) if config.quantize == "int8" else None
     runtime.setup(config.device_target, device_id=config.device_id)
     net, meta = model_from_checkpoint(config)
     config, preprocessing_line = preprocessing.resolve(config, meta)
@@ -35,6 +64,12 @@ def main(argv=None):
     path = export(net, export_path(config.pretrained, config.file_format, config.file_name, config.use_ema),
                   config.file_format, config.resize, meta)
     print(f"exported {config.pretrained} to {path}")
+    if calibration is not None:
+        images, skipped = calibration_images(calibration, Compose(data.eval_transforms(config)))
+        for file, reason in skipped:
+            print(f"calibration skipped {file}: {reason}", file=sys.stderr)
+        quantized = quantize_onnx(path, int8_path(path), images, dict(meta, image_size=config.resize))
+        print(f"quantized {path} to {quantized} (int8, calibrated on {len(images)} images from {config.calib_data})")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ Examples:
 
 Prints each image's top_k class names and probabilities (and, on stderr, the preprocessing used: the model's
 own unless a flag says otherwise); --output writes path, indices, names and probabilities as a JSON list or a
-CSV table. Class names come from the checkpoint (for a .mindir or .onnx: the <file>.json that export wrote
-next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
+CSV table. Class names come from the checkpoint (an .onnx from scripts/export.py carries them inside, with
+the image size and preprocessing, so it needs no other flag; a .mindir has them in the <file>.json export
+wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
 (not images, truncated, corrupt) are skipped and listed at the end with the reason. --backend onnxruntime
 runs a checkpoint (exported to ONNX once, cached next to it as <name>-<resize>px.onnx) or an exported .onnx
 with ONNX Runtime: the same predictions, several times faster on CPU.

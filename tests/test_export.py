@@ -123,15 +123,23 @@ def test_script_needs_a_checkpoint():
 
 
 def test_each_exported_file_has_its_own_meta(random_checkpoint, tmp_path):
-    """MINDIR at 64 px, then ONNX at 32 px under the same name: each file keeps the image size it was made for."""
-    pytest.importorskip("onnx")
-    from mobilenetv3.export import meta_path, read_meta
-    from mobilenetv3.export import checked_meta
+    """MINDIR at 64 px, then ONNX at 32 px under the same name: each file keeps the image size it was made for,
+    the MINDIR in model.mindir.json, the ONNX file inside itself (a model.onnx.json an older export left is
+    removed, so nothing beside the file can contradict it)."""
+    onnx = pytest.importorskip("onnx")
+    from mobilenetv3.export import ONNX_META_KEY, checked_meta, meta_path, read_meta
     net, meta = model_from_checkpoint(build_config(overrides=dict(MODEL, pretrained=str(random_checkpoint))))
     mindir = export(net, tmp_path / "model", "MINDIR", 64, meta)
+    meta_path(tmp_path / "model.onnx").write_text('{"image_size": 48}')
     onnx_file = export(net, tmp_path / "model", "ONNX", 32, meta)
-    assert (meta_path(mindir), meta_path(onnx_file)) == (tmp_path / "model.mindir.json", tmp_path / "model.onnx.json")
-    assert (read_meta(mindir)["image_size"], read_meta(onnx_file)["image_size"]) == (64, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mindir", "model.mindir.json", "model.onnx"]
+    embedded = {prop.key: prop.value for prop in onnx.load(str(onnx_file)).metadata_props}[ONNX_META_KEY]
+    assert read_meta(onnx_file, embedded) == dict(meta, image_size=32)
+    assert read_meta(mindir) == dict(meta, image_size=64)
     assert checked_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=64)))["image_size"] == 64
-    with pytest.raises(UserError, match="model.mindir was exported for 64-pixel images, but resize is 32"):
+    with pytest.raises(UserError, match="model.mindir was exported for 64-pixel images, but --resize is 32"):
         checked_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=32)))
+    # Without --resize the file's size is taken (preprocessing.recorded), whatever the config file says.
+    assert checked_meta(mindir, "MINDIR", build_config())["image_size"] == 64
+    with pytest.raises(UserError, match="the mobilenetv3.meta metadata of .*model.onnx is not readable JSON"):
+        read_meta(onnx_file, "{not json")

@@ -236,7 +236,8 @@ def test_a_folder_of_only_unreadable_files_is_an_error(trained, tmp_path, capsys
 
 @pytest.mark.parametrize("values,message", [
     (dict(output="preds.txt"), r"--output preds.txt: use a file name ending in .json or .csv, got '.txt'"),
-    (dict(resize=64), r"\S+model.mindir was exported for 32-pixel images, but resize is 64; pass --resize 32"),
+    (dict(resize=64), r"\S+model.mindir was exported for 32-pixel images, but --resize is 64; pass --resize 32 or "
+                      r"leave it out"),
     (dict(num_classes=1000), r"\S+model.mindir is for num_classes 3, but num_classes is 1000; pass --num_classes 3"),
     (dict(pretrained="missing.mindir"), r"MINDIR file missing.mindir not found"),
 ], ids=["output_suffix", "resize", "num_classes", "missing"])

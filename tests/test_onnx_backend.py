@@ -78,7 +78,7 @@ def test_infer_gives_the_same_predictions_with_both_backends(model_copy, image_f
         assert "18 images predicted, 0 skipped" in out
     assert onnx_backend.cache_path(model_copy, 32) == tmp_path / "small-32px.onnx"
     assert onnx_backend.cache_path(model_copy, 32, use_ema=True) == tmp_path / "small-ema-32px.onnx"
-    assert (tmp_path / "small-32px.onnx").is_file() and (tmp_path / "small-32px.onnx.json").is_file()
+    assert (tmp_path / "small-32px.onnx").is_file() and not (tmp_path / "small-32px.onnx.json").exists()
     ours, theirs = (json.loads(outputs[backend].read_text()) for backend in ("mindspore", "onnxruntime"))
     assert [r["path"] for r in ours] == [r["path"] for r in theirs] == sorted(
         str(p) for p in (image_folder / "val").glob("*/*.jpg"))
@@ -117,9 +117,9 @@ def onnx_logits(path, images):
 
 def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy, monkeypatch):
     config = build_config(overrides=dict(SETTINGS, pretrained=str(model_copy)))
-    cached = onnx_backend.cached_export(config)
+    cached, _ = onnx_backend.cached_session(config)
     assert cached == model_copy.with_name("small-32px.onnx")
-    meta = export.read_meta(cached)
+    meta = onnx_backend.read_meta(cached)
     assert meta["source_sha256"] == onnx_backend.file_sha256(model_copy) and meta["classes"] == CLASSES
     written = cached.stat().st_mtime_ns
     images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
@@ -127,7 +127,7 @@ def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy,
 
     with monkeypatch.context() as patched:
         patched.setattr(export, "export", lambda *args, **kwargs: pytest.fail("exported again"))
-        assert onnx_backend.cached_export(config) == cached
+        assert onnx_backend.cached_session(config)[0] == cached
     assert cached.stat().st_mtime_ns == written
 
     # New weights of the same size and mtime: the shifted classifier bias shifts every logit by `shift`.
@@ -138,16 +138,16 @@ def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy,
     checkpoint.save(model_copy, params, saved_meta)
     os.utime(model_copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (model_copy.stat().st_size, model_copy.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-    assert onnx_backend.cached_export(config) == cached
-    assert export.read_meta(cached)["source_sha256"] == onnx_backend.file_sha256(model_copy) != meta["source_sha256"]
+    assert onnx_backend.cached_session(config)[0] == cached
+    assert onnx_backend.read_meta(cached)["source_sha256"] == onnx_backend.file_sha256(model_copy) \
+        != meta["source_sha256"]
     assert np.abs(onnx_logits(cached, images) - before - shift).max() <= 1e-5
-    assert sorted(p.name for p in model_copy.parent.iterdir()) == ["small-32px.onnx", "small-32px.onnx.json",
-                                                                   "small.ckpt"]
+    assert sorted(p.name for p in model_copy.parent.iterdir()) == ["small-32px.onnx", "small.ckpt"]
 
 
 def test_a_changed_image_size_gets_an_export_of_its_own(model_copy):
-    paths = {size: onnx_backend.cached_export(build_config(overrides=dict(SETTINGS, resize=size,
-                                                                          pretrained=str(model_copy))))
+    paths = {size: onnx_backend.cached_session(build_config(overrides=dict(SETTINGS, resize=size,
+                                                                           pretrained=str(model_copy))))[0]
              for size in (32, 48)}
     assert paths == {32: model_copy.with_name("small-32px.onnx"), 48: model_copy.with_name("small-48px.onnx")}
     assert [onnx_backend.make_session(p).get_inputs()[0].shape for p in paths.values()] == [
@@ -162,27 +162,28 @@ def test_given_onnx_from_the_export_script(model_copy, image_folder, tmp_path, c
                                                                    backend="onnxruntime")))
     mindspore_predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))
     images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    assert names == CLASSES  # from model.onnx.json
+    assert names == CLASSES  # from the meta inside model.onnx
     np.testing.assert_array_equal(predict(images), cached_predict(images))  # the same export, bit for bit
     assert_same_logits(predict(images), mindspore_predict(images))
 
 
 def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
     export_onnx(model_copy, tmp_path / "model", capsys)
-    onnx_backend.cached_export(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))  # checked too
-    bare = Path(shutil.copy(tmp_path / "model.onnx", tmp_path / "bare.onnx"))  # no meta next to it
+    onnx_backend.cached_session(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))  # checked too
+    bare = without_meta(tmp_path / "model.onnx", tmp_path / "bare.onnx")
     (tmp_path / "corrupt.onnx").write_bytes((tmp_path / "model.onnx").read_bytes()[:3000])
     (tmp_path / "model.mindir").write_bytes(b"never read")
     val = image_folder / "val"
     cases = [
-        (dict(pretrained=tmp_path / "model.onnx"),
+        (dict(pretrained=tmp_path / "model.onnx", backend="mindspore"),
          f"error: {tmp_path}/model.onnx is an exported ONNX model: run it with --backend onnxruntime "
          "(or pass the checkpoint it was exported from)"),
         (dict(pretrained=tmp_path / "model.mindir", backend="onnxruntime"),
          f"error: {tmp_path}/model.mindir is an exported MINDIR model: run it with --backend mindspore "
          "(or pass the checkpoint it was exported from)"),
         (dict(pretrained=tmp_path / "model.onnx", backend="onnxruntime", resize=64),
-         f"error: {tmp_path}/model.onnx was exported for 32-pixel images, but resize is 64; pass --resize 32"),
+         f"error: {tmp_path}/model.onnx was exported for 32-pixel images, but --resize is 64; pass --resize 32 or "
+         "leave it out"),
         (dict(pretrained=bare, backend="onnxruntime", resize=64),
          f"error: {bare} takes images ['batch', 3, 32, 32], but inference needs one input [batch, 3, 64, 64] with "
          "a dynamic batch size; export with scripts/export.py --file_format ONNX or pass --resize to match"),
@@ -199,6 +200,47 @@ def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
     corrupt = script_error("infer", capsys, data_url=val, pretrained=tmp_path / "corrupt.onnx", backend="onnxruntime")
     assert corrupt.startswith(f"error: {tmp_path}/corrupt.onnx is truncated, corrupt or not an ONNX model "
                               "(InvalidProtobuf: ")
+
+
+def without_meta(path, target) -> Path:
+    """A copy of the ONNX file `path` without the meta it carries, as from another exporter."""
+    import onnx
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.save(model, str(target))
+    return Path(target)
+
+
+def test_an_onnx_file_alone_names_the_classes_and_preprocesses_as_in_training(model_copy, image_folder, tmp_path,
+                                                                              capsys):
+    """The export of a checkpoint whose preprocessing is not the defaults, run with only --data_url and --pretrained
+    (no .json beside it, no --backend, --resize, --num_classes or preprocessing flag): the checkpoint's
+    predictions, class names included; the default preprocessing would have given other probabilities."""
+    params, meta = checkpoint.load(model_copy)
+    trained_with = dict(interpolation="bicubic", crop_pct=0.75, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
+    checkpoint.save(model_copy, params, dict(meta, preprocessing=trained_with))
+    given = export_onnx(model_copy, tmp_path / "model", capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "small.ckpt"]
+    assert onnx_backend.read_meta(given)["preprocessing"] == trained_with
+    infer = runpy.run_path(str(REPO / "scripts" / "infer.py"), run_name="infer_script")["main"]
+    onnx_alone = ["--device_target", "CPU", "--data_url", image_folder / "val", "--pretrained", given]
+    records, preprocessing_lines = {}, {}
+    for kind, arguments in {
+            "checkpoint": flags(pretrained=model_copy, data_url=image_folder / "val", output=tmp_path / "ckpt.json"),
+            "onnx": onnx_alone + ["--output", tmp_path / "onnx.json"],
+            "onnx, default preprocessing": onnx_alone + [
+                "--output", tmp_path / "default.json", "--interpolation", "bilinear", "--crop_pct", "0.875",
+                "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]}.items():
+        run_cli(infer, [str(a) for a in arguments])
+        preprocessing_lines[kind] = capsys.readouterr().err.splitlines()[-1]
+        records[kind] = json.loads(Path(arguments[arguments.index("--output") + 1]).read_text())
+    assert preprocessing_lines["onnx"] == ("preprocessing: 32 px, bicubic, crop_pct 0.75, mean (0.5, 0.4, 0.3), "
+                                           "std (0.2, 0.25, 0.3) (from the model's meta)")
+    reference, onnx_probs, default_probs = (probabilities_by_class(records[kind]) for kind in records)
+    assert [r["names"] for r in records["onnx"]] == [r["names"] for r in records["checkpoint"]]
+    assert all(r["names"] == [CLASSES[i] for i in r["indices"]] for r in records["onnx"])
+    assert np.abs(onnx_probs - reference).max() <= 1e-4
+    assert np.abs(default_probs - reference).max() > 1e-2
 
 
 def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):

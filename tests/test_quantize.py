@@ -1,0 +1,171 @@
+"""--quantize int8: scripts/export.py writes an int8 ONNX file that carries the float export's meta, agrees with
+it on the test images, and runs with eval/infer --backend onnxruntime; the user errors are one line each."""
+import importlib.util
+import json
+import runpy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from conftest import REPO  # noqa: E402
+from mobilenetv3 import export, onnx_backend  # noqa: E402
+from mobilenetv3.config import build_config, run_cli  # noqa: E402
+from mobilenetv3.inference import load_predictor  # noqa: E402
+
+CLASSES = ["class_0", "class_1", "class_2"]
+
+
+def script(name):
+    return runpy.run_path(str(REPO / "scripts" / f"{name}.py"), run_name=f"{name}_script")["main"]
+
+
+def export_args(checkpoint_path, file_name, *extra):
+    return ["--device_target", "CPU", "--num_classes", "3", "--resize", "32", "--file_format", "ONNX",
+            "--pretrained", str(checkpoint_path), "--file_name", str(file_name), *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def trained_longer(image_folder, tmp_path_factory):
+    """The test suite's tiny training run, for 6 epochs instead of 2: after 2 one class's activations are
+    tens of times larger than the others', so one int8 range per tensor (set by that class) rounds the
+    others' features to almost nothing and their top-1 to chance; a trained model has no such gap."""
+    from mobilenetv3.trainer import train
+    config = build_config(overrides=dict(
+        device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=6, resize=32,
+        num_parallel_workers=2, bn_momentum=0.9, max_lr=0.05, decay_epoch=6, dataset_sink_mode=False,
+        log_interval=100, ckpt_save_dir=str(tmp_path_factory.mktemp("ckpt"))))
+    return Path(train(config))
+
+
+@pytest.fixture(scope="module")
+def quantized(trained_longer, image_folder, tmp_path_factory):
+    """(float .onnx, int8 .onnx) of the trained model, calibrated on its training images."""
+    folder = tmp_path_factory.mktemp("int8")
+    model = Path(shutil.copy(trained_longer, folder / "small.ckpt"))
+    run_cli(script("export"), export_args(model, folder / "model", "--quantize", "int8", "--calib_data",
+                                          image_folder / "train", "--calib_images", 24))
+    return folder / "model.onnx", folder / "model.int8.onnx"
+
+
+def test_int8_file_carries_the_float_meta_and_is_quantized(quantized):
+    float_path, int8_path = quantized
+    float_meta, int8_meta = onnx_backend.read_meta(float_path), onnx_backend.read_meta(int8_path)
+    assert int8_meta.pop("quantization") == dict(format="QDQ", activations="uint8", weights="int8 per channel",
+                                                 calibration="minmax", calibration_images=24)
+    assert int8_meta == float_meta and int8_meta["classes"] == CLASSES and int8_meta["image_size"] == 32
+    import onnx
+    graph = onnx.load(str(int8_path)).graph
+    producers = {name: node for node in graph.node for name in node.output}
+    weights = {node.name: getattr(producers.get(node.input[1]), "op_type", "initializer")
+               for node in graph.node if node.op_type in ("Conv", "Gemm")}
+    # Every convolution, squeeze-excitation included, reads int8 weights; the classifier's two Gemms stay float.
+    classifier = set(export.float_nodes(onnx.load(str(float_path))))
+    assert {name for name, source in weights.items() if source == "initializer"} == {
+        name for name in classifier if name in weights}
+    assert len([name for name in classifier if name in weights]) == 2 and len(weights) == 52 + 2
+    assert {source for name, source in weights.items() if name not in classifier} == {"DequantizeLinear"}
+    # The hard activations are written out, so that ONNX Runtime's int8 Add and Mul run them.
+    assert not {"HardSwish", "HardSigmoid"} & {node.op_type for node in graph.node}
+
+
+def test_int8_agrees_with_float32_on_the_images(quantized, image_folder):
+    """Top-1 of the int8 file against the float32 export on every image of the synthetic folder (66), and the
+    logits' distance. Measured: agreement 1.0 (66 of 66) and logits within 0.03, where the top-2 margins are
+    0.06 and more; the bounds allow 3 flips and 3x that distance."""
+    settings = dict(device_target="CPU", backend="onnxruntime", resize=32, num_classes=3)
+    (float_predict, _, _), (int8_predict, names, _) = (
+        load_predictor(build_config(overrides=dict(settings, pretrained=str(path)))) for path in quantized)
+    assert names == CLASSES
+    from mindspore.dataset.transforms import Compose
+    from mobilenetv3 import data
+    transform = Compose(data.eval_transforms(build_config(overrides=dict(resize=32))))
+    images = np.stack([transform(data.read_rgb(p)) for p in sorted(Path(image_folder).glob("*/*/*.jpg"))])
+    assert len(images) == 66
+    reference, int8 = float_predict(images), int8_predict(images)
+    agreement = (reference.argmax(axis=1) == int8.argmax(axis=1)).mean()
+    assert agreement >= 0.95, agreement
+    assert 0 < np.abs(reference - int8).max() <= 0.1  # another computation, not the float file again
+
+
+def test_eval_and_infer_run_the_int8_file(quantized, image_folder, tmp_path, capsys):
+    _, int8_path = quantized
+    run_cli(script("infer"), ["--device_target", "CPU", "--backend", "onnxruntime", "--pretrained", str(int8_path),
+                              "--data_url", str(image_folder / "val"), "--output", str(tmp_path / "p.json")])
+    records = json.loads((tmp_path / "p.json").read_text())
+    assert len(records) == 18 and all(r["names"][0] in CLASSES for r in records)
+    run_cli(script("eval"), ["--device_target", "CPU", "--backend", "onnxruntime", "--pretrained", str(int8_path),
+                             "--data_url", str(image_folder), "--json", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text())["images"] == 18
+    assert "preprocessing: 32 px, bilinear" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--quantize", "int8", "--calib_data", "{calib}", "--file_format", "MINDIR"],
+     "error: --quantize int8 needs --file_format ONNX (got MINDIR): int8 runs with ONNX Runtime"),
+    (["--quantize", "int8"],
+     "error: --quantize int8 needs --calib_data DIR: a folder of a few hundred images like those the model will "
+     "see, to measure the ranges of its activations"),
+    (["--quantize", "int8", "--calib_data", "{empty}"],
+     "error: --calib_data {empty} has no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp, any case, in any "
+     "subfolder); give a folder of images like those the model will see"),
+    (["--quantize", "int8", "--calib_data", "{tmp}/missing"],
+     "error: --calib_data {tmp}/missing is not a directory"),
+    (["--quantize", "int8", "--calib_data", "{calib}", "no onnxruntime"],
+     "error: --quantize int8 needs ONNX Runtime: pip install onnxruntime (or pip install .[onnx])"),
+], ids=["mindir", "no calib_data", "empty calib_data", "missing calib_data", "no onnxruntime"])
+def test_quantize_errors_are_one_line(extra, message, trained, image_folder, tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    names = dict(calib=image_folder / "train", empty=tmp_path / "empty", tmp=tmp_path)
+    extra = [value.format(**names) for value in extra]
+    if "no onnxruntime" in extra:
+        extra.remove("no onnxruntime")
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime"
+                            else find_spec(name, *a))
+    with pytest.raises(SystemExit) as stop:
+        run_cli(script("export"), export_args(trained, tmp_path / "model", *extra))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("error")] == [message.format(**names)], err
+    assert not list(tmp_path.glob("model*"))  # refused before exporting anything
+
+
+def test_written_out_hard_activations_compute_the_fused_ones(quantized, tmp_path):
+    """What quantize_onnx quantizes is the float export with HardSwish/HardSigmoid written out: the same logits."""
+    import onnx
+    float_path, _ = quantized
+    model = onnx.load(str(float_path))
+    fused = {op: sum(node.op_type == op for node in model.graph.node) for op in ("HardSwish", "HardSigmoid")}
+    export.write_out_hard_activations(model)
+    ops = [node.op_type for node in model.graph.node]
+    assert fused["HardSwish"] > 0 and fused["HardSigmoid"] == 9 and "HardSwish" not in ops
+    assert ops.count("Clip") == fused["HardSwish"] + fused["HardSigmoid"]
+    onnx.save(model, str(tmp_path / "written_out.onnx"))
+    images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    logits = [onnx_backend.make_session(path, 1).run(None, {export.INPUT_NAME: images})[0]
+              for path in (float_path, tmp_path / "written_out.onnx")]
+    assert np.abs(logits[0]).max() > 0.1 and np.abs(logits[0] - logits[1]).max() <= 1e-5
+
+
+def test_calibration_ranges_cover_every_batch(quantized, tmp_path):
+    """The input's int8 range is the min/max over all calibration images, the first batch's included
+    (ONNX Runtime's CalibMaxIntermediateOutputs would have dropped the first 4 of these 5 batches)."""
+    import onnx
+    from onnx import numpy_helper
+    float_path, _ = quantized
+    images = np.random.default_rng(0).uniform(-1.0, 1.0, (5 * export.CALIBRATION_BATCH, 3, 32, 32)).astype(np.float32)
+    images[0, 0, 0, :2] = [-7.0, 9.0]  # the extremes, in the first batch only
+    written = export.quantize_onnx(float_path, tmp_path / "model.int8.onnx", images, {"classes": CLASSES})
+    model = onnx.load(str(written))
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    quantize_input = next(node for node in model.graph.node
+                          if node.op_type == "QuantizeLinear" and node.input[0] == export.INPUT_NAME)
+    assert float(constants[quantize_input.input[1]]) == pytest.approx(16.0 / 255, rel=1e-6)
+    assert int(constants[quantize_input.input[2]]) == round(7.0 / (16.0 / 255))
+    assert onnx_backend.read_meta(written)["quantization"]["calibration_images"] == 80
