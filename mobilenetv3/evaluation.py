@@ -159,7 +159,7 @@ def evaluate_folder(predict, num_classes: int, config, classes=None, dist=None) 
         if not config.data_url:
             raise UserError("data_url is not set: with --val_labels, pass --data_url FOLDER, the folder of the images")
         folder = flat_folder.scan_labelled_folder(Path(config.data_url), config.val_labels,
-                                                  flat_folder.model_classes(num_classes, classes), config.val_synsets)
+                                                  imagenet.model_classes(num_classes, classes), config.val_synsets)
     else:
         folder = data.scan_image_folder(data.split_dir(config.data_url, "val"), classes)
     if len(folder.classes) != num_classes:  # checkpoints from elsewhere carry no class list to compare

@@ -24,16 +24,6 @@ SHOWN = 3  # offenders named per kind of problem
 CSV_HEADER = ["filename", "class"]
 
 
-def model_classes(num_classes: int, saved: Optional[List[str]] = None) -> List[str]:
-    """The class list labels are resolved against: the model's own (class folders, WordNet ids), else
-    ImageNet's WordNet ids for 1000 classes, else the indices as text."""
-    if saved and len(saved) == num_classes:
-        return list(saved)
-    if num_classes == imagenet.NUM_CLASSES:
-        return imagenet.wnids()
-    return [str(i) for i in range(num_classes)]
-
-
 def _name_index(classes: List[str]) -> Dict[str, Optional[int]]:
     """Class name -> index, readable ImageNet names included; None for a readable name two classes share
     (ImageNet has two "crane"s), which only the WordNet id tells apart."""

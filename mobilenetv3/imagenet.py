@@ -6,7 +6,7 @@ which `display_names` turns into readable names (tench, Tinca tinca, ...).
 import csv
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 CLASSES_FILE = Path(__file__).with_name("imagenet1k_classes.tsv")
 NUM_CLASSES = 1000
@@ -34,3 +34,13 @@ def display_names(classes: Sequence[str]) -> List[str]:
     """Readable names for class-folder names: WordNet ids become ImageNet names, others stay."""
     readable = dict(_table())
     return [readable.get(name, name) for name in classes]
+
+
+def model_classes(num_classes: int, saved: Optional[List[str]] = None) -> List[str]:
+    """The class list labels are resolved against: the model's own (class folders, WordNet ids), else
+    ImageNet's WordNet ids for 1000 classes, else the indices as text."""
+    if saved and len(saved) == num_classes:
+        return list(saved)
+    if num_classes == NUM_CLASSES:
+        return wnids()
+    return [str(i) for i in range(num_classes)]

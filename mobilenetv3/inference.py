@@ -9,7 +9,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -22,7 +22,7 @@ from .evaluation import mindspore_predictor
 from .factory import model_from_checkpoint
 from .folding import fold_for_inference
 from .progress import progress
-from .imagenet import class_names as imagenet_class_names, display_names
+from .imagenet import display_names, model_classes
 
 
 @dataclass
@@ -31,16 +31,6 @@ class Prediction:
     indices: List[int]
     names: List[str]
     probs: List[float]
-
-
-def class_names_for(num_classes: int, saved: Optional[List[str]] = None) -> List[str]:
-    """The checkpoint's own class list (WordNet ids shown as ImageNet names), else ImageNet's names for
-    1000 classes, else the indices."""
-    if saved and len(saved) == num_classes:
-        return display_names(saved)
-    if num_classes == 1000:
-        return imagenet_class_names()
-    return [str(i) for i in range(num_classes)]
 
 
 EXPORTED_FORMATS = {".mindir": ("MINDIR", "mindspore"), ".onnx": ("ONNX", "onnxruntime")}  # -> (name, backend)
@@ -85,7 +75,7 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
 def load_predictor(config) -> Tuple[Callable[[np.ndarray], np.ndarray], List[str], dict]:
     """(batch of CHW float32 images -> logits, class names, the model's meta) for config.pretrained: see load_model."""
     predict, meta = load_model(config)
-    return predict, class_names_for(meta["num_classes"], meta.get("classes")), meta
+    return predict, display_names(model_classes(meta["num_classes"], meta.get("classes"))), meta
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ from mobilenetv3 import imagenet
 from mobilenetv3.config import build_config
 from mobilenetv3.errors import UserError
 from mobilenetv3.evaluation import Metrics, chance_level_warning, evaluate_folder
-from mobilenetv3.flat_folder import model_classes, scan_labelled_folder
+from mobilenetv3.flat_folder import scan_labelled_folder
+from mobilenetv3.imagenet import model_classes
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200), (40, 200, 200),
            (128, 128, 128)]

@@ -14,7 +14,8 @@ from conftest import REPO, run_script
 from mobilenetv3 import checkpoint, data
 from mobilenetv3.config import build_config, run_cli
 from mobilenetv3.export import meta_path
-from mobilenetv3.inference import Prediction, class_names_for, load_predictor, predict_folder, write_predictions
+from mobilenetv3.imagenet import display_names, model_classes
+from mobilenetv3.inference import Prediction, load_predictor, predict_folder, write_predictions
 from mobilenetv3.factory import create_model
 
 CLASSES = ["class_0", "class_1", "class_2"]
@@ -90,6 +91,11 @@ def test_checkpoint_and_mindir_give_the_same_predictions(trained, predictors, im
             assert np.abs(np.array(prediction.probs) - row[prediction.indices]).max() <= 1e-5
         probs[kind] = np.array([p.probs for p in predictions])
     assert np.abs(probs["checkpoint"] - probs["mindir"]).max() <= 1e-5
+
+
+def class_names_for(num_classes, saved=None):
+    """What infer prints for a model's classes."""
+    return display_names(model_classes(num_classes, saved))
 
 
 def test_class_names_for():
