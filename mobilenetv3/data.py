@@ -52,6 +52,19 @@ def _directory_id(path) -> Tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+def images_of_folder(folder, flag: str, hint: str = "") -> List[Path]:
+    """list_images(folder) of a folder the user named with `flag`: one UserError if it is not a directory or
+    holds no image file (`hint` says what to give instead)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{flag} {folder} is not a directory")
+    paths = list_images(folder)
+    if not paths:
+        raise UserError(f"{flag} {folder} has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}, any case, in "
+                        f"any subfolder){hint}")
+    return paths
+
+
 def list_images(directory: Path, listed: Optional[set] = None) -> List[Path]:
     """Regular image files below `directory`, recursively, in sorted order.
 

@@ -252,13 +252,7 @@ def int8_path(path) -> Path:
 def calibration_paths(folder, count: int) -> list:
     """`count` image files of `folder` (recursively), evenly spaced over their sorted list: the same files on
     every run, and every class folder of a class-folder tree contributes in proportion to its size."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--calib_data {folder} is not a directory")
-    paths = data.list_images(folder)
-    if not paths:
-        raise UserError(f"--calib_data {folder} has no image files ({', '.join(sorted(data.IMAGE_EXTENSIONS))}, any "
-                        "case, in any subfolder); give a folder of images like those the model will see")
+    paths = data.images_of_folder(folder, "--calib_data", "; give a folder of images like those the model will see")
     picks = np.unique(np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int))
     return [paths[i] for i in picks]
 

@@ -85,13 +85,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict_folder(predict, folder, config, class_names: List[str]):
     """(predictions in data.list_images order, [(path, reason)] of the files skipped)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"data_url {folder} is not a directory")
-    paths = data.list_images(folder)
-    if not paths:
-        raise UserError(f"{folder} has no image files ({', '.join(sorted(data.IMAGE_EXTENSIONS))}, any case, "
-                        "in any subfolder)")
+    paths = data.images_of_folder(folder, "data_url")
     transform = Compose(data.eval_transforms(config))
     predictions, skipped = [], []
     k = min(config.top_k, len(class_names))

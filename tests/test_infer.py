@@ -228,7 +228,7 @@ def test_empty_folder_is_an_error(trained, tmp_path, capsys):
     (tmp_path / "empty" / "nested").mkdir(parents=True)
     (tmp_path / "empty" / "nested" / "notes.txt").write_text("no images here")
     error, _ = run_infer_expecting_error(capsys, data_url=tmp_path / "empty", pretrained=trained)
-    assert error.startswith(f"error: {tmp_path / 'empty'} has no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff, "
+    assert error.startswith(f"error: data_url {tmp_path / 'empty'} has no image files (.bmp, .jpeg, .jpg, .png, .tif, .tiff, "
                             ".webp, any case, in any subfolder)")
 
 
