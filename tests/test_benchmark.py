@@ -111,6 +111,7 @@ def check_report(report, with_baseline):
         assert row["cpu_ms_per_image"] > 0 and 20 < row["peak_pss_mb"] < 24 * 1024
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_quick_run_writes_every_figure(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
@@ -127,6 +128,7 @@ def test_quick_run_writes_every_figure(tmp_path):
     assert "NOTE" not in result.stdout
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_without_torch_reports_ours_and_says_why(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"

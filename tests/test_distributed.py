@@ -207,7 +207,7 @@ def test_mobilenet_ranks_end_with_identical_parameters(tmp_path):
 @pytest.mark.parametrize("launcher, dying_rank", [
     pytest.param("mpirun", 0, marks=needs_mpirun),  # takes the scheduler with it
     pytest.param("mpirun", 1, marks=needs_mpirun),
-    pytest.param("msrun", 1, marks=needs_msrun),  # ends after MS_NODE_TIMEOUT (20 s) without heartbeat
+    pytest.param("msrun", 1, marks=[needs_msrun, pytest.mark.slow]),  # ends after MS_NODE_TIMEOUT (20 s) without heartbeat
 ])
 def test_a_dead_rank_ends_the_job_within_60_s(tmp_path, launcher, dying_rank):
     status, output, _ = launch(launcher, 2, tmp_path / "job", "--die", str(dying_rank))

@@ -2,9 +2,12 @@
 passes, the GPU-only ones are skipped with their reason."""
 import re
 
+import pytest
+
 from conftest import run_script
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_gpu_smoke_passes_on_cpu_with_the_gpu_steps_skipped(tmp_path):
     result = run_script("gpu_smoke", "--device_target", "CPU", "--work", tmp_path / "smoke", timeout=900)
     outcomes = dict((name, status) for status, name in re.findall(r"^(PASS|FAIL|SKIP) ([^:]+):", result.stdout, re.M))

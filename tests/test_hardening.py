@@ -70,7 +70,7 @@ def resume(image_folder, ckpt_dir):
     return output
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, uninterrupted, signum):
     """Stopped mid-epoch and resumed there, the run ends bit for bit where an uninterrupted one does,
     dropout masks included."""
@@ -103,7 +103,7 @@ def _pgid(pid):
         return None
 
 
-@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), pytest.param(signal.SIGTERM, False, marks=pytest.mark.slow)])
 def test_signal_with_data_worker_processes_saves_and_resumes_exactly(image_folder, tmp_path, uninterrupted, signum,
                                                                     to_group):
     """With 2 data workers (worker processes), ^C in a terminal (SIGINT to the whole process group) and

@@ -54,6 +54,7 @@ def run_quickstart(cwd: Path, *args, timeout=600, python=sys.executable, script=
 
 @pytest.mark.skipif(not fashion_mnist_present(), reason="Fashion-MNIST IDX files not installed "
                     "(apt-get install dataset-fashion-mnist)")
+@pytest.mark.slow  # CI time: run with --runslow
 def test_smoke_run_prints_every_stage_and_writes_what_the_summary_names(tmp_path):
     args = ("--smoke", "--output", "out", "--data_dir", "fm", "--np", "1")
     first = run_quickstart(tmp_path, *args)

@@ -17,6 +17,7 @@ RECORD_KEYS = {"epoch", "global_step", "loss", "lr", "steps", "seconds", "images
                "images_per_second_total", "wall_seconds", "peak_rss_mb"}
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_metrics_log_and_run_file_of_a_run_resumed_twice(small_config, capsys):
     directory = small_config().ckpt_save_dir
     train(small_config(epoch_size=1, eval_interval=1))

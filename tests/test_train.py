@@ -61,6 +61,7 @@ def test_sink_mode_trains_too(small_config):
     assert checkpoint.load(last)[1]["epoch"] == 1
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_config):
     config = small_config(epoch_size=1)
     good = train(config)
@@ -70,6 +71,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_config):
     assert checkpoint.list_checkpoints(config.ckpt_save_dir) == [Path(good)]
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_pretrained_with_other_classes_fine_tunes(small_config, image_folder, tmp_path, capsys):
     source = train(small_config(ckpt_save_dir=str(tmp_path / "src"), epoch_size=1))
     two_classes = tmp_path / "two"
