@@ -91,8 +91,9 @@ def mismatch(missing, unexpected, wrong_shape, missing_label="missing from check
     return "; ".join(problems)
 
 
-def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False) -> dict:
+def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False, loaded=None) -> dict:
     """Load a checkpoint's weights into `net` after checking every name and shape; returns its meta.
+    `loaded` is what load(path) returned, when the caller has read the file already.
 
     With `new_classifier_ok`, a checkpoint for another number of classes loads everything but the
     last Linear layer, which keeps its fresh initialisation (fine-tuning), and says so. Any other
@@ -102,7 +103,7 @@ def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = Fals
     statistics are the EMA of them where the checkpoint has it (the trainer averages them too), else the
     raw ones (EMA weights from elsewhere that average trainable parameters only).
     """
-    params, meta = load(path)
+    params, meta = loaded or load(path)
     weights = {name: p for name, p in params.items() if not name.startswith((OPTIMIZER_PREFIX, EMA_PREFIX))}
     if use_ema:
         averaged = {name[len(EMA_PREFIX):]: p for name, p in params.items() if name.startswith(EMA_PREFIX)}

@@ -25,7 +25,8 @@ def create_model(name: str, num_classes: Optional[int] = None, width: Optional[f
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    meta = load(pretrained)[1] if pretrained else {}
+    loaded = load(pretrained) if pretrained else ({}, {})
+    meta = loaded[1]
     check_model_matches(meta, pretrained, name)
     given = {"num_classes": num_classes, "width": width, "bn_momentum": bn_momentum, "bn_eps": bn_eps}
     settings = {}
@@ -37,7 +38,7 @@ def create_model(name: str, num_classes: Optional[int] = None, width: Optional[f
         settings[key] = next(v for v in (value, saved, DEFAULTS[key]) if v is not None)
     net = MobileNetV3(ARCHITECTURES[name], dropout_rate=dropout_rate, **settings)
     if pretrained:
-        load_weights(net, pretrained, new_classifier_ok=True)
+        load_weights(net, pretrained, new_classifier_ok=True, loaded=loaded)
     return net
 
 
@@ -51,10 +52,11 @@ def model_from_checkpoint(config, path=None):
     path = path or config.pretrained
     if not path:
         raise UserError("no checkpoint given: pass --pretrained CKPT")
-    _, meta = load(path)
+    loaded = load(path)
+    meta = loaded[1]
     check_model_matches(meta, path, config.model, config.num_classes, config.width)
     net = MobileNetV3(ARCHITECTURES[config.model], config.num_classes, config.width, config.dropout_rate,
                       meta.get("bn_momentum", config.bn_momentum), meta.get("bn_eps", config.bn_eps))
-    load_weights(net, path, new_classifier_ok=False, use_ema=config.use_ema)
+    load_weights(net, path, new_classifier_ok=False, use_ema=config.use_ema, loaded=loaded)
     net.set_train(False)
     return net, dict(meta, weights="ema") if config.use_ema else meta
