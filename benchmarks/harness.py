@@ -635,16 +635,18 @@ def pipeline_batches(pipeline, transform, workers, root, settings: Settings, bat
     folder = data.scan_image_folder(Path(root))
     training = transform == "train"
     if pipeline == "ours":
-        if not training:  # evaluation has no repeat_num
-            folder = data.ImageFolder(folder.root, folder.classes, folder.samples * passes)
-        return data.create_dataset(folder, config, training).create_tuple_iterator(num_epochs=1, output_numpy=True)
+        if training:  # uint8 batches: training normalises them on the device
+            return data.create_dataset(folder, config, True).create_tuple_iterator(num_epochs=1, output_numpy=True)
+        folder = data.ImageFolder(folder.root, folder.classes, folder.samples * passes)  # eval has no repeat_num
+        batches = data.create_dataset(folder, config, False).create_tuple_iterator(num_epochs=1, output_numpy=True)
+        return ((data.normalize_batch(images, config), labels) for images, labels in batches)  # as evaluation does
     if pipeline == "mindspore":
         import mindspore.dataset as ds
         from mindspore.dataset import vision
         dataset = ds.ImageFolderDataset(str(root), num_parallel_workers=workers, shuffle=training)
         ops = ([vision.RandomCropDecodeResize(config.resize), vision.RandomHorizontalFlip()] if training else
                [vision.Decode(), vision.Resize(data.eval_short_side(config)), vision.CenterCrop(config.resize)])
-        ops += [data.normalize(config), vision.HWC2CHW()]
+        ops += [vision.Normalize([255 * m for m in config.mean], [255 * s for s in config.std]), vision.HWC2CHW()]
         dataset = dataset.map(ops, input_columns="image", num_parallel_workers=workers)
         return dataset.batch(batch_size, drop_remainder=True).repeat(passes).create_tuple_iterator(
             num_epochs=1, output_numpy=True)

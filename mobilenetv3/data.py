@@ -3,21 +3,23 @@
 Layout: DIR/train/<class>/... and DIR/val/<class>/..., or DIR itself a tree of class folders.
 Class indices follow the sorted class-folder names, as torchvision's ImageFolder does.
 
-Images are decoded with Pillow, not with MindSpore's Decode: MindSpore 2.10's JPEG decoder kills
-the process (SIGFPE/SIGSEGV) on truncated or corrupt files, which no error-samples mode can catch.
-Pillow raises instead, so a bad file is skipped with a warning naming it; it also reads every mode
-(CMYK, palette, RGBA, 16-bit, WebP) into 3-channel RGB. Everything after decoding and cropping runs in
-MindSpore's C++ vision ops.
+Images are decoded in Python (EncodedImage: libjpeg-turbo through simplejpeg for JPEGs, Pillow for the
+rest), not with MindSpore's Decode: MindSpore 2.10's JPEG decoder kills the process (SIGFPE/SIGSEGV) on
+truncated or corrupt files, which no error-samples mode can catch. These raise instead, so a bad file is
+skipped with a warning naming it; Pillow also reads every mode (CMYK, palette, RGBA, 16-bit, WebP) into
+3-channel RGB. Resizing and the other transforms run in MindSpore's C++ vision ops, on uint8 pixels;
+normalising them is left to where the batch lands (create_dataset).
 
 The pipeline: the sample keys of one epoch (EpochSampler) -> decode, crop and flip (DecodedImages) in
 `num_parallel_workers` workers -> the C++ ops -> batches. The keys come from a one-worker source and
 the decoding is a map: a GeneratorDataset source with two or more workers waits for its threads in
 100 ms sleeps (MindSpore 2.10's SamplerFn.process), which made two workers slower than one, and those
 threads install MindSpore's own SIGINT/SIGTERM handlers over the trainer's. With two or more workers
-the decoding runs in worker processes (Pillow holds the GIL for much of its work); MindSpore makes them
-ignore SIGINT, so a ^C in a terminal reaches only the training loop.
+the decoding runs in worker processes (the Python around the decoders holds the GIL); MindSpore makes
+them ignore SIGINT, so a ^C in a terminal reaches only the training loop.
 """
 import functools
+import io
 import math
 import os
 import stat
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from .cpu_info import available_cpus
@@ -151,21 +154,55 @@ def rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def read_rgb(path) -> np.ndarray:
-    """Decode any image file to an RGB uint8 HWC array; raises OSError/ValueError on bad files."""
-    with Image.open(path) as image:
-        return np.asarray(rgb(image))
+def reduction(shrink: float) -> int:
+    """The DCT scaling (1, 2, 4 or 8) a JPEG may decode at when its pixels will be shrunk `shrink` times."""
+    return next((s for s in (8, 4, 2) if s <= shrink), 1)
 
 
-def draft_jpeg(image: Image.Image, shrink: float) -> Tuple[float, float]:
-    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft) when its
-    pixels will be shrunk by at least that factor afterwards anyway; returns the reduction along x and y
-    (1, 1 when the image decodes at full size). Call before the image is loaded."""
-    scale = next((s for s in (8, 4, 2) if s <= shrink), 1)
-    width, height = image.size
-    if scale > 1 and image.format == "JPEG":
-        image.draft(None, (width // scale, height // scale))
-    return width / image.size[0], height / image.size[1]
+class EncodedImage:
+    """An image file's bytes, its size, and its pixels decoded to RGB.
+
+    JPEGs in YCbCr or grayscale (nearly every photo) decode with libjpeg-turbo through simplejpeg, which
+    writes straight into a numpy array without holding the GIL, faster than Pillow and to the same pixels
+    (both are libjpeg-turbo with the same settings; tests/test_data.py compares them). Every other file,
+    and any JPEG simplejpeg refuses, goes to Pillow, which reads some files libjpeg-turbo's strict mode
+    refuses and names the fault of those it cannot read either.
+    """
+
+    def __init__(self, path):
+        with open(path, "rb") as file:
+            self.blob = file.read()
+        try:
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(self.blob)
+            self.turbo = colorspace in ("YCbCr", "Gray")  # Pillow's CMYK conversion is its own
+        except ValueError:
+            self.turbo = False
+            with Image.open(io.BytesIO(self.blob)) as image:
+                width, height = image.size
+        self.width, self.height = width, height
+
+    def rgb(self, shrink: float = 1.0) -> np.ndarray:
+        """RGB uint8 HWC pixels; a JPEG whose pixels will be shrunk at least 2, 4 or 8 times afterwards
+        decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling; sides rounded up)."""
+        scale = reduction(shrink)
+        if self.turbo:
+            try:
+                return simplejpeg.decode_jpeg(self.blob, min_height=-(-self.height // scale),
+                                              min_width=-(-self.width // scale))
+            except ValueError:
+                pass
+        with Image.open(io.BytesIO(self.blob)) as image:
+            if scale > 1 and image.format == "JPEG":
+                image.draft(None, (self.width // scale, self.height // scale))
+            return np.asarray(rgb(image))
+
+
+def flip_left_right(pixels: np.ndarray) -> np.ndarray:
+    """A contiguous mirror image of HWC uint8 `pixels`, copied as 3-byte items: numpy's reversed-stride
+    copy goes byte by byte, several times slower."""
+    height, width, channels = pixels.shape
+    items = np.ascontiguousarray(pixels).view(f"V{channels}")[:, ::-1, 0]
+    return np.ascontiguousarray(items).view(np.uint8).reshape(height, width, channels)
 
 
 def warn_unreadable(path, err):
@@ -194,25 +231,24 @@ def random_resized_crop_box(height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4,
 
 
 class DecodedImages:
-    """Key -> (RGB image, label): the map function that decodes, crops and flips.
+    """Key -> (uint8 HWC image at the network's size, label): the map function of the pipeline.
 
-    With `augment`, it also draws the random-resized crop and horizontal flip of each sample from
-    (seed, epoch, key) alone: MindSpore's random ops draw from per-worker generators, so their results
-    depend on which worker gets which row, and neither a resumed run nor N ranks could reproduce them.
-    The crop box is drawn on the full-size geometry; a JPEG whose crop (in evaluation: whose shorter
-    side) will be shrunk to `decode_size` by a factor of 2 or more is decoded at 1/2-1/8 scale and the
-    same box, scaled, cut from it: the same region, with slightly different pixels (decode_size 0:
-    always at full size).
-    An unreadable file is reported and, in training (`augment`), replaced by the next readable one, so
-    every rank still runs the same number of steps; in evaluation it yields a black pixel labelled
-    UNREADABLE, which the counts leave out, so no image is counted twice.
+    Training: the random-resized crop, horizontal flip and (random_erase > 0) erased rectangle of each
+    sample are drawn from (seed, epoch, key) alone: MindSpore's random ops draw from per-worker
+    generators, so their results depend on which worker gets which row, and neither a resumed run nor
+    N ranks could reproduce them. Evaluation: shorter side to resize / crop_pct, centre crop (eval_image).
+    Resizing runs in MindSpore's C++ Resize, called here so that all of an image's work is one worker's
+    (the worker count is then the CPU count). A JPEG whose crop (in evaluation: whose shorter side) will
+    be shrunk 2x or more decodes at 1/2-1/8 scale; the box is drawn on the full-size geometry and cut,
+    scaled, from the smaller image: the same region.
+    An unreadable file is reported and, in training, replaced by the next readable one, so every rank
+    still runs the same number of steps; in evaluation it yields a black image labelled UNREADABLE,
+    which the counts leave out, so no image is counted twice.
     Keys above len(samples) are later passes of a repeated epoch.
     """
 
-    def __init__(self, samples: List[Tuple[str, int]], augment=False, seed=0, epoch=0, min_crop_area=0.08,
-                 decode_size=0):
-        self.samples, self.augment, self.seed, self.epoch = samples, augment, seed, epoch
-        self.min_crop_area, self.decode_size = min_crop_area, decode_size
+    def __init__(self, samples: List[Tuple[str, int]], config, training: bool, epoch=0):
+        self.samples, self.config, self.training, self.epoch = samples, config, training, epoch
 
     def __len__(self):
         return len(self.samples)
@@ -224,31 +260,67 @@ class DecodedImages:
         for offset in range(len(self.samples)):
             path, label = self.samples[(key + offset) % len(self.samples)]
             try:
-                return self.decode(path, key), np.int32(label)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                image = EncodedImage(path)
+                return (self.augmented(image, key) if self.training else eval_image(image, self.config)), np.int32(label)
+            except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as err:
                 warn_unreadable(path, err)
-                if not self.augment:
-                    return np.zeros((1, 1, 3), np.uint8), np.int32(UNREADABLE)
+                if not self.training:
+                    size = self.config.resize
+                    return np.zeros((size, size, 3), np.uint8), np.int32(UNREADABLE)
         raise UserError("no readable image in the data set")
 
-    def shrink(self, side) -> float:
-        """How much a side of `side` pixels shrinks to decode_size."""
-        return side / self.decode_size if self.decode_size else 1.0
+    def augmented(self, image: "EncodedImage", key) -> np.ndarray:
+        config = self.config
+        rng = np.random.default_rng([config.seed, self.epoch, key])
+        top, left, h, w = random_resized_crop_box(image.height, image.width, rng, scale=(config.min_crop_area, 1.0))
+        flip = rng.random() < 0.5
+        pixels = image.rgb(min(h, w) / config.resize)
+        y, x = image.height / pixels.shape[0], image.width / pixels.shape[1]
+        crop = np.ascontiguousarray(pixels[round(top / y):round((top + h) / y), round(left / x):round((left + w) / x)])
+        out = resize(crop, (config.resize, config.resize), config.interpolation)
+        if flip:
+            out = flip_left_right(out)
+        if config.random_erase > 0 and rng.random() < config.random_erase:
+            box = random_erasing_box(config.resize, config.resize, rng)
+            if box is not None:
+                top, left, h, w = box
+                out[top:top + h, left:left + w] = np.round(255 * np.asarray(config.mean)).astype(np.uint8)
+        return out
 
-    def decode(self, path, key) -> np.ndarray:
-        with Image.open(path) as image:
-            width, height = image.size
-            if not self.augment:
-                draft_jpeg(image, self.shrink(min(width, height)))
-                return np.asarray(rgb(image))
-            rng = np.random.default_rng([self.seed, self.epoch, key])
-            top, left, h, w = random_resized_crop_box(height, width, rng, scale=(self.min_crop_area, 1.0))
-            flip = rng.random() < 0.5
-            x, y = draft_jpeg(image, self.shrink(min(h, w)))
-            image = rgb(image).crop((round(left / x), round(top / y), round((left + w) / x), round((top + h) / y)))
-            if flip:
-                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            return np.asarray(image)
+
+def random_erasing_box(height, width, rng, scale=(0.02, 1 / 3), ratio=(0.3, 10 / 3)):
+    """(top, left, h, w) of the rectangle torchvision's RandomErasing erases, or None after 10 tries.
+    Erased to the mean colour: 0 once normalised, as torchvision's default value."""
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        area = height * width * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if h < height and w < width:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _resize_op(size, interpolation: str):
+    from mindspore.dataset import vision
+    return vision.Resize(size, interpolation=_interpolation(interpolation))
+
+
+def resize(pixels: np.ndarray, size, interpolation: str) -> np.ndarray:
+    """MindSpore's C++ Resize of uint8 HWC `pixels`: to (height, width), or an int for the shorter side."""
+    return _resize_op(size, interpolation)(pixels)
+
+
+def eval_image(image: "EncodedImage", config) -> np.ndarray:
+    """The evaluation view of an image, uint8 HWC: shorter side to resize / crop_pct (256 for 224), centre
+    crop resize x resize; a JPEG that will be shrunk 2x or more decodes reduced."""
+    short_side = eval_short_side(config)
+    pixels = resize(image.rgb(min(image.width, image.height) / short_side), short_side, config.interpolation)
+    height, width, _ = pixels.shape
+    size = config.resize
+    top, left = (height - size) // 2, (width - size) // 2  # as MindSpore's CenterCrop
+    return np.ascontiguousarray(pixels[top:top + size, left:left + size])
 
 
 class EpochSampler:
@@ -314,24 +386,34 @@ def _interpolation(name: str):
     return {"bilinear": Inter.BILINEAR, "bicubic": Inter.BICUBIC}[name]
 
 
-def normalize(config):
-    """(pixel - 255 * mean) / (255 * std) per channel, on uint8 HWC images."""
-    from mindspore.dataset import vision
-    return vision.Normalize([255 * m for m in config.mean], [255 * s for s in config.std])
+def normalize_batch(images: np.ndarray, config) -> np.ndarray:
+    """The network's input from a batch of the pipeline: uint8 NHWC -> float32 NCHW (pixel - 255 mean) /
+    (255 std) per channel. InputNormalization (trainer) computes the same on the device."""
+    shift, scale = normalization(config)
+    count, height, width, channels = images.shape
+    out = np.empty((count, channels, height, width), np.float32)
+    for channel in range(channels):  # a channel at a time: no float32 NHWC temporary
+        np.subtract(images[..., channel], shift[channel], out=out[:, channel], dtype=np.float32)
+        out[:, channel] *= scale[channel]
+    return out
 
 
-def train_transforms(config) -> list:
+def normalization(config) -> Tuple[np.ndarray, np.ndarray]:
+    """(255 mean, 1 / (255 std)) per channel, float32: a network input is (pixel - shift) * scale."""
+    return (np.float32(255) * np.asarray(config.mean, np.float32),
+            np.float32(1) / (np.float32(255) * np.asarray(config.std, np.float32)))
+
+
+def augmentations(config) -> list:
+    """MindSpore's C++ AutoAugment and colour jitter when the config asks for them, on uint8 HWC images."""
     from mindspore.dataset import vision
-    inter = _interpolation(config.interpolation)
-    ops = [vision.Resize((config.resize, config.resize), interpolation=inter)]  # of the crop DecodedImages drew
+    ops = []
     if config.auto_augment:
-        ops.append(vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET, interpolation=inter))
+        ops.append(vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET, interpolation=_interpolation(
+            config.interpolation)))
     if config.color_jitter > 0:
         strength = config.color_jitter
         ops.append(vision.RandomColorAdjust(brightness=strength, contrast=strength, saturation=strength))
-    ops += [normalize(config), vision.HWC2CHW()]
-    if config.random_erase > 0:
-        ops.append(vision.RandomErasing(prob=config.random_erase))
     return ops
 
 
@@ -339,17 +421,11 @@ def eval_short_side(config) -> int:
     return int(config.resize / config.crop_pct)
 
 
-def eval_transforms(config) -> list:
-    """Shorter side to resize / crop_pct (256 for 224), centre crop, normalise."""
-    from mindspore.dataset import vision
-    return [vision.Resize(eval_short_side(config), interpolation=_interpolation(config.interpolation)),
-            vision.CenterCrop(config.resize),
-            normalize(config),
-            vision.HWC2CHW()]
-
-
 def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, shard_id=0, epoch=0):
-    """Batched dataset of (float32 CHW images, int32 labels) for one rank and one epoch."""
+    """Batched dataset of (uint8 NHWC images, int32 labels) for one rank and one epoch. The images are
+    not normalised: the network's input is made where the batch lands, on the device in training
+    (trainer.InputNormalization), by normalize_batch before a predictor; a quarter of the bytes crosses
+    to the device, and the pipeline's CPUs are spared the work."""
     import mindspore.dataset as ds
     sampler = EpochSampler(len(folder.samples), shuffle=training, seed=config.seed, epoch=epoch,
                            repeats=config.repeat_num if training else 1, num_shards=num_shards, shard_id=shard_id,
@@ -358,12 +434,10 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
     workers = data_workers(config.num_parallel_workers)
-    decode = DecodedImages(folder.samples, augment=training, seed=config.seed, epoch=epoch,
-                           min_crop_area=config.min_crop_area,
-                           decode_size=config.resize if training else eval_short_side(config))
+    decode = DecodedImages(folder.samples, config, training, epoch)
     keys = ds.NumpySlicesDataset({"key": sampler.indices()}, shuffle=False)  # one worker: see the module doc
     dataset = keys.map(decode, input_columns="key", output_columns=["image", "label"], num_parallel_workers=workers,
                        python_multiprocessing=workers > 1)
-    transforms = train_transforms(config) if training else eval_transforms(config)
-    dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=workers)
+    if training and augmentations(config):
+        dataset = dataset.map(augmentations(config), input_columns="image", num_parallel_workers=workers)
     return dataset.batch(config.batch_size, drop_remainder=training)

@@ -167,4 +167,5 @@ def evaluate_folder(predict, num_classes: int, config, classes=None, dist=None) 
                         "classes; evaluate on a folder with one subfolder per class of the model")
     dataset = data.create_dataset(folder, config, training=False, num_shards=dist.size if dist else 1,
                                   shard_id=dist.rank if dist else 0)
-    return evaluate(predict, dataset, folder.classes, dist, source=str(folder.root))
+    return evaluate(lambda images: predict(data.normalize_batch(images, config)), dataset, folder.classes, dist,
+                    source=str(folder.root))

@@ -257,20 +257,20 @@ def calibration_paths(folder, count: int) -> list:
     return [paths[i] for i in picks]
 
 
-def calibration_images(paths, transform) -> Tuple[np.ndarray, list]:
-    """(`paths` put through `transform`, stacked as float32 NCHW, [(path, error)] of the unreadable ones
-    skipped); none readable is a UserError. All are held at once (300 images of 224 px: 180 MB), so that
-    calibration can run them batch by batch."""
+def calibration_images(paths, config) -> Tuple[np.ndarray, list]:
+    """(`paths` as the network gets them in evaluation (config's eval transforms, normalised), stacked as
+    float32 NCHW, [(path, error)] of the unreadable ones skipped); none readable is a UserError. All are
+    held at once (300 images of 224 px: 180 MB), so that calibration can run them batch by batch."""
     images, skipped = [], []
     for path in paths:
         try:
-            images.append(transform(data.read_rgb(path)))
+            images.append(data.eval_image(data.EncodedImage(path), config))
         except (OSError, ValueError, RuntimeError) as err:
             skipped.append((path, err))
     if not images:
         raise UserError(f"none of the {len(paths)} calibration images could be read (first: {skipped[0][0]}: "
                         f"{skipped[0][1]})")
-    return np.stack(images).astype(np.float32), skipped
+    return data.normalize_batch(np.stack(images), config), skipped
 
 
 def float_nodes(model) -> list:

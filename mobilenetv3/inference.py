@@ -13,7 +13,6 @@ from typing import Callable, List, Tuple
 
 import mindspore as ms
 import numpy as np
-from mindspore.dataset.transforms import Compose
 from PIL import Image
 
 from . import data, export, runtime
@@ -86,20 +85,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def predict_folder(predict, folder, config, class_names: List[str]):
     """(predictions in data.list_images order, [(path, reason)] of the files skipped)."""
     paths = data.images_of_folder(folder, "data_url")
-    transform = Compose(data.eval_transforms(config))
     predictions, skipped = [], []
     k = min(config.top_k, len(class_names))
     for start in progress(range(0, len(paths), config.batch_size), -(-len(paths) // config.batch_size), "batch"):
         batch, batch_paths = [], []
         for path in paths[start:start + config.batch_size]:
             try:
-                batch.append(transform(data.read_rgb(path)))
+                batch.append(data.eval_image(data.EncodedImage(path), config))
                 batch_paths.append(path)
             except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as err:
                 skipped.append((str(path), f"{type(err).__name__}: {err}"))
         if not batch:
             continue
-        logits = predict(np.stack(batch).astype(np.float32))
+        logits = predict(data.normalize_batch(np.stack(batch), config))
         if logits.shape[1] != len(class_names):  # a MINDIR without its meta and the wrong --num_classes
             raise UserError(f"the model gives {logits.shape[1]} class scores, but num_classes is {len(class_names)}; "
                             f"pass --num_classes {logits.shape[1]}")

@@ -99,6 +99,23 @@ def update_ema(loss, averages, params, decay: float):
     return loss
 
 
+class InputNormalization(nn.Cell):
+    """(images, labels) -> network_with_loss(normalised images, labels): the pipeline's uint8 NHWC batches
+    (data.create_dataset) become float32 NCHW (pixel - 255 mean) / (255 std) here, on the device, as
+    data.normalize_batch does on the host. No parameters, and none renamed (auto_prefix off)."""
+
+    def __init__(self, network_with_loss, config):
+        super().__init__(auto_prefix=False)
+        self.network = network_with_loss
+        shift, scale = data.normalization(config)
+        self.shift = ms.Tensor(shift.reshape(1, -1, 1, 1))
+        self.scale = ms.Tensor(scale.reshape(1, -1, 1, 1))
+
+    def construct(self, images, labels):
+        images = ops.transpose(ops.cast(images, ms.float32), (0, 3, 1, 2))
+        return self.network((images - self.shift) * self.scale, labels)
+
+
 class TrainStep(nn.TrainOneStepCell):
     """O0: forward, backward, gradient all-reduce (data parallel), optional clipping, update, optional EMA."""
 
@@ -194,12 +211,14 @@ def build_train_step(net, config, lr: np.ndarray):
     amp = amp_level(config)
     if amp == "O0":
         use_cpu_kernels(net)  # where they run (CPU); float32 only, so not under mixed precision
-        return TrainStep(nn.WithLossCell(net, loss_fn), optimizer, config.grad_clip, config.ema_decay)
+        return TrainStep(InputNormalization(nn.WithLossCell(net, loss_fn), config), optimizer, config.grad_clip,
+                         config.ema_decay)
     # MindSpore's casts (float16 compute, BN and loss in float32) without its train step, which has no
     # place for clipping or EMA: LossScaleTrainStep takes its place.
     net_with_loss = ms.amp.build_train_network(net, optimizer, loss_fn, level=amp, loss_scale_manager=None).network
     scale_update = ms.amp.DynamicLossScaleManager(config.loss_scale).get_update_cell()
-    return LossScaleTrainStep(net_with_loss, optimizer, scale_update, config.grad_clip, config.ema_decay)
+    return LossScaleTrainStep(InputNormalization(net_with_loss, config), optimizer, scale_update, config.grad_clip,
+                              config.ema_decay)
 
 
 def sink_size(steps: int, skip_steps: int, log_interval: int) -> int:

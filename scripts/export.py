@@ -27,9 +27,8 @@ meta says (the same as eval.py and infer.py use). Run it with eval.py/infer.py -
 import importlib.util
 import sys
 
-from mindspore.dataset.transforms import Compose
 
-from mobilenetv3 import data, preprocessing, runtime
+from mobilenetv3 import preprocessing, runtime
 from mobilenetv3.config import PREPROCESSING_KEYS, parse_args, run_cli
 from mobilenetv3.errors import UserError
 from mobilenetv3.export import (calibration_images, calibration_paths, export, export_path, int8_path,
@@ -65,7 +64,7 @@ def main(argv=None):
                   config.file_format, config.resize, meta)
     print(f"exported {config.pretrained} to {path}")
     if calibration is not None:
-        images, skipped = calibration_images(calibration, Compose(data.eval_transforms(config)))
+        images, skipped = calibration_images(calibration, config)
         for file, reason in skipped:
             print(f"calibration skipped {file}: {reason}", file=sys.stderr)
         quantized = quantize_onnx(path, int8_path(path), images, dict(meta, image_size=config.resize))

@@ -25,6 +25,18 @@ STEP_LINE = re.compile(r"^Epoch:\[[ \d]{2}\d/[ \d]{3}\d\], step:\[[ \d]{4}\d/[ \
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 
 
+def reference_eval_input(paths, resize=32) -> np.ndarray:
+    """Images as evaluation must give them to the network (float32 NCHW), made without the package's
+    pipeline: Pillow decoding, MindSpore's Resize (shorter side resize / 0.875) and CenterCrop, the
+    ImageNet mean and std applied here."""
+    from mindspore.dataset import vision
+    from mindspore.dataset.transforms import Compose
+    ops = Compose([vision.Resize(int(resize / 0.875)), vision.CenterCrop(resize)])
+    images = np.stack([ops(np.asarray(Image.open(path).convert("RGB"))) for path in paths]) / 255
+    normalised = (images - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return normalised.transpose(0, 3, 1, 2).astype(np.float32)
+
+
 def write_image_folder(root: Path, per_class: dict, size=(40, 48), seed=0, colours=COLOURS):
     """root/<split>/class_<c>/<i>.jpg: noisy images of one colour per class (easy to learn)."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,16 @@ from PIL import Image
 
 from mobilenetv3 import data
 from mobilenetv3.errors import UserError
-from mobilenetv3.data import EpochSampler, random_resized_crop_box, read_rgb
+from mobilenetv3.config import build_config
+from mobilenetv3.data import EncodedImage, EpochSampler, random_resized_crop_box
+
+
+def config(**overrides):
+    return build_config(overrides=dict(device_target="CPU", **overrides))
+
+
+def read_rgb(path, shrink=1.0):
+    return EncodedImage(path).rgb(shrink)
 
 
 def save(path, image, **kwargs):
@@ -60,7 +69,7 @@ def test_unreadable_images_are_replaced_and_named(tmp_path, capsys):
     good = save(tmp_path / "a" / "good.png", Image.new("RGB", (8, 8), (5, 6, 7)))
     bad = tmp_path / "a" / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 garbage")
-    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], augment=True)  # training: replaced
+    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], config(resize=8), True)  # training: replaced
     image, label = source[0]
     assert label == 1 and np.all(image == (5, 6, 7))
     assert f"warning: skipping unreadable image {bad}" in capsys.readouterr().err
@@ -127,15 +136,27 @@ def test_crop_boxes_stay_inside_and_follow_scale_and_ratio():
 @pytest.mark.parametrize("mean, std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's, the default
                                        ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # timm's miil weights
                                        ((0.5, 0.25, 0.1), (0.5, 1.0, 0.25))])
-def test_pipeline_output_is_normalised_chw(tmp_path, small_config, mean, std):
+def test_pipeline_gives_uint8_nhwc_that_host_and_device_normalise_alike(tmp_path, small_config, mean, std):
+    import mindspore as ms
+    from mobilenetv3.trainer import InputNormalization
     for c in range(2):
         save(tmp_path / "d" / "val" / f"c{c}" / "0.png", Image.new("RGB", (50, 40), (124, 116, 104)))
     folder = data.scan_image_folder(tmp_path / "d" / "val")
     config = small_config(data_url=str(tmp_path / "d"), batch_size=2, resize=16, mean=list(mean), std=list(std))
     images, labels = next(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))
-    assert images.shape == (2, 3, 16, 16) and images.dtype == np.float32 and labels.tolist() == [0, 1]
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8 and labels.tolist() == [0, 1]
+    assert np.all(images == (124, 116, 104))
+    images[1, 3, 5] = (0, 128, 255)
+    host = data.normalize_batch(images, config)
+    assert host.shape == (2, 3, 16, 16) and host.dtype == np.float32
     expected = (np.array([124, 116, 104]) / 255 - np.array(mean)) / np.array(std)
-    assert np.abs(images[0, :, 5, 5] - expected).max() < 1e-5
+    assert np.abs(host[0, :, 5, 5] - expected).max() < 1e-5
+    assert np.abs(host[1, :, 3, 5] - (np.array([0, 128, 255]) / 255 - np.array(mean)) / np.array(std)).max() < 1e-5
+    class Images(ms.nn.Cell):
+        def construct(self, images, labels):
+            return images
+    device = InputNormalization(Images(), config)(ms.Tensor(images), ms.Tensor(labels))
+    assert np.abs(device.asnumpy() - host).max() < 1e-6
 
 
 def test_training_batches_are_reproducible_and_sharded(image_folder, small_config):
@@ -198,14 +219,13 @@ def test_extreme_sizes_and_unicode_paths_go_through_both_pipelines(tmp_path, sma
     for training in (False, True):
         images, labels = next(data.create_dataset(folder, config, training=training)
                               .create_tuple_iterator(output_numpy=True))
-        assert images.shape == (3, 3, 16, 16) and sorted(labels.tolist()) == [0, 0, 1]
-        assert np.isfinite(images).all()
+        assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8 and sorted(labels.tolist()) == [0, 0, 1]
 
 
 def test_min_crop_area_one_keeps_the_whole_image_and_only_flips(tmp_path):
     pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
     path = save(tmp_path / "a.png", Image.fromarray(pixels))
-    whole = data.DecodedImages([(str(path), 0)] * 64, augment=True, min_crop_area=1.0)
+    whole = data.DecodedImages([(str(path), 0)] * 64, config(resize=28, min_crop_area=1.0), True)
     flips = 0
     for key in range(64):
         image = whole[key][0][:, :, 0]
@@ -213,8 +233,9 @@ def test_min_crop_area_one_keeps_the_whole_image_and_only_flips(tmp_path):
         assert flipped or np.array_equal(image, pixels), key
         flips += flipped
     assert 16 < flips < 48  # about half flipped
-    cropped = data.DecodedImages([(str(path), 0)] * 8, augment=True)  # default 0.08: real crops
-    assert any(cropped[key][0].shape[:2] != (28, 28) for key in range(8))
+    cropped = data.DecodedImages([(str(path), 0)] * 8, config(resize=28), True)  # default 0.08: real crops
+    assert all(cropped[key][0].shape == (28, 28, 3) for key in range(8))
+    assert sum(np.array_equal(cropped[key][0][:, :, 0], pixels) for key in range(8)) <= 1
 
 
 def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
@@ -222,7 +243,7 @@ def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
     good = save(tmp_path / "good.png", Image.new("RGB", (8, 8), (5, 6, 7)))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
-    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], augment=False)
+    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], config(resize=8), False)
     assert source[0][1] == data.UNREADABLE and source[1][1] == 1
     assert f"skipping unreadable image {bad}" in capsys.readouterr().err
     logits = np.array([[0.0, 1.0], [1.0, 0.0]])
@@ -242,44 +263,121 @@ def test_training_batches_are_the_same_for_any_worker_count(image_folder, small_
         assert np.array_equal(images_1, images_2) and np.array_equal(labels_1, labels_2)
 
 
-def test_crop_and_flip_come_from_seed_epoch_and_key(tmp_path):
-    """Below draft size the crop is exact: the box and flip drawn from (seed, epoch, key), cut from the
-    full image, as before the pipeline moved decoding into a map."""
+def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
+    """The box, flip and erased rectangle drawn from (seed, epoch, key), cut from the full image (below the
+    size at which JPEGs decode reduced), resized by MindSpore's Resize, mirrored, erased to the mean."""
     pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     path = save(tmp_path / "a.png", Image.fromarray(pixels))
-    source = data.DecodedImages([(str(path), 0)], augment=True, seed=7, epoch=2, decode_size=224)
+    settings = config(seed=7, resize=24, random_erase=0.5)
+    source = data.DecodedImages([(str(path), 0)], settings, True, epoch=2)
+    mean_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
+    erased = 0
     for key in range(20):
         rng = np.random.default_rng([7, 2, key])
         top, left, h, w = random_resized_crop_box(60, 80, rng)
-        expected = pixels[top:top + h, left:left + w]
+        expected = data.resize(np.ascontiguousarray(pixels[top:top + h, left:left + w]), (24, 24), "bilinear")
+        expected = np.ascontiguousarray(expected[:, ::-1]) if rng.random() < 0.5 else expected
+        if rng.random() < 0.5:
+            box = data.random_erasing_box(24, 24, rng)
+            if box is not None:
+                top, left, h, w = box
+                expected[top:top + h, left:left + w] = mean_colour
+                assert 0.02 * 576 - 24 <= h * w <= 576 / 3 + 24 and h < 24 and w < 24
+                erased += 1
         image, label = source(np.int64(key))
-        assert label == 0
-        assert np.array_equal(image, expected[:, ::-1] if rng.random() < 0.5 else expected), key
+        assert label == 0 and image.shape == (24, 24, 3)
+        assert np.array_equal(image, expected), key
+    assert 4 <= erased <= 16
+
+
+def test_flip_left_right_mirrors_any_crop():
+    pixels = np.random.default_rng(1).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    crop = pixels[2:7, 3:11]
+    flipped = data.flip_left_right(crop)
+    assert flipped.flags.c_contiguous and np.array_equal(flipped, crop[:, ::-1])
 
 
 def test_large_jpegs_decode_reduced_but_crop_the_same_region(tmp_path):
-    """A crop that will shrink 2x or more decodes at 1/2-1/8 scale: the same region within a pixel or
-    two of the reduced image, and pixels close to the full-size crop shrunk alike (smooth image)."""
+    """A crop that will shrink 2x or more decodes at 1/2-1/8 scale: after the resize, pixels close to
+    those of the full-size crop (smooth image), so the same region."""
     y, x = np.mgrid[0:1200, 0:1600]
     pixels = np.stack([x * 255 // 1600, y * 255 // 1200, (x + y) * 255 // 2800], axis=-1).astype(np.uint8)
     path = save(tmp_path / "big.jpg", Image.fromarray(pixels), quality=95)
     full = read_rgb(path)
-    source = data.DecodedImages([(str(path), 0)], augment=True, seed=1, decode_size=100)
+    source = data.DecodedImages([(str(path), 0)], config(seed=1, resize=100), True)
     reduced = 0
     for key in range(12):
         rng = np.random.default_rng([1, 0, key])
         top, left, h, w = random_resized_crop_box(1200, 1600, rng)
         flip = rng.random() < 0.5
-        scale = next((s for s in (8, 4, 2) if s <= min(h, w) / 100), 1)
-        image = source[key][0]
-        assert abs(image.shape[0] - h / scale) <= 1 and abs(image.shape[1] - w / scale) <= 1, key
-        expected = Image.fromarray(full[top:top + h, left:left + w]).resize(image.shape[1::-1], Image.BOX)
-        expected = np.asarray(expected)[:, ::-1] if flip else np.asarray(expected)
-        assert np.abs(image.astype(int) - expected).mean() < 3, key
-        reduced += scale > 1
+        expected = data.resize(np.ascontiguousarray(full[top:top + h, left:left + w]), (100, 100), "bilinear")
+        expected = expected[:, ::-1] if flip else expected
+        assert np.abs(source[key][0].astype(int) - expected).mean() < 3, key
+        reduced += data.reduction(min(h, w) / 100) > 1
     assert reduced >= 6
-    evaluation = data.DecodedImages([(str(path), 0)], decode_size=256)[0][0]
-    assert evaluation.shape == (300, 400, 3)  # shorter side 1200 / 4 = 300 >= 256
+    for shrink, shape in ((1.9, (1200, 1600, 3)), (2, (600, 800, 3)), (4.7, (300, 400, 3)), (50, (150, 200, 3))):
+        assert read_rgb(path, shrink).shape == shape
+
+
+@pytest.mark.parametrize("subsampling, mode", [(0, "RGB"), (1, "RGB"), (2, "RGB"), (2, "L")])
+def test_jpegs_decode_to_pillows_pixels_at_every_scale(tmp_path, subsampling, mode):
+    """libjpeg-turbo through simplejpeg gives Pillow's pixels exactly: what was trained and evaluated
+    before it came stays the same."""
+    pixels = np.random.default_rng(2).integers(0, 256, (75, 101, 3), dtype=np.uint8)
+    smooth = Image.fromarray(pixels).resize((403, 301), Image.BICUBIC).convert(mode)
+    path = save(tmp_path / "a.jpg", smooth, quality=85, subsampling=subsampling)
+    image = EncodedImage(path)
+    assert image.turbo and (image.width, image.height) == (403, 301)
+    for scale in (1, 2, 4, 8):
+        with Image.open(path) as pillow:
+            pillow.draft(None, (403 // scale, 301 // scale)) if scale > 1 else None
+            expected = np.asarray(pillow.convert("RGB"))
+        assert np.array_equal(image.rgb(scale), expected), scale
+
+
+def test_cmyk_and_non_jpeg_files_decode_with_pillow(odd_images):
+    for name, (path, _) in odd_images.items():
+        assert not EncodedImage(path).turbo, name
+
+
+def test_damaged_jpegs_raise_never_crash(tmp_path):
+    """Truncated at 60 places, 60 with bytes overwritten: each decodes or raises OSError/ValueError (a
+    crash would end the test run)."""
+    pixels = np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    path = save(tmp_path / "a.jpg", Image.fromarray(pixels).resize((160, 120)), quality=90)
+    blob = path.read_bytes()
+    rng = np.random.default_rng(4)
+    damaged = [blob[:n] for n in np.linspace(2, len(blob) - 1, 60).astype(int)]
+    for _ in range(60):
+        broken = bytearray(blob)
+        for at in rng.integers(2, len(blob), 8):
+            broken[at] = int(rng.integers(0, 256))
+        damaged.append(bytes(broken))
+    raised = 0
+    for i, content in enumerate(damaged):
+        path.write_bytes(content)
+        try:
+            assert read_rgb(path).shape[2] == 3
+        except (OSError, ValueError):
+            raised += 1
+    assert raised >= 60  # every truncation at least
+
+
+def test_eval_image_is_mindspores_resize_and_centre_crop(tmp_path):
+    """eval_image (resize in the worker) gives what MindSpore's Resize + CenterCrop ops gave."""
+    from mindspore.dataset import vision
+    from mindspore.dataset.transforms import Compose
+    rng = np.random.default_rng(5)
+    for width, height, resize, crop_pct, interpolation in ((500, 375, 224, 0.875, "bilinear"),
+                                                          (333, 517, 32, 0.95, "bicubic"),
+                                                          (1, 1, 16, 0.875, "bilinear"),
+                                                          (64, 40, 48, 1.0, "bilinear")):
+        path = save(tmp_path / f"{width}x{height}.png", Image.fromarray(
+            rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
+        settings = config(resize=resize, crop_pct=crop_pct, interpolation=interpolation)
+        inter = {"bilinear": vision.Inter.BILINEAR, "bicubic": vision.Inter.BICUBIC}[interpolation]
+        ops = Compose([vision.Resize(data.eval_short_side(settings), interpolation=inter), vision.CenterCrop(resize)])
+        assert np.array_equal(data.eval_image(EncodedImage(path), settings), ops(read_rgb(path))), (width, height)
 
 
 def test_symlink_loops_list_each_image_once_under_its_own_class(tmp_path, capsys):
@@ -344,9 +442,3 @@ def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path
     _, labels = next(data.create_dataset(folder, config, training=True).create_tuple_iterator(output_numpy=True))
     assert sorted(labels.tolist()) == [0, 0, 1]  # the truncated file (key 2) replaced by the next one, c0/good
     assert f"warning: skipping unreadable image {truncated}" in capfd.readouterr().err
-
-
-def test_without_decode_size_jpegs_decode_at_full_size(tmp_path):
-    path = save(tmp_path / "big.jpg", Image.new("RGB", (1600, 1200), (50, 100, 150)), quality=95)
-    assert data.DecodedImages([(str(path), 0)])[0][0].shape == (1200, 1600, 3)
-    assert data.DecodedImages([(str(path), 0)], decode_size=256)[0][0].shape == (300, 400, 3)

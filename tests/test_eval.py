@@ -10,10 +10,9 @@ import mindspore as ms
 import mindspore.dataset as ds
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import REPO, run_script, write_image_folder
-from mobilenetv3 import checkpoint, data
+from conftest import REPO, reference_eval_input, run_script, write_image_folder
+from mobilenetv3 import checkpoint
 from mobilenetv3.config import build_config, run_cli
 from mobilenetv3.errors import UserError
 from mobilenetv3.evaluation import count_correct, evaluate
@@ -126,18 +125,15 @@ def trained(folder, tmp_path_factory):
 def expected(trained, folder):
     """Top-1, Top-5 and mean loss recounted without the evaluation code or its data pipeline: images
     decoded here, one eval transform each, one forward pass, labels from the folder names."""
-    from mindspore.dataset.transforms import Compose
     meta = checkpoint.load(trained)[1]
     assert meta["classes"] == CLASSES
     net = create_model(meta["model"], meta["num_classes"], meta["width"], bn_momentum=meta["bn_momentum"],
                        bn_eps=meta["bn_eps"])
     checkpoint.load_weights(net, trained, new_classifier_ok=False)
     net.set_train(False)
-    transform = Compose(data.eval_transforms(build_config(overrides=dict(resize=32))))
     paths = sorted((folder / "val").glob("*/*.jpg"))
     labels = np.array([CLASSES.index(path.parent.name) for path in paths])
-    images = np.stack([transform(np.asarray(Image.open(path).convert("RGB"))) for path in paths])
-    logits = net(ms.Tensor(images)).asnumpy().astype(np.float64)
+    logits = net(ms.Tensor(reference_eval_input(paths))).asnumpy().astype(np.float64)
     ranks = (logits > logits[np.arange(len(labels)), labels][:, None]).sum(axis=1)  # classes scoring higher
     top1, top5 = (ranks == 0).sum() / len(labels), (ranks < 5).sum() / len(labels)
     assert len(labels) == 21 and 0 < top1 < top5 < 1, (top1, top5)  # a test that can fail

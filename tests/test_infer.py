@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_script
-from mobilenetv3 import checkpoint, data
+from conftest import REPO, reference_eval_input, run_script
+from mobilenetv3 import checkpoint
 from mobilenetv3.config import build_config, run_cli
 from mobilenetv3.export import meta_path
 from mobilenetv3.imagenet import display_names, model_classes
@@ -62,14 +62,12 @@ def test_export_writes_the_checkpoint_meta_next_to_the_mindir(trained, exported)
 def reference_probabilities(trained, paths):
     """Softmax of the checkpoint's logits, computed without the inference module: Pillow decoding, one
     eval transform per image, a model built and loaded here."""
-    from mindspore.dataset.transforms import Compose
     meta = checkpoint.load(trained)[1]
     net = create_model(meta["model"], meta["num_classes"], meta["width"], bn_momentum=meta["bn_momentum"],
                        bn_eps=meta["bn_eps"])
     checkpoint.load_weights(net, trained, new_classifier_ok=False)
     net.set_train(False)
-    transform = Compose(data.eval_transforms(build_config(overrides=dict(resize=32))))
-    logits = net(ms.Tensor(np.stack([transform(np.asarray(Image.open(p).convert("RGB"))) for p in paths])))
+    logits = net(ms.Tensor(reference_eval_input(paths)))
     logits = logits.asnumpy().astype(np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     return probs / probs.sum(axis=1, keepdims=True)

@@ -162,13 +162,14 @@ def test_resolve_precedence_flag_then_model_then_config():
     assert resolved.mean == [0.5, 0.5, 0.5] and line.endswith("(from the config (the model records none))")
 
 
-def test_the_resolved_preprocessing_is_what_the_eval_transforms_apply():
-    from mindspore.dataset.transforms import Compose
+def test_the_resolved_preprocessing_is_what_evaluation_applies(tmp_path):
+    from PIL import Image
     from mobilenetv3 import data
     saved = dict(interpolation="bilinear", crop_pct=0.875, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])  # timm's miil
     resolved, _ = preprocessing.resolve(build_config(overrides=dict(resize=8)), {"preprocessing": saved})
-    image = np.full((20, 30, 3), (51, 102, 204), np.uint8)
-    out = Compose(data.eval_transforms(resolved))(image)
+    Image.new("RGB", (30, 20), (51, 102, 204)).save(tmp_path / "a.png")
+    pixels = data.eval_image(data.EncodedImage(tmp_path / "a.png"), resolved)
+    out = data.normalize_batch(pixels[None], resolved)[0]
     assert out.shape == (3, 8, 8) and np.allclose(out[:, 4, 4], [0.2, 0.4, 0.8], atol=1e-6)
 
 

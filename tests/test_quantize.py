@@ -12,7 +12,7 @@ import pytest
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, reference_eval_input  # noqa: E402
 from mobilenetv3 import export, onnx_backend  # noqa: E402
 from mobilenetv3.config import build_config, run_cli  # noqa: E402
 from mobilenetv3.inference import load_predictor  # noqa: E402
@@ -81,10 +81,7 @@ def test_int8_agrees_with_float32_on_the_images(quantized, image_folder):
     (float_predict, _, _), (int8_predict, names, _) = (
         load_predictor(build_config(overrides=dict(settings, pretrained=str(path)))) for path in quantized)
     assert names == CLASSES
-    from mindspore.dataset.transforms import Compose
-    from mobilenetv3 import data
-    transform = Compose(data.eval_transforms(build_config(overrides=dict(resize=32))))
-    images = np.stack([transform(data.read_rgb(p)) for p in sorted(Path(image_folder).glob("*/*/*.jpg"))])
+    images = reference_eval_input(sorted(Path(image_folder).glob("*/*/*.jpg")))
     assert len(images) == 66
     reference, int8 = float_predict(images), int8_predict(images)
     agreement = (reference.argmax(axis=1) == int8.argmax(axis=1)).mean()
