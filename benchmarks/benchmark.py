@@ -1,12 +1,12 @@
 """CPU speed of MobileNetV3-Small/Large: ours against the same network in PyTorch, in MindSpore and in ONNX Runtime.
 
 Examples:
-  python benchmarks/harness.py                                  # small and large, batch 1 and 32, 224 px
-  python benchmarks/harness.py --models small --batch_sizes 1 8 64 --json bench.json
-  python benchmarks/harness.py --backends onnxruntime --threads 1  # the ONNX Runtime comparison only
-  python benchmarks/harness.py --backends int8 --threads 1        # int8 against float32, both in ONNX Runtime
-  python benchmarks/harness.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
-  python benchmarks/harness.py --data_only --json data.json      # the data pipelines alone
+  python benchmarks/benchmark.py                                  # small and large, batch 1 and 32, 224 px
+  python benchmarks/benchmark.py --models small --batch_sizes 1 8 64 --json bench.json
+  python benchmarks/benchmark.py --backends onnxruntime --threads 1  # the ONNX Runtime comparison only
+  python benchmarks/benchmark.py --backends int8 --threads 1        # int8 against float32, both in ONNX Runtime
+  python benchmarks/benchmark.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
+  python benchmarks/benchmark.py --data_only --json data.json      # the data pipelines alone
 
 Comparisons, each a row group of the table (column "backend"); the first two run by default:
   mindspore    our MindSpore model (GRAPH mode) against the PyTorch eager twin: training throughput
@@ -20,8 +20,9 @@ Comparisons, each a row group of the table (column "backend"); the first two run
 Each row gives ours, the baseline and the ratio ours/baseline. The baselines need PyTorch (pip install
 torch==2.13.0), the onnxruntime comparison onnxruntime and onnx (pip install onnxruntime onnx); what is
 missing is left out with a NOTE. With the mindspore comparison, the data pipelines follow: ours,
-MindSpore's C++ pipeline and a PyTorch DataLoader, train and eval transforms, 1 to --num_parallel_workers
-workers: img/s, CPU ms per image and peak PSS of each (--data_only: those alone). --json writes every
+MindSpore's C++ pipeline (as its docs build it, normalised float32 CHW, and stopped at uint8 HWC, what ours
+delivers), and a PyTorch DataLoader, train and eval transforms, 1 to --num_parallel_workers workers:
+img/s, CPU ms per image and peak PSS of each (--data_only: those alone). --json writes every
 figure with its timed windows, both graphs' op-type histograms, the machine (load average at start and
 end), versions and settings. On a shared machine, repeat runs and compare.
 """

@@ -21,7 +21,8 @@ the report says so and carries our figures alone; without onnxruntime or onnx it
 "onnxruntime" comparison out and says so.
 
 With the "mindspore" comparison, the data pipelines follow: ours (mobilenetv3.data.create_dataset),
-MindSpore's C++ pipeline and a PyTorch DataLoader with the same transforms, train and eval, at 1 to
+MindSpore's C++ pipeline twice (to normalised float32 CHW as its docs build it, and stopped at uint8 HWC,
+where ours stops in training) and a PyTorch DataLoader with the same transforms, train and eval, at 1 to
 num_parallel_workers workers, each timed alone in a fresh process over 500x375 JPEGs cut from photos
 found on this machine (find_photos), with CPU time per image and peak PSS of the process and its
 workers: what one rank's pipeline delivers per core, and whether the model or the data limits training.
@@ -116,10 +117,15 @@ METRICS = {
 
 
 def random_batch(batch_size, image_size, num_classes, seed):
-    """The same images and labels for both frameworks."""
+    """The same images and labels for every framework: (uint8 NHWC pixels, as the data pipeline gives them
+    to our train step, which normalises them in its graph; the float32 NCHW network input made from
+    them, which everything else gets; int32 labels)."""
+    from mobilenetv3 import data
+    from mobilenetv3.config import build_config
     rng = np.random.default_rng([seed, batch_size])
-    images = rng.standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)
-    return images, rng.integers(0, num_classes, batch_size).astype(np.int32)
+    pixels = rng.integers(0, 256, (batch_size, image_size, image_size, 3), dtype=np.uint8)
+    images = data.normalize_batch(pixels, build_config(overrides=dict(device_target="CPU")))
+    return pixels, images, rng.integers(0, num_classes, batch_size).astype(np.int32)
 
 
 def timed_steps(step, count) -> List[float]:
@@ -158,11 +164,11 @@ class MindSporeRunner:
 
     def step(self, mode, batch_size):
         if (mode, batch_size) not in self.steps:
-            images, labels = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
-                                          self.settings.seed)
-            images, labels = self.ms.Tensor(images), self.ms.Tensor(labels)
+            pixels, images, labels = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
+                                                  self.settings.seed)
+            pixels, images, labels = self.ms.Tensor(pixels), self.ms.Tensor(images), self.ms.Tensor(labels)
             if mode == "train":
-                self.steps[mode, batch_size] = lambda: self.train_step(images, labels).asnumpy()
+                self.steps[mode, batch_size] = lambda: self.train_step(pixels, labels).asnumpy()
             else:
                 self.steps[mode, batch_size] = lambda: self.inference_net(images).asnumpy()
         self.net.set_train(mode == "train")
@@ -203,8 +209,8 @@ class TorchRunner:
 
     def step(self, mode, batch_size):
         if (mode, batch_size) not in self.steps:
-            images, labels = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
-                                          self.settings.seed)
+            _, images, labels = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
+                                             self.settings.seed)
             images, labels = self.torch.from_numpy(images), self.torch.from_numpy(labels).long()
             if mode == "train":
                 self.steps[mode, batch_size] = lambda: self._train(images, labels)
@@ -232,8 +238,8 @@ class OnnxRuntimeRunner:
         if mode != "infer":
             raise ValueError(f"ONNX Runtime runs inference only, got mode {mode!r}")
         if batch_size not in self.steps:
-            images, _ = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
-                                     self.settings.seed)
+            _, images, _ = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
+                                        self.settings.seed)
             self.steps[batch_size] = lambda: self.session.run(None, {self.input_name: images})[0]
         return self.steps[batch_size]
 
@@ -289,7 +295,7 @@ def export_torch_onnx(model, settings: Settings, path, opset: int) -> dict:
 def quantize_ours_onnx(float_path, settings: Settings, path) -> dict:
     """Our float32 export quantized to int8 by export.quantize_onnx, calibrated on random batches."""
     from mobilenetv3.export import quantize_onnx
-    images, _ = random_batch(CALIBRATION_IMAGES, settings.image_size, settings.num_classes, settings.seed)
+    _, images, _ = random_batch(CALIBRATION_IMAGES, settings.image_size, settings.num_classes, settings.seed)
     start = time.perf_counter()
     written = quantize_onnx(float_path, path, images, {})
     return {"path": str(written), "quantize_seconds": time.perf_counter() - start, "graph": graph_summary(written)}
@@ -547,7 +553,7 @@ def make_row(backend, model, metric, batch_size, ours: dict, baseline: Optional[
 # Camera photos (720x477) that rustup's rust-docs component ships; the benchmark JPEGs are cut from them.
 PHOTO_GLOBS = ("~/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/*.jpg",
                "~/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/*.jpeg")
-PIPELINES = ("ours", "mindspore", "torch")
+PIPELINES = ("ours", "mindspore", "mindspore_uint8", "torch")
 TRANSFORMS = ("train", "eval")
 
 
@@ -640,13 +646,14 @@ def pipeline_batches(pipeline, transform, workers, root, settings: Settings, bat
         folder = data.ImageFolder(folder.root, folder.classes, folder.samples * passes)  # eval has no repeat_num
         batches = data.create_dataset(folder, config, False).create_tuple_iterator(num_epochs=1, output_numpy=True)
         return ((data.normalize_batch(images, config), labels) for images, labels in batches)  # as evaluation does
-    if pipeline == "mindspore":
+    if pipeline.startswith("mindspore"):
         import mindspore.dataset as ds
         from mindspore.dataset import vision
         dataset = ds.ImageFolderDataset(str(root), num_parallel_workers=workers, shuffle=training)
         ops = ([vision.RandomCropDecodeResize(config.resize), vision.RandomHorizontalFlip()] if training else
                [vision.Decode(), vision.Resize(data.eval_short_side(config)), vision.CenterCrop(config.resize)])
-        ops += [vision.Normalize([255 * m for m in config.mean], [255 * s for s in config.std]), vision.HWC2CHW()]
+        if pipeline == "mindspore":
+            ops += [vision.Normalize([255 * m for m in config.mean], [255 * s for s in config.std]), vision.HWC2CHW()]
         dataset = dataset.map(ops, input_columns="image", num_parallel_workers=workers)
         return dataset.batch(batch_size, drop_remainder=True).repeat(passes).create_tuple_iterator(
             num_epochs=1, output_numpy=True)
@@ -891,9 +898,10 @@ def format_data_pipeline(pipeline: dict) -> List[str]:
     width, height = pipeline["source_image_size"]
     lines = [f"data pipelines: {pipeline['images']} JPEGs of {width}x{height} {pipeline['source']}, mean file "
              f"{pipeline['mean_file_kb']:.0f} KB; batch {pipeline['batch_size']}, {pipeline['output_image_size']} px. "
-             "ours = data.create_dataset; mindspore = ImageFolderDataset + RandomCropDecodeResize + flip (train) or "
-             "Decode + Resize + CenterCrop (eval), + Normalize + HWC2CHW; torch = DataLoader over Pillow, the same "
-             "transforms"]
+             "ours = data.create_dataset (uint8 NHWC; eval: + normalize_batch, as evaluation runs it; training "
+             "normalises on the device); mindspore = ImageFolderDataset + RandomCropDecodeResize + flip (train) or "
+             "Decode + Resize + CenterCrop (eval), + Normalize + HWC2CHW; mindspore_uint8 = the same without "
+             "Normalize + HWC2CHW; torch = DataLoader over Pillow, the same transforms"]
     if pipeline["torch_reason"]:
         lines.append(f"NOTE: {pipeline['torch_reason']}")
     rows = {(r["pipeline"], r["transform"], r["workers"]): r for r in pipeline["rows"]}

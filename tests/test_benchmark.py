@@ -102,7 +102,7 @@ def check_report(report, with_baseline):
     assert pipeline["batch_size"] == 8 and pipeline["source_image_size"] == [500, 375]
     assert pipeline["images"] == 48 and 10 < pipeline["mean_file_kb"] < 200
     assert (pipeline["torch_reason"] is None) is with_baseline
-    names = ["ours", "mindspore", "torch"] if with_baseline else ["ours", "mindspore"]
+    names = ["ours", "mindspore", "mindspore_uint8"] + (["torch"] if with_baseline else [])
     workers = range(1, machine["cpus_available"] + 1)
     assert sorted((r["pipeline"], r["transform"], r["workers"]) for r in pipeline["rows"]) == \
         sorted((name, "train", w) for name in names for w in workers)  # --quick: train transforms only

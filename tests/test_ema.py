@@ -26,7 +26,7 @@ def test_o2_clips_and_averages_the_float32_weights_and_skips_overflowed_steps(sm
     step = build_train_step(net, config, np.full(4, lr, np.float32))
     assert isinstance(step, LossScaleTrainStep)
     rng = np.random.default_rng(0)
-    images = ms.Tensor(rng.normal(size=(8, 3, 32, 32)).astype(np.float32))
+    images = ms.Tensor(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))  # as the data pipeline gives them
     labels = ms.Tensor(rng.integers(0, 3, 8).astype(np.int32))
     params = {p.name: p for p in net.get_parameters()}
     before = {name: p.asnumpy().copy() for name, p in params.items()}  # asnumpy shares the memory
@@ -54,7 +54,7 @@ def test_o2_clips_and_averages_the_float32_weights_and_skips_overflowed_steps(sm
         assert np.array_equal(params[name].asnumpy(), value), name
     for name, value in averages.items():
         assert np.array_equal(ema[name].asnumpy(), value), name
-    assert net(images).dtype == ms.float16  # O2 computes in float16 from those float32 weights
+    assert net(ms.Tensor(rng.normal(size=(8, 3, 32, 32)).astype(np.float32))).dtype == ms.float16  # O2: float16 compute
 
 
 @pytest.mark.slow  # O2 compiles for a minute on CPU; its step is tested above
