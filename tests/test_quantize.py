@@ -143,11 +143,42 @@ def test_written_out_hard_activations_compute_the_fused_ones(quantized, tmp_path
     ops = [node.op_type for node in model.graph.node]
     assert fused["HardSwish"] > 0 and fused["HardSigmoid"] == 9 and "HardSwish" not in ops
     assert ops.count("Clip") == fused["HardSwish"] + fused["HardSigmoid"]
+    # Every 1/6 went into the weights of the convolutions after it: one Mul per hard-swish (x * relu6), one
+    # per squeeze-excitation (features * gate), none by 1/6.
+    assert ops.count("Mul") == fused["HardSwish"] + fused["HardSigmoid"]
+    assert "hard_activation.sixth" not in {init.name for init in model.graph.initializer}
     onnx.save(model, str(tmp_path / "written_out.onnx"))
     images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     logits = [onnx_backend.make_session(path, 1).run(None, {export.INPUT_NAME: images})[0]
               for path in (float_path, tmp_path / "written_out.onnx")]
     assert np.abs(logits[0]).max() > 0.1 and np.abs(logits[0] - logits[1]).max() <= 1e-5
+
+
+def test_hard_activations_whose_scale_cannot_move_keep_the_division(tmp_path):
+    """A hard-swish read by an Add (as a residual would) and a hard-sigmoid that is a graph output keep
+    their Mul by 1/6; the hard-swish read by a convolution alone has it moved into the weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(1)
+    weight = numpy_helper.from_array(rng.standard_normal((2, 2, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("HardSwish", ["x"], ["a"], name="swish_into_add"),
+         helper.make_node("Add", ["a", "x"], ["sum"], name="add"),
+         helper.make_node("HardSwish", ["sum"], ["b"], name="swish_into_conv"),
+         helper.make_node("Conv", ["b", "w"], ["y"], name="conv"),
+         helper.make_node("HardSigmoid", ["y"], ["gate"], name="sigmoid_out", alpha=1 / 6, beta=0.5)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("gate", TensorProto.FLOAT, [1, 2, 3, 3])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "fused.onnx"))
+    export.write_out_hard_activations(model)
+    divisions = [node.name for node in model.graph.node if "hard_activation.sixth" in node.input]
+    assert sorted(divisions) == ["sigmoid_out.div", "swish_into_add.div"]
+    onnx.save(model, str(tmp_path / "written_out.onnx"))
+    x = rng.uniform(-5, 5, (1, 2, 3, 3)).astype(np.float32)
+    fused, written = (onnx_backend.make_session(tmp_path / f"{name}.onnx", 1).run(None, {"x": x})[0]
+                      for name in ("fused", "written_out"))
+    assert np.ptp(fused) > 0.5 and np.abs(fused - written).max() <= 1e-6
 
 
 def test_calibration_ranges_cover_every_batch(quantized, tmp_path):
