@@ -237,8 +237,8 @@ class DecodedImages:
     sample are drawn from (seed, epoch, key) alone: MindSpore's random ops draw from per-worker
     generators, so their results depend on which worker gets which row, and neither a resumed run nor
     N ranks could reproduce them. Evaluation: shorter side to resize / crop_pct, centre crop (eval_image).
-    Resizing runs in MindSpore's C++ Resize, called here so that all of an image's work is one worker's
-    (the worker count is then the CPU count). A JPEG whose crop (in evaluation: whose shorter side) will
+    Resizing (and AutoAugment and colour jitter, augmentation_ops) runs in MindSpore's C++ ops, called
+    here so that all of an image's work is one worker's (the worker count is then the CPU count). A JPEG whose crop (in evaluation: whose shorter side) will
     be shrunk 2x or more decodes at 1/2-1/8 scale; the box is drawn on the full-size geometry and cut,
     scaled, from the smaller image: the same region.
     An unreadable file is reported and, in training, replaced by the next readable one, so every rank
@@ -280,6 +280,8 @@ class DecodedImages:
         out = resize(crop, (config.resize, config.resize), config.interpolation)
         if flip:
             out = flip_left_right(out)
+        for op in augmentation_ops(config.auto_augment, config.color_jitter, config.interpolation):
+            out = op(out)
         if config.random_erase > 0 and rng.random() < config.random_erase:
             box = random_erasing_box(config.resize, config.resize, rng)
             if box is not None:
@@ -404,17 +406,18 @@ def normalization(config) -> Tuple[np.ndarray, np.ndarray]:
             np.float32(1) / (np.float32(255) * np.asarray(config.std, np.float32)))
 
 
-def augmentations(config) -> list:
-    """MindSpore's C++ AutoAugment and colour jitter when the config asks for them, on uint8 HWC images."""
+@functools.lru_cache(maxsize=None)
+def augmentation_ops(auto_augment: bool, color_jitter: float, interpolation: str) -> tuple:
+    """MindSpore's C++ AutoAugment and colour jitter when the config asks for them, on uint8 HWC images,
+    called by DecodedImages after the flip and before random erasing, torchvision's order. They draw from
+    MindSpore's per-worker generators: unlike crop, flip and erasing, not reproducible across worker counts."""
     from mindspore.dataset import vision
     ops = []
-    if config.auto_augment:
-        ops.append(vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET, interpolation=_interpolation(
-            config.interpolation)))
-    if config.color_jitter > 0:
-        strength = config.color_jitter
-        ops.append(vision.RandomColorAdjust(brightness=strength, contrast=strength, saturation=strength))
-    return ops
+    if auto_augment:
+        ops.append(vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET, interpolation=_interpolation(interpolation)))
+    if color_jitter > 0:
+        ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    return tuple(ops)
 
 
 def eval_short_side(config) -> int:
@@ -438,6 +441,4 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
     keys = ds.NumpySlicesDataset({"key": sampler.indices()}, shuffle=False)  # one worker: see the module doc
     dataset = keys.map(decode, input_columns="key", output_columns=["image", "label"], num_parallel_workers=workers,
                        python_multiprocessing=workers > 1)
-    if training and augmentations(config):
-        dataset = dataset.map(augmentations(config), input_columns="image", num_parallel_workers=workers)
     return dataset.batch(config.batch_size, drop_remainder=training)

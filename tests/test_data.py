@@ -290,6 +290,31 @@ def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
     assert 4 <= erased <= 16
 
 
+def test_random_erasing_comes_after_colour_jitter_as_in_torchvision(tmp_path, small_config):
+    """Through the pipeline: the erased rectangle keeps the exact mean colour, so colour jitter ran before
+    it, as in torchvision's recipe, not after."""
+    pixels = np.random.default_rng(6).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    for c in range(2):
+        for i in range(4):
+            save(tmp_path / "d" / "train" / f"c{c}" / f"{i}.png", Image.fromarray(pixels))
+    folder = data.scan_image_folder(tmp_path / "d" / "train")
+    settings = small_config(data_url=str(tmp_path / "d"), seed=3, batch_size=8, resize=24, random_erase=1.0,
+                            color_jitter=0.9, num_parallel_workers=1)
+    images, _ = next(data.create_dataset(folder, settings, True).create_tuple_iterator(output_numpy=True))
+    mean_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
+    erased = 0
+    for image, key in zip(images, EpochSampler(8, shuffle=True, seed=3).indices()):
+        rng = np.random.default_rng([3, 0, key])
+        random_resized_crop_box(60, 80, rng)
+        rng.random(), rng.random()  # the flip, the erasing probability
+        box = data.random_erasing_box(24, 24, rng)
+        if box is not None:
+            top, left, h, w = box
+            assert np.all(image[top:top + h, left:left + w] == mean_colour), key
+            erased += 1
+    assert erased >= 6
+
+
 def test_flip_left_right_mirrors_any_crop():
     pixels = np.random.default_rng(1).integers(0, 256, (9, 13, 3), dtype=np.uint8)
     crop = pixels[2:7, 3:11]
