@@ -238,9 +238,9 @@ class DecodedImages:
     generators, so their results depend on which worker gets which row, and neither a resumed run nor
     N ranks could reproduce them. Evaluation: shorter side to resize / crop_pct, centre crop (eval_image).
     Resizing (and AutoAugment and colour jitter, augmentation_ops) runs in MindSpore's C++ ops, called
-    here so that all of an image's work is one worker's (the worker count is then the CPU count). A JPEG whose crop (in evaluation: whose shorter side) will
-    be shrunk 2x or more decodes at 1/2-1/8 scale; the box is drawn on the full-size geometry and cut,
-    scaled, from the smaller image: the same region.
+    here so that all of an image's work is one worker's (the worker count is then the CPU count). A JPEG
+    whose crop (in evaluation: whose shorter side) will be shrunk 2x or more decodes at 1/2-1/8 scale;
+    the box is drawn on the full-size geometry and cut, scaled, from the smaller image: the same region.
     An unreadable file is reported and, in training, replaced by the next readable one, so every rank
     still runs the same number of steps; in evaluation it yields a black image labelled UNREADABLE,
     which the counts leave out, so no image is counted twice.
@@ -261,7 +261,8 @@ class DecodedImages:
             path, label = self.samples[(key + offset) % len(self.samples)]
             try:
                 image = EncodedImage(path)
-                return (self.augmented(image, key) if self.training else eval_image(image, self.config)), np.int32(label)
+                pixels = self.augmented(image, key) if self.training else eval_image(image, self.config)
+                return pixels, np.int32(label)
             except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as err:
                 warn_unreadable(path, err)
                 if not self.training:
