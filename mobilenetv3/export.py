@@ -273,14 +273,20 @@ def calibration_images(paths, config) -> Tuple[np.ndarray, list]:
     return data.normalize_batch(np.stack(images), config), skipped
 
 
-def float_nodes(model) -> list:
-    """Names of the nodes quantize_onnx leaves in float32: the classifier, everything after the final global
-    pooling (the mean whose result does not scale features, as a squeeze-excitation's does), so the logits
-    are not rounded to an int8 grid. See docs/performance.md, int8, for why the rest is quantized."""
+def readers_of(model) -> dict:
+    """Tensor name -> the nodes of `model`'s graph that read it."""
     readers = defaultdict(list)
     for node in model.graph.node:
         for name in node.input:
             readers[name].append(node)
+    return readers
+
+
+def float_nodes(model) -> list:
+    """Names of the nodes quantize_onnx leaves in float32: the classifier, everything after the final global
+    pooling (the mean whose result does not scale features, as a squeeze-excitation's does), so the logits
+    are not rounded to an int8 grid. See docs/performance.md, int8, for why the rest is quantized."""
+    readers = readers_of(model)
     pools = [node for node in model.graph.node if node.op_type == "ReduceMean"]
     if not pools:
         return []
@@ -297,14 +303,11 @@ def float_nodes(model) -> list:
 SCALE_CARRYING_OPS = ("Mul", "ReduceMean", "GlobalAveragePool", "AveragePool", "Flatten", "Reshape")
 
 
-def weights_taking_in(model, tensor: str) -> Optional[list]:
+def weights_taking_in(model, tensor: str, readers: dict) -> Optional[list]:
     """The weight initializers of the Conv/Gemm/MatMul nodes that every path from `tensor` reaches
     through SCALE_CARRYING_OPS (a weight once per path), or None if a path ends elsewhere (an Add, a
-    graph output, a weight shared with another node): then the tensor's scale cannot be moved into them."""
-    readers = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    graph output, a weight shared with another node): then the tensor's scale cannot be moved into them.
+    `readers`: readers_of(model)."""
     initializers = {init.name for init in model.graph.initializer}
     outputs = {output.name for output in model.graph.output}
     weights, pending = [], [tensor]
@@ -334,6 +337,7 @@ def write_out_hard_activations(model):
     activation; where it cannot, it stays a Mul by 1/6."""
     from onnx import helper, numpy_helper
     initializers = {init.name: init for init in model.graph.initializer}
+    readers = readers_of(model)  # of the graph as exported: the rewrite keeps every activation's output name
     constants = {"three": 3.0, "zero": 0.0, "six": 6.0}
     nodes = []
     for node in model.graph.node:
@@ -341,7 +345,7 @@ def write_out_hard_activations(model):
             nodes.append(node)
             continue
         x, name, output = node.input[0], node.name, node.output[0]
-        weights = weights_taking_in(model, output)
+        weights = weights_taking_in(model, output, readers)
         six_times = output if weights is not None else f"{name}.six_times"  # 6 x the activation
         relu6 = six_times if node.op_type == "HardSigmoid" else f"{name}.relu6"
         nodes += [helper.make_node("Add", [x, "hard_activation.three"], [f"{name}.plus3"], name=f"{name}.add"),
