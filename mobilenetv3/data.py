@@ -10,13 +10,15 @@ skipped with a warning naming it; Pillow also reads every mode (CMYK, palette, R
 3-channel RGB. Resizing and the other transforms run in MindSpore's C++ vision ops, on uint8 pixels;
 normalising them is left to where the batch lands (create_dataset).
 
-The pipeline: the sample keys of one epoch (EpochSampler) -> decode, crop and flip (DecodedImages) in
-`num_parallel_workers` workers -> the C++ ops -> batches. The keys come from a one-worker source and
-the decoding is a map: a GeneratorDataset source with two or more workers waits for its threads in
-100 ms sleeps (MindSpore 2.10's SamplerFn.process), which made two workers slower than one, and those
-threads install MindSpore's own SIGINT/SIGTERM handlers over the trainer's. With two or more workers
-the decoding runs in worker processes (the Python around the decoders holds the GIL); MindSpore makes
-them ignore SIGINT, so a ^C in a terminal reaches only the training loop.
+The pipeline: the sample keys of one epoch (EpochSampler), a batch of keys per row -> the whole batch
+decoded, cropped, flipped and resized (DecodedImages) by one of `num_parallel_workers` workers. A row per
+batch, not per image: MindSpore's Python map costs a fixed time per row (thread hand-overs, queues,
+shared memory), which per image was a sizeable share of the image's own work. The keys come from a
+one-worker source and the decoding is a map: a GeneratorDataset source with two or more workers waits
+for its threads in 100 ms sleeps (MindSpore 2.10's SamplerFn.process), which made two workers slower
+than one, and those threads install MindSpore's own SIGINT/SIGTERM handlers over the trainer's. With two
+or more workers the decoding runs in worker processes (the Python around the decoders holds the GIL);
+MindSpore makes them ignore SIGINT, so a ^C in a terminal reaches only the training loop.
 """
 import functools
 import io
@@ -231,7 +233,8 @@ def random_resized_crop_box(height, width, rng, scale=(0.08, 1.0), ratio=(3 / 4,
 
 
 class DecodedImages:
-    """Key -> (uint8 HWC image at the network's size, label): the map function of the pipeline.
+    """Key -> (uint8 HWC image at the network's size, label); called with a batch of keys, the map
+    function of the pipeline.
 
     Training: the random-resized crop, horizontal flip and (random_erase > 0) erased rectangle of each
     sample are drawn from (seed, epoch, key) alone: MindSpore's random ops draw from per-worker
@@ -253,8 +256,14 @@ class DecodedImages:
     def __len__(self):
         return len(self.samples)
 
-    def __call__(self, key):
-        return self[int(key)]
+    def __call__(self, keys: np.ndarray):
+        """(uint8 NHWC images, int32 labels) of the samples `keys`; keys below 0 pad a short last batch."""
+        keys = keys[keys >= 0]
+        size = self.config.resize
+        images, labels = np.empty((len(keys), size, size, 3), np.uint8), np.empty(len(keys), np.int32)
+        for row, key in enumerate(keys.tolist()):
+            images[row], labels[row] = self[key]
+        return images, labels
 
     def __getitem__(self, key):
         for offset in range(len(self.samples)):
@@ -437,9 +446,12 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
     if training and len(sampler) < config.batch_size:
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
+    keys = sampler.indices()
+    batches = len(keys) // config.batch_size if training else -(-len(keys) // config.batch_size)
+    keys = np.resize(keys, batches * config.batch_size)  # training: drop the remainder
+    keys[len(sampler):] = -1  # evaluation: pad the last batch (DecodedImages leaves the padding out)
     workers = data_workers(config.num_parallel_workers)
     decode = DecodedImages(folder.samples, config, training, epoch)
-    keys = ds.NumpySlicesDataset({"key": sampler.indices()}, shuffle=False)  # one worker: see the module doc
-    dataset = keys.map(decode, input_columns="key", output_columns=["image", "label"], num_parallel_workers=workers,
-                       python_multiprocessing=workers > 1)
-    return dataset.batch(config.batch_size, drop_remainder=training)
+    keys = ds.NumpySlicesDataset({"keys": keys.reshape(batches, config.batch_size)}, shuffle=False)
+    return keys.map(decode, input_columns="keys", output_columns=["image", "label"], num_parallel_workers=workers,
+                    python_multiprocessing=workers > 1)

@@ -271,7 +271,7 @@ def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
     settings = config(seed=7, resize=24, random_erase=0.5)
     source = data.DecodedImages([(str(path), 0)], settings, True, epoch=2)
     mean_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
-    erased = 0
+    erased, expected_images = 0, []
     for key in range(20):
         rng = np.random.default_rng([7, 2, key])
         top, left, h, w = random_resized_crop_box(60, 80, rng)
@@ -284,8 +284,10 @@ def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
                 expected[top:top + h, left:left + w] = mean_colour
                 assert 0.02 * 576 - 24 <= h * w <= 576 / 3 + 24 and h < 24 and w < 24
                 erased += 1
-        image, label = source(np.int64(key))
-        assert label == 0 and image.shape == (24, 24, 3)
+        expected_images.append(expected)
+    images, labels = source(np.array([*range(20), -1, -1]))  # one batch; keys below 0 are its padding
+    assert images.shape == (20, 24, 24, 3) and labels.tolist() == [0] * 20
+    for key, (image, expected) in enumerate(zip(images, expected_images)):
         assert np.array_equal(image, expected), key
     assert 4 <= erased <= 16
 
