@@ -78,6 +78,16 @@ def check_model_matches(meta: dict, path, model: str, num_classes: Optional[int]
                             f"pass --{key} {saved} or use another checkpoint")
 
 
+MODEL_KEYS = ("model", "num_classes", "width")  # what a model's meta fixes about the network
+
+
+def check_model_flags(meta: dict, path, config):
+    """check_model_matches for the MODEL_KEYS given as flags: a model's meta wins over a config file
+    (eval, infer, export), so only a flag can contradict it."""
+    flags = getattr(config, "flags", frozenset())
+    check_model_matches(meta, path, *(getattr(config, key) if key in flags else None for key in MODEL_KEYS))
+
+
 def listing(names, most=8) -> str:
     """The first `most` names, comma-separated, and how many more there are."""
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")

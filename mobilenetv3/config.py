@@ -247,6 +247,13 @@ def build_config(config_path=None, overrides: Optional[dict] = None, source=lamb
     return config
 
 
+def replaced(config: Config, **changes) -> Config:
+    """dataclasses.replace that keeps the record of which keys were flags."""
+    new = dataclasses.replace(config, **changes)
+    new.flags = getattr(config, "flags", frozenset())
+    return new
+
+
 def check_consistency(config: Config):
     if config.lr_decay_mode == "piecewise" and len(config.milestone) != len(config.learning_rates):
         raise ConfigError("milestone and learning_rates must have the same length for lr_decay_mode piecewise "

@@ -81,11 +81,9 @@ def checked_meta(path, file_format: str, config, embedded: Optional[str] = None)
     config's without a meta."""
     checkpoint.require_file(path, f"{file_format} file")
     meta = read_meta(path, embedded)
-    flags = getattr(config, "flags", frozenset())
-    checkpoint.check_model_matches(meta, path, *(getattr(config, key) if key in flags else None
-                                                 for key in ("model", "num_classes", "width")))
+    checkpoint.check_model_flags(meta, path, config)
     image_size = meta.get("image_size", config.resize)
-    if image_size != config.resize and "resize" in flags:
+    if image_size != config.resize and "resize" in getattr(config, "flags", frozenset()):
         raise UserError(f"{path} was exported for {image_size}-pixel images, but --resize is {config.resize}; "
                         f"pass --resize {image_size} or leave it out")
     return dict(meta, num_classes=meta.get("num_classes", config.num_classes))

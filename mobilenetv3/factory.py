@@ -4,7 +4,7 @@ a network it is given; this module sits on both.
 """
 from typing import Optional
 
-from .checkpoint import check_model_matches, load, load_weights
+from .checkpoint import MODEL_KEYS, check_model_flags, check_model_matches, load, load_weights
 from .errors import UserError
 from .model import ARCHITECTURES, MobileNetV3, list_models
 
@@ -45,18 +45,19 @@ def create_model(name: str, num_classes: Optional[int] = None, width: Optional[f
 def model_from_checkpoint(config, path=None):
     """The eval-mode model a checkpoint was saved for, and its meta: what eval, infer and export run.
 
-    --model, --num_classes and --width must agree with the checkpoint's meta (one clear error otherwise);
-    BatchNorm's eps and momentum come from the meta, else from the config. With config.use_ema the weights
-    are the EMA ones, and the meta says so ("weights": "ema").
+    The model, num_classes, width and BatchNorm's eps and momentum come from the meta, else from the config;
+    --model, --num_classes or --width given as a flag must agree with the meta (one clear error otherwise).
+    With config.use_ema the weights are the EMA ones, and the meta says so ("weights": "ema").
     """
     path = path or config.pretrained
     if not path:
         raise UserError("no checkpoint given: pass --pretrained CKPT")
     loaded = load(path)
     meta = loaded[1]
-    check_model_matches(meta, path, config.model, config.num_classes, config.width)
-    net = MobileNetV3(ARCHITECTURES[config.model], config.num_classes, config.width, config.dropout_rate,
-                      meta.get("bn_momentum", config.bn_momentum), meta.get("bn_eps", config.bn_eps))
+    check_model_flags(meta, path, config)
+    model, num_classes, width, bn_momentum, bn_eps = (
+        meta.get(key, getattr(config, key)) for key in (*MODEL_KEYS, "bn_momentum", "bn_eps"))
+    net = MobileNetV3(ARCHITECTURES[model], num_classes, width, config.dropout_rate, bn_momentum, bn_eps)
     load_weights(net, path, new_classifier_ok=False, use_ema=config.use_ema, loaded=loaded)
     net.set_train(False)
     return net, dict(meta, weights="ema") if config.use_ema else meta

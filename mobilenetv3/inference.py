@@ -5,7 +5,6 @@ Images go through the eval transforms one by one (decoded with Pillow, so any mo
 works); files that cannot be read are skipped and reported with the reason, never fatal.
 """
 import csv
-import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from . import data, export, runtime
+from .config import replaced
 from .errors import UserError
 from .evaluation import mindspore_predictor
 from .factory import model_from_checkpoint
@@ -55,7 +55,7 @@ def load_model(config) -> Tuple[Callable[[np.ndarray], np.ndarray], dict]:
         if "backend" in getattr(config, "flags", ()):
             raise UserError(f"{path} is an exported {file_format} model: run it with --backend {backend} "
                             f"(or pass the checkpoint it was exported from)")
-        config = dataclasses.replace(config, backend=backend)  # the file says which engine runs it
+        config = replaced(config, backend=backend)  # the file says which engine runs it
     if config.backend == "onnxruntime":
         from .onnx_backend import onnx_model
         return onnx_model(config)

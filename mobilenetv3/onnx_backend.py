@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import checkpoint, export
+from . import checkpoint, export, preprocessing
 from .errors import UserError
 from .factory import model_from_checkpoint
 from .runtime import cpu_threads
@@ -82,16 +82,17 @@ def cache_path(checkpoint_path, image_size: int, use_ema: bool = False) -> Path:
 
 def cached_session(config):
     """(path, ONNX Runtime session with config.threads threads) of the ONNX export of checkpoint
-    config.pretrained for config.resize, exported now unless the cached one is of the same checkpoint
-    bytes (see the module docstring). --model, --num_classes and --width are checked against the
-    checkpoint's meta either way."""
+    config.pretrained for the image size it was trained at (or --resize), exported now unless the cached
+    one is of the same checkpoint bytes (see the module docstring). --model, --num_classes and --width
+    given as flags are checked against the checkpoint's meta either way."""
     source = checkpoint.require_file(config.pretrained)
+    config, _ = preprocessing.resolve(config, checkpoint.read_meta(source))  # the image size it was trained at
     key = dict(zip(CACHE_KEYS, (file_sha256(source), CACHE_VERSION)))
     target = cache_path(source, config.resize, config.use_ema)
     session = _open_cache(target, config.threads)
     cached = export.read_meta(target, embedded_meta(session)) if session is not None else {}
     if all(cached.get(name) == value for name, value in key.items()):
-        checkpoint.check_model_matches(cached, source, config.model, config.num_classes, config.width)
+        checkpoint.check_model_flags(cached, source, config)
         return target, session
     if not os.access(target.parent, os.W_OK):
         raise UserError(f"cannot cache the ONNX export of {source}: {target.parent} is not writable; export it with "

@@ -465,7 +465,7 @@ def _train(config, dist, folder):
                        config.bn_momentum, config.bn_eps)
     if config.pretrained:  # fine-tuning: with the preprocessing those weights expect
         config, line = preprocessing.resolve(config, checkpoint.load_weights(net, config.pretrained,
-                                                                             new_classifier_ok=True))
+                                                                             new_classifier_ok=True), own_size=True)
         if main_process:
             print(line, file=sys.stderr)
 

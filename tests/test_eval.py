@@ -176,6 +176,16 @@ def test_data_url_may_be_a_class_folder_tree(trained, folder, expected, capsys):
     assert ast.literal_eval(first) == {"Top_1_Accuracy": expected["top1"], "Top_5_Accuracy": expected["top5"]}
 
 
+def test_the_checkpoint_alone_says_model_classes_and_image_size(trained, folder, expected, capsys):
+    """Without --num_classes or --resize (defaults 1000 and 224) the checkpoint's
+    meta builds the model it is for and evaluates at the size it was trained at (32 px)."""
+    run_cli(eval_main(), ["--device_target", "CPU", "--data_url", str(folder), "--pretrained", str(trained)])
+    out, err = capsys.readouterr()
+    assert ast.literal_eval(out.splitlines()[0]) == {"Top_1_Accuracy": expected["top1"],
+                                                     "Top_5_Accuracy": expected["top5"]}
+    assert "preprocessing: 32 px, bilinear" in err
+
+
 def test_missing_checkpoint_is_one_error_line(folder, tmp_path):
     missing = tmp_path / "missing.ckpt"
     result = run_script("eval", *flags(data_url=folder, pretrained=missing))

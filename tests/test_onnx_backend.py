@@ -184,6 +184,9 @@ def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
         (dict(pretrained=tmp_path / "model.onnx", backend="onnxruntime", resize=64),
          f"error: {tmp_path}/model.onnx was exported for 32-pixel images, but --resize is 64; pass --resize 32 or "
          "leave it out"),
+        (dict(pretrained=tmp_path / "model.onnx", resize=64),  # the backend taken from the file, the flag kept
+         f"error: {tmp_path}/model.onnx was exported for 32-pixel images, but --resize is 64; pass --resize 32 or "
+         "leave it out"),
         (dict(pretrained=bare, backend="onnxruntime", resize=64),
          f"error: {bare} takes images ['batch', 3, 32, 32], but inference needs one input [batch, 3, 64, 64] with "
          "a dynamic batch size; export with scripts/export.py --file_format ONNX or pass --resize to match"),
@@ -221,7 +224,7 @@ def test_an_onnx_file_alone_names_the_classes_and_preprocesses_as_in_training(mo
     checkpoint.save(model_copy, params, dict(meta, preprocessing=trained_with))
     given = export_onnx(model_copy, tmp_path / "model", capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "small.ckpt"]
-    assert onnx_backend.read_meta(given)["preprocessing"] == trained_with
+    assert onnx_backend.read_meta(given)["preprocessing"] == dict(trained_with, resize=32)
     infer = runpy.run_path(str(REPO / "scripts" / "infer.py"), run_name="infer_script")["main"]
     onnx_alone = ["--device_target", "CPU", "--data_url", image_folder / "val", "--pretrained", given]
     records, preprocessing_lines = {}, {}

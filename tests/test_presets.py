@@ -131,12 +131,13 @@ def test_preset_is_recorded_and_eval_infer_export_use_it_unless_a_flag_says_othe
               "--resize", "32", "--top_k", "1")
     used = run_script("infer", *common)
     assert used.returncode == 0, used.stderr
-    assert used.stderr.splitlines()[-1] == ("preprocessing: bicubic, crop_pct 0.875, mean (0.485, 0.456, 0.406), "
-                                           "std (0.229, 0.224, 0.225) (from timm/mobilenetv3_small_100.lamb_in1k)")
+    assert used.stderr.splitlines()[-1] == (
+        "preprocessing: 32 px, bicubic, crop_pct 0.875, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) "
+        "(from timm/mobilenetv3_small_100.lamb_in1k)")
     overridden = run_script("infer", *common, "--interpolation", "bilinear", "--mean", "0,0,0")
     assert overridden.returncode == 0, overridden.stderr
     assert overridden.stderr.splitlines()[-1] == (
-        "preprocessing: bilinear, crop_pct 0.875, mean (0, 0, 0), std (0.229, 0.224, 0.225) "
+        "preprocessing: 32 px, bilinear, crop_pct 0.875, mean (0, 0, 0), std (0.229, 0.224, 0.225) "
         "(from timm/mobilenetv3_small_100.lamb_in1k, except --interpolation, --mean from the command line)")
 
     exported = run_script("export", "--device_target", "CPU", "--pretrained", root / "small.ckpt", "--resize", "32",
@@ -146,20 +147,33 @@ def test_preset_is_recorded_and_eval_infer_export_use_it_unless_a_flag_says_othe
     assert written["preprocessing"]["interpolation"] == "bilinear" and written["preset"] == meta["preset"]
     from_export = run_script("infer", *common[:2], "--pretrained", root / "small_bilinear.mindir", *common[4:])
     assert from_export.returncode == 0, from_export.stderr
-    assert "preprocessing: bilinear, crop_pct 0.875" in from_export.stderr
+    assert "preprocessing: 32 px, bilinear, crop_pct 0.875" in from_export.stderr
 
 
 def test_resolve_precedence_flag_then_model_then_config():
     saved = dict(interpolation="bicubic", crop_pct=0.9, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
     config = build_config(overrides=dict(crop_pct=0.8))  # a flag: wins over the model's 0.9
     resolved, line = preprocessing.resolve(config, {"preprocessing": saved})
-    assert preprocessing.of_config(resolved) == dict(saved, crop_pct=0.8)
+    assert preprocessing.of_config(resolved) == dict(saved, crop_pct=0.8, resize=224)
     assert line.endswith("(from the model's meta, except --crop_pct from the command line)")
     # A checkpoint written before "preprocessing" existed: its training config says how it was trained.
     resolved, _ = preprocessing.resolve(build_config(), {"config": dict(interpolation="bicubic", crop_pct=0.95)})
     assert (resolved.interpolation, resolved.crop_pct) == ("bicubic", 0.95)
     resolved, line = preprocessing.resolve(build_config(overrides=dict(mean=[0.5, 0.5, 0.5])), {})
     assert resolved.mean == [0.5, 0.5, 0.5] and line.endswith("(from the config (the model records none))")
+
+
+def test_the_image_size_a_model_was_trained_at_is_used_unless_a_flag_or_fine_tuning_says_otherwise():
+    trained_at_32 = {"preprocessing": dict(resize=32, interpolation="bilinear", crop_pct=0.875,
+                                           mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])}
+    resolved, line = preprocessing.resolve(build_config(), trained_at_32)
+    assert resolved.resize == 32 and line.startswith("preprocessing: 32 px, bilinear")
+    assert preprocessing.resolve(build_config(overrides=dict(resize=40)), trained_at_32)[0].resize == 40
+    assert preprocessing.resolve(build_config(), trained_at_32, own_size=True)[0].resize == 224
+    # Checkpoints written before the size was recorded: the training config in their meta has it.
+    older = {"preprocessing": {"interpolation": "bicubic"}, "config": dict(resize=28, interpolation="bilinear")}
+    resolved, _ = preprocessing.resolve(build_config(), older)
+    assert (resolved.resize, resolved.interpolation) == (28, "bicubic")
 
 
 def test_the_resolved_preprocessing_is_what_evaluation_applies(tmp_path):
