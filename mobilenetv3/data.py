@@ -10,10 +10,11 @@ skipped with a warning naming it; Pillow also reads every mode (CMYK, palette, R
 3-channel RGB. Resizing and the other transforms run in MindSpore's C++ vision ops, on uint8 pixels;
 normalising them is left to where the batch lands (create_dataset).
 
-The pipeline: the sample keys of one epoch (EpochSampler), a batch of keys per row -> the whole batch
-decoded, cropped, flipped and resized (DecodedImages) by one of `num_parallel_workers` workers. A row per
-batch, not per image: MindSpore's Python map costs a fixed time per row (thread hand-overs, queues,
-shared memory), which per image was a sizeable share of the image's own work. The keys come from a
+The pipeline: the sample keys of one epoch (EpochSampler), batched -> the whole batch decoded, cropped,
+flipped and resized (DecodedImages) by one of `num_parallel_workers` workers. A row per batch, not per
+image: MindSpore's Python map costs a fixed time per row (thread hand-overs, queues, shared memory),
+which per image was a sizeable share of the image's own work. The keys are batched before the map, so
+the dataset reports its batch size (GPU sink mode sets up its queue with it). They come from a
 one-worker source and the decoding is a map: a GeneratorDataset source with two or more workers waits
 for its threads in 100 ms sleeps (MindSpore 2.10's SamplerFn.process), which made two workers slower
 than one, and those threads install MindSpore's own SIGINT/SIGTERM handlers over the trainer's. With two
@@ -257,8 +258,7 @@ class DecodedImages:
         return len(self.samples)
 
     def __call__(self, keys: np.ndarray):
-        """(uint8 NHWC images, int32 labels) of the samples `keys`; keys below 0 pad a short last batch."""
-        keys = keys[keys >= 0]
+        """(uint8 NHWC images, int32 labels) of the samples `keys`: one batch."""
         size = self.config.resize
         images, labels = np.empty((len(keys), size, size, 3), np.uint8), np.empty(len(keys), np.int32)
         for row, key in enumerate(keys.tolist()):
@@ -446,12 +446,9 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
     if training and len(sampler) < config.batch_size:
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
-    keys = sampler.indices()
-    batches = len(keys) // config.batch_size if training else -(-len(keys) // config.batch_size)
-    keys = np.resize(keys, batches * config.batch_size)  # training: drop the remainder
-    keys[len(sampler):] = -1  # evaluation: pad the last batch (DecodedImages leaves the padding out)
     workers = data_workers(config.num_parallel_workers)
     decode = DecodedImages(folder.samples, config, training, epoch)
-    keys = ds.NumpySlicesDataset({"keys": keys.reshape(batches, config.batch_size)}, shuffle=False)
+    keys = ds.NumpySlicesDataset({"keys": sampler.indices()}, shuffle=False).batch(config.batch_size,
+                                                                                  drop_remainder=training)
     return keys.map(decode, input_columns="keys", output_columns=["image", "label"], num_parallel_workers=workers,
                     python_multiprocessing=workers > 1)
