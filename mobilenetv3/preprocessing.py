@@ -34,8 +34,8 @@ def recorded(meta: dict) -> dict:
 
 def describe(values: dict) -> str:
     mean, std = (", ".join(f"{v:g}" for v in values[name]) for name in ("mean", "std"))
-    size = f"{values['resize']} px, " if "resize" in values else ""
-    return f"{size}{values['interpolation']}, crop_pct {values['crop_pct']:g}, mean ({mean}), std ({std})"
+    return (f"{values['resize']} px, {values['interpolation']}, crop_pct {values['crop_pct']:g}, "
+            f"mean ({mean}), std ({std})")
 
 
 def resolve(config, meta: dict, own_size: bool = False) -> Tuple[object, str]:
