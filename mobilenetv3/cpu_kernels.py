@@ -16,21 +16,17 @@ $XDG_CACHE_HOME/mobilenetv3/<hash>/ (~/.cache by default), keyed by the source, 
 the MindSpore version.
 """
 import ctypes
-import hashlib
-import os
-import shlex
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import mindspore as ms
 from mindspore import ops
 
+from . import native
 from .cpu_info import cpu_flags, physical_cores
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
+SOURCE = native.CSRC / "cpu_kernels.cc"
 LIBRARY_NAME = "libmobilenetv3_kernels.so"
 FLAGS = ["-Wall", "-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC", "-pthread", "-Wl,--no-undefined"]
 STRIDES = (1, 2)  # the library's entry points DwFwd<stride> and DwBwd<stride>
@@ -39,46 +35,9 @@ MAX_KERNEL = 7
 _state = {}  # "library": its path or None once decided in this process; "handle": ctypes; "threads"
 
 
-def compiler() -> list:
-    return shlex.split(os.environ.get("CXX") or "g++")
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mobilenetv3"
-
-
 def library_path() -> Path:
     """Where this source, these flags and this MindSpore version are built to."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [ms.__version__]).encode()).hexdigest()[:16]
-    return cache_dir() / key / LIBRARY_NAME
-
-
-def _build(path: Path) -> Optional[str]:
-    """Compile the library to `path`; returns None, or why it failed and what would fix it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A private temporary name, then an atomic rename: ranks building at once each finish a whole file.
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{LIBRARY_NAME}.", suffix=".tmp")
-    os.close(fd)
-    command = compiler() + FLAGS + [str(SOURCE), "-o", temporary]
-    try:
-        try:
-            result = subprocess.run(command, capture_output=True, text=True)
-        except FileNotFoundError:
-            return (f"no C++ compiler ({command[0]} not found); install one (apt-get install g++) "
-                    "or set CXX to a C++17 compiler")
-        except OSError as err:
-            return f"could not run the C++ compiler {command[0]} ({err.strerror}); set CXX to a C++17 compiler"
-        if result.returncode != 0:
-            detail = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-            return (f"compiling it failed ({detail}); run `{shlex.join(command[:-2])} -o {path}` to see why, "
-                    "or set CXX to a working C++17 compiler")
-        os.chmod(temporary, 0o755)  # mkstemp made it private
-        os.replace(temporary, path)
-        return None
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    return native.library_path(SOURCE, FLAGS, LIBRARY_NAME, depends_on=ms.__version__)
 
 
 def _why_unavailable(path: Path) -> Optional[str]:
@@ -89,7 +48,7 @@ def _why_unavailable(path: Path) -> Optional[str]:
     if path.is_file():
         return None
     try:
-        return _build(path)
+        return native.build(SOURCE, FLAGS, path)
     except OSError as err:
         return f"could not write {path.parent} ({err}); set XDG_CACHE_HOME to a writable directory"
 

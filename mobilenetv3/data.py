@@ -35,6 +35,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
+from . import jpeg_crop
 from .cpu_info import available_cpus
 from .errors import UserError
 
@@ -184,6 +185,27 @@ class EncodedImage:
                 width, height = image.size
         self.width, self.height = width, height
 
+    def rgb_box(self, top: int, left: int, height: int, width: int, shrink: float = 1.0) -> np.ndarray:
+        """rgb(shrink) cut to the box (full-size coordinates, scaled as the image is). A JPEG that simplejpeg
+        would decode has only the box decoded (jpeg_crop), when that library is available."""
+        if self.turbo and jpeg_crop.library() is not None:
+            scale = reduction(shrink)
+            top_row, end_row, left_column, end_column = self._box_in(
+                (-(-self.height // scale), -(-self.width // scale)), top, left, height, width)  # libjpeg's sides
+            try:
+                return jpeg_crop.decode(self.blob, scale, top_row, left_column, end_row - top_row,
+                                        end_column - left_column)
+            except ValueError:
+                pass  # as rgb(): Pillow reads some files libjpeg-turbo's strict mode refuses, or says why not
+        pixels = self.rgb(shrink)
+        top_row, end_row, left_column, end_column = self._box_in(pixels.shape[:2], top, left, height, width)
+        return np.ascontiguousarray(pixels[top_row:end_row, left_column:end_column])
+
+    def _box_in(self, size, top, left, height, width) -> Tuple[int, int, int, int]:
+        """(first row, end row, first column, end column) of the box in this image decoded to `size`."""
+        y, x = self.height / size[0], self.width / size[1]
+        return round(top / y), round((top + height) / y), round(left / x), round((left + width) / x)
+
     def rgb(self, shrink: float = 1.0) -> np.ndarray:
         """RGB uint8 HWC pixels; a JPEG whose pixels will be shrunk at least 2, 4 or 8 times afterwards
         decodes at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling; sides rounded up)."""
@@ -284,9 +306,7 @@ class DecodedImages:
         rng = np.random.default_rng([config.seed, self.epoch, key])
         top, left, h, w = random_resized_crop_box(image.height, image.width, rng, scale=(config.min_crop_area, 1.0))
         flip = rng.random() < 0.5
-        pixels = image.rgb(min(h, w) / config.resize)
-        y, x = image.height / pixels.shape[0], image.width / pixels.shape[1]
-        crop = np.ascontiguousarray(pixels[round(top / y):round((top + h) / y), round(left / x):round((left + w) / x)])
+        crop = image.rgb_box(top, left, h, w, min(h, w) / config.resize)
         out = resize(crop, (config.resize, config.resize), config.interpolation)
         if flip:
             out = flip_left_right(out)
@@ -447,6 +467,9 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
     workers = data_workers(config.num_parallel_workers)
+    if training and any(Path(path).suffix.lower() in (".jpg", ".jpeg") for path, _ in folder.samples):
+        from .distributed import is_main_process
+        jpeg_crop.library(say_why=is_main_process())  # decided before the workers start: they inherit it
     decode = DecodedImages(folder.samples, config, training, epoch)
     keys = ds.NumpySlicesDataset({"keys": sampler.indices()}, shuffle=False).batch(config.batch_size,
                                                                                   drop_remainder=training)

@@ -13,7 +13,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from mobilenetv3 import cpu_info, cpu_kernels
+from mobilenetv3 import cpu_info, cpu_kernels, native
 from mobilenetv3.factory import create_model
 from mobilenetv3.model import ARCHITECTURES, GlobalAvgPool, HardSwish, conv2d, make_divisible
 from mobilenetv3.passes import KernelGlobalAvgPool, KernelHardSwish, is_depthwise, use_cpu_kernels
@@ -222,7 +222,7 @@ def test_without_a_compiler_the_pass_leaves_mindspores_ops_with_one_line_saying_
 
 def test_a_failing_build_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "false")
-    reason = cpu_kernels._build(tmp_path / "lib.so")
+    reason = native.build(cpu_kernels.SOURCE, cpu_kernels.FLAGS, tmp_path / "lib.so")
     assert reason.startswith("compiling it failed (exit status 1); run `false -Wall -O3 -mavx2 -mfma")
     assert list(tmp_path.iterdir()) == []
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenetv3 import data
+from mobilenetv3 import data, jpeg_crop
 from mobilenetv3.errors import UserError
 from mobilenetv3.config import build_config
 from mobilenetv3.data import EncodedImage, EpochSampler, random_resized_crop_box
@@ -355,11 +355,32 @@ def test_jpegs_decode_to_pillows_pixels_at_every_scale(tmp_path, subsampling, mo
     path = save(tmp_path / "a.jpg", smooth, quality=85, subsampling=subsampling)
     image = EncodedImage(path)
     assert image.turbo and (image.width, image.height) == (403, 301)
+    boxes = [(0, 0, 301, 403), (0, 0, 1, 1), (300, 402, 1, 1), (17, 250, 284, 153), (150, 0, 40, 64)]
+    boxes += [random_resized_crop_box(301, 403, np.random.default_rng(k)) for k in range(12)]
     for scale in (1, 2, 4, 8):
         with Image.open(path) as pillow:
             pillow.draft(None, (403 // scale, 301 // scale)) if scale > 1 else None
             expected = np.asarray(pillow.convert("RGB"))
         assert np.array_equal(image.rgb(scale), expected), scale
+        # Only the box decoded (jpeg_crop; the fallback when it is unavailable): the same pixels.
+        y, x = 301 / expected.shape[0], 403 / expected.shape[1]
+        for top, left, h, w in boxes:
+            box = expected[round(top / y):round((top + h) / y), round(left / x):round((left + w) / x)]
+            assert np.array_equal(image.rgb_box(top, left, h, w, scale), box), (scale, top, left, h, w)
+
+
+def test_without_the_crop_decoder_whole_jpegs_decode_to_the_same_box(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(jpeg_crop, "_state", {})
+    monkeypatch.setenv("CXX", "/nonexistent")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert jpeg_crop.library() is None and jpeg_crop.library() is None
+    assert capsys.readouterr().err.splitlines() == [
+        "mobilenetv3: decoding whole JPEGs, not only the crop (the same pixels, slower): no C++ compiler "
+        "(/nonexistent not found); install one (apt-get install g++) or set CXX to a C++17 compiler; for "
+        "libjpeg-turbo's headers: apt-get install libjpeg-dev"]  # once
+    pixels = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    image = EncodedImage(save(tmp_path / "a.jpg", Image.fromarray(pixels).resize((160, 120)), quality=90))
+    assert np.array_equal(image.rgb_box(10, 20, 50, 60), image.rgb()[10:60, 20:80])
 
 
 def test_cmyk_and_non_jpeg_files_decode_with_pillow(odd_images):
@@ -380,14 +401,23 @@ def test_damaged_jpegs_raise_never_crash(tmp_path):
         for at in rng.integers(2, len(blob), 8):
             broken[at] = int(rng.integers(0, 256))
         damaged.append(bytes(broken))
-    raised = 0
+    raised = cropped_raised = 0
     for i, content in enumerate(damaged):
         path.write_bytes(content)
         try:
             assert read_rgb(path).shape[2] == 3
         except (OSError, ValueError):
             raised += 1
+        if jpeg_crop.library() is not None:  # and decoding only a box of it
+            try:
+                assert jpeg_crop.decode(content, 1, 50, 60, 70, 90).shape == (70, 90, 3)
+            except ValueError:
+                cropped_raised += 1
     assert raised >= 60  # every truncation at least
+    if jpeg_crop.library() is not None:
+        assert cropped_raised >= 60  # the box reaches the last row: every truncation cuts into it
+        with pytest.raises(ValueError, match="box 90x70 at .60, 60. outside the 160x120 image"):
+            jpeg_crop.decode(blob, 1, 60, 60, 70, 90)
 
 
 def test_eval_image_is_mindspores_resize_and_centre_crop(tmp_path):

@@ -75,4 +75,5 @@ def test_the_network_knows_no_files_and_the_kernels_know_no_network():
     top_level = {m for m in top_level if not any(m.startswith(f"{o}.") for o in top_level)}  # X, not X.name
     assert top_level == {"dataclasses", "typing", "mobilenetv3.dropout"}, sorted(top_level)
     assert all(m.startswith("mindspore") for m in imports_of(PACKAGE / "dropout.py"))
-    assert package_graph()["mobilenetv3.cpu_kernels"] == {"mobilenetv3.cpu_info"}
+    assert package_graph()["mobilenetv3.cpu_kernels"] == {"mobilenetv3.cpu_info", "mobilenetv3.native"}
+    assert package_graph()["mobilenetv3.jpeg_crop"] == {"mobilenetv3.native"} and not package_graph()["mobilenetv3.native"]
