@@ -116,6 +116,7 @@ def test_bad_option_and_missing_idx_files_are_one_clear_error(tmp_path):
                     "(apt-get install dataset-fashion-mnist)")
 @pytest.mark.skipif(not externally_managed(SYSTEM_PYTHON),
                     reason=f"{SYSTEM_PYTHON} is missing or not externally managed (PEP 668): nothing to show")
+@pytest.mark.slow  # CI time (about 3 minutes: a whole install): run with --runslow
 def test_fresh_clone_with_an_externally_managed_python_installs_into_dot_venv_and_its_next_commands_run(tmp_path):
     clone = tmp_path / "clone"  # what is committed, as a new user gets it
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
