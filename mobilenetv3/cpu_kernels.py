@@ -45,12 +45,7 @@ def _why_unavailable(path: Path) -> Optional[str]:
     missing = {"avx2", "fma"} - cpu_flags()
     if missing:
         return f"this CPU lacks {' and '.join(sorted(missing))} (nothing to fix: only slower)"
-    if path.is_file():
-        return None
-    try:
-        return native.build(SOURCE, FLAGS, path)
-    except OSError as err:
-        return f"could not write {path.parent} ({err}); set XDG_CACHE_HOME to a writable directory"
+    return native.built(SOURCE, FLAGS, path)
 
 
 def kernel_library() -> Optional[str]:

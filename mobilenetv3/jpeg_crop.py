@@ -2,7 +2,7 @@
 jpeg_crop_scanline and jpeg_skip_scanlines (csrc/jpeg_crop.cc): the IDCT and colour conversion outside
 the box are skipped and decoding stops after its last row. No maintained wheel offers this (simplejpeg
 and Pillow decode whole files), so the source is built against the system's libjpeg-turbo on first use
-(native.py); without its headers (Debian/Ubuntu: apt-get install libjpeg-dev) decoders() says why once
+(native.py); without its headers (Debian/Ubuntu: apt-get install libjpeg-dev) library() says why once
 and data.py decodes whole files, to the same pixels. The box's pixels equal those of a whole decode
 (tests/test_data.py), at full size and at 1/2, 1/4 and 1/8 scale.
 """
@@ -30,10 +30,7 @@ def library(say_why: bool = True) -> Optional[ctypes.CDLL]:
         return _state["library"]
     _state["library"] = None
     path = native.library_path(SOURCE, FLAGS + LIBRARIES, LIBRARY_NAME)
-    try:
-        reason = None if path.is_file() else native.build(SOURCE, FLAGS, path, LIBRARIES)
-    except OSError as err:
-        reason = f"could not write {path.parent} ({err}); set XDG_CACHE_HOME to a writable directory"
+    reason = native.built(SOURCE, FLAGS, path, LIBRARIES)
     if reason is None:
         try:
             handle = ctypes.CDLL(str(path))

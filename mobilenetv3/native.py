@@ -56,3 +56,13 @@ def build(source: Path, flags: Sequence[str], path: Path, libraries: Sequence[st
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def built(source: Path, flags: Sequence[str], path: Path, libraries: Sequence[str] = ()) -> Optional[str]:
+    """None if the library at `path` exists or could be built there now, else why not and the fix."""
+    if path.is_file():
+        return None
+    try:
+        return build(source, flags, path, libraries)
+    except OSError as err:
+        return f"could not write {path.parent} ({err}); set XDG_CACHE_HOME to a writable directory"
