@@ -280,15 +280,26 @@ def readers_of(model) -> dict:
     return readers
 
 
+ACTIVATIONS = ("HardSwish", "HardSigmoid", "Relu", "Clip")  # ONNX Runtime fuses these into a float32 Conv
+
+
 def float_nodes(model) -> list:
-    """Names of the nodes quantize_onnx leaves in float32: the classifier, everything after the final global
-    pooling (the mean whose result does not scale features, as a squeeze-excitation's does), so the logits
-    are not rounded to an int8 grid. See docs/performance.md, int8, for why the rest is quantized."""
+    """Names of the nodes quantize_onnx leaves in float32 (see docs/performance.md, int8, for why the rest is
+    quantized):
+    - the stem, each convolution reading the graph's input, with an activation that is its only reader: its
+      three input channels are too few for ONNX Runtime's int8 convolution to beat the float32 one, its
+      input is float32 anyway, and the float32 convolution runs the activation fused in;
+    - the classifier, everything after the final global pooling (the mean whose result does not scale
+      features, as a squeeze-excitation's does), so the logits are not rounded to an int8 grid."""
     readers = readers_of(model)
+    names = []
+    for stem in (node for tensor in model.graph.input for node in readers[tensor.name] if node.op_type == "Conv"):
+        names.append(stem.name)
+        after = readers[stem.output[0]]
+        if len(after) == 1 and after[0].op_type in ACTIVATIONS:
+            names.append(after[0].name)
     pools = [node for node in model.graph.node if node.op_type == "ReduceMean"]
-    if not pools:
-        return []
-    names, pending = [], list(readers[pools[-1].output[0]])
+    pending = list(readers[pools[-1].output[0]]) if pools else []
     while pending:
         node = pending.pop()
         if node.name not in names:
@@ -326,9 +337,10 @@ def weights_taking_in(model, tensor: str, readers: dict) -> Optional[list]:
     return weights
 
 
-def write_out_hard_activations(model):
-    """HardSwish(x) -> x * Clip(x + 3, 0, 6) / 6 and HardSigmoid(x) -> Clip(x + 3, 0, 6) / 6, in place: the
-    inverse of fuse_onnx_graph's fusion. ONNX Runtime has int8 kernels for Add and Mul and folds the Clip
+def write_out_hard_activations(model, keep=()):
+    """HardSwish(x) -> x * Clip(x + 3, 0, 6) / 6 and HardSigmoid(x) -> Clip(x + 3, 0, 6) / 6, in place, but for
+    the nodes named in `keep` (those left in float32, where one op is faster): the inverse of
+    fuse_onnx_graph's fusion. ONNX Runtime has int8 kernels for Add and Mul and folds the Clip
     into the quantization range, but none for HardSwish or HardSigmoid, which would run in float32 between
     a DequantizeLinear and a QuantizeLinear. The division goes into the weights of the convolutions that
     take the activation in (weights_taking_in; in MobileNetV3 all do), which saves an int8 Mul per
@@ -339,7 +351,7 @@ def write_out_hard_activations(model):
     constants = {"three": 3.0, "zero": 0.0, "six": 6.0}
     nodes = []
     for node in model.graph.node:
-        if node.op_type not in ("HardSwish", "HardSigmoid"):
+        if node.op_type not in ("HardSwish", "HardSigmoid") or node.name in keep:
             nodes.append(node)
             continue
         x, name, output = node.input[0], node.name, node.output[0]
@@ -375,7 +387,7 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
     """Static int8 quantization of our float ONNX export `float_path` into `path` with ONNX Runtime:
     activations uint8 and weights int8 per output channel (ONNX Runtime's u8s8 kernels, VNNI where the CPU
     has it), QDQ format, activation ranges (min/max) measured on `images` (float32 NCHW, as the model gets
-    them: calibration_images); float_nodes (the classifier) stay float32. `path` carries `meta` with
+    them: calibration_images); float_nodes (the stem and the classifier) stay float32. `path` carries `meta` with
     "quantization" added (see set_onnx_meta); returns `path`."""
     try:
         import onnx
@@ -403,7 +415,8 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
                 INPUT_NAME: images[batch * CALIBRATION_BATCH:(batch + 1) * CALIBRATION_BATCH]}
 
     model = onnx.load(str(float_path))
-    write_out_hard_activations(model)
+    left_float = float_nodes(model)
+    write_out_hard_activations(model, keep=left_float)
     path = Path(path)
     float_file = path.with_name(f".{path.name}.{os.getpid()}.float.onnx")
     advice = _WithoutPreprocessingAdvice()
@@ -412,7 +425,7 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
         onnx.save(model, str(float_file))
         quantize_static(str(float_file), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_nodes(model),
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=left_float,
                         extra_options={"CalibStridedMinMax": 1})
     finally:
         logging.getLogger().removeFilter(advice)

@@ -63,14 +63,21 @@ def test_int8_file_carries_the_float_meta_and_is_quantized(quantized):
     producers = {name: node for node in graph.node for name in node.output}
     weights = {node.name: getattr(producers.get(node.input[1]), "op_type", "initializer")
                for node in graph.node if node.op_type in ("Conv", "Gemm")}
-    # Every convolution, squeeze-excitation included, reads int8 weights; the classifier's two Gemms stay float.
-    classifier = set(export.float_nodes(onnx.load(str(float_path))))
+    # Every convolution but the stem, squeeze-excitation included, reads int8 weights; the stem (reading the
+    # float images, not quantized ones) and the classifier's two Gemms stay float, each activation after them
+    # one op. The other hard activations are written out, so that ONNX Runtime's int8 Add and Mul run them.
+    float_graph = onnx.load(str(float_path)).graph
+    float_ops = {node.name: node.op_type for node in float_graph.node}
+    left_float = export.float_nodes(onnx.load(str(float_path)))
+    stem = next(node for node in graph.node if export.INPUT_NAME in node.input)
+    assert stem.op_type == "Conv" and left_float[:2] == [stem.name, next(
+        node.name for node in float_graph.node if stem.output[0] in node.input)]
+    assert [float_ops[name] for name in left_float if name in weights] == ["Conv", "Gemm", "Gemm"]
     assert {name for name, source in weights.items() if source == "initializer"} == {
-        name for name in classifier if name in weights}
-    assert len([name for name in classifier if name in weights]) == 2 and len(weights) == 52 + 2
-    assert {source for name, source in weights.items() if name not in classifier} == {"DequantizeLinear"}
-    # The hard activations are written out, so that ONNX Runtime's int8 Add and Mul run them.
-    assert not {"HardSwish", "HardSigmoid"} & {node.op_type for node in graph.node}
+        name for name in left_float if name in weights} and len(weights) == 52 + 2
+    assert {source for name, source in weights.items() if name not in left_float} == {"DequantizeLinear"}
+    assert sorted(node.name for node in graph.node if node.op_type in ("HardSwish", "HardSigmoid")) == sorted(
+        name for name in left_float if float_ops[name] in ("HardSwish", "HardSigmoid")) != []
 
 
 def test_int8_agrees_with_float32_on_the_images(quantized, image_folder):
@@ -182,18 +189,30 @@ def test_hard_activations_whose_scale_cannot_move_keep_the_division(tmp_path):
 
 
 def test_calibration_ranges_cover_every_batch(quantized, tmp_path):
-    """The input's int8 range is the min/max over all calibration images, the first batch's included
-    (ONNX Runtime's CalibMaxIntermediateOutputs would have dropped the first 4 of these 5 batches)."""
+    """The int8 range of the first quantized tensor, the stem's output, is its min/max over all calibration
+    images, the first batch's included (ONNX Runtime's CalibMaxIntermediateOutputs would have dropped the
+    first 4 of these 5 batches)."""
     import onnx
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
     float_path, _ = quantized
     images = np.random.default_rng(0).uniform(-1.0, 1.0, (5 * export.CALIBRATION_BATCH, 3, 32, 32)).astype(np.float32)
-    images[0, 0, 0, :2] = [-7.0, 9.0]  # the extremes, in the first batch only
+    images[0] *= 8  # the extremes, in the first batch only
+    model = onnx.load(str(float_path))
+    stem_output = next(node for node in model.graph.node if node.name == export.float_nodes(model)[1]).output[0]
+    model.graph.output.append(helper.make_value_info(stem_output, helper.make_empty_tensor_value_info("").type))
+    onnx.save(model, str(tmp_path / "with_stem_output.onnx"))
+    session = onnx_backend.make_session(tmp_path / "with_stem_output.onnx", 1)
+    outputs = [session.run([stem_output], {export.INPUT_NAME: batch})[0]
+               for batch in np.split(images, 5)]
+    low, high = min(0.0, min(map(np.min, outputs))), max(0.0, max(map(np.max, outputs)))
+    assert high > max(map(np.max, outputs[1:]))  # so a range without the first batch would differ
+
     written = export.quantize_onnx(float_path, tmp_path / "model.int8.onnx", images, {"classes": CLASSES})
     model = onnx.load(str(written))
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
-    quantize_input = next(node for node in model.graph.node
-                          if node.op_type == "QuantizeLinear" and node.input[0] == export.INPUT_NAME)
-    assert float(constants[quantize_input.input[1]]) == pytest.approx(16.0 / 255, rel=1e-6)
-    assert int(constants[quantize_input.input[2]]) == round(7.0 / (16.0 / 255))
+    quantize_stem = next(node for node in model.graph.node
+                         if node.op_type == "QuantizeLinear" and node.input[0] == stem_output)
+    scale = (high - low) / 255
+    assert float(constants[quantize_stem.input[1]]) == pytest.approx(scale, rel=1e-6)
+    assert int(constants[quantize_stem.input[2]]) == round(-low / scale)
     assert onnx_backend.read_meta(written)["quantization"]["calibration_images"] == 80
