@@ -49,6 +49,11 @@ class ImageFolder:
     classes: List[str]
     samples: List[Tuple[str, int]]  # (path, class index)
 
+    @functools.cached_property
+    def has_jpegs(self) -> bool:
+        """Whether a sample is a .jpg/.jpeg file; looked for once (a PNG-only ImageNet takes a second)."""
+        return any(Path(path).suffix.lower() in (".jpg", ".jpeg") for path, _ in self.samples)
+
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
@@ -467,7 +472,7 @@ def create_dataset(folder: ImageFolder, config, training: bool, num_shards=1, sh
         raise UserError(f"batch_size {config.batch_size} is larger than the {len(sampler)} training images per "
                         f"process in {folder.root}; lower --batch_size")
     workers = data_workers(config.num_parallel_workers)
-    if training and any(Path(path).suffix.lower() in (".jpg", ".jpeg") for path, _ in folder.samples):
+    if training and folder.has_jpegs:
         from .distributed import is_main_process
         jpeg_crop.library(say_why=is_main_process())  # decided before the workers start: they inherit it
     decode = DecodedImages(folder.samples, config, training, epoch)

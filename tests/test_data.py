@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -381,6 +382,14 @@ def test_without_the_crop_decoder_whole_jpegs_decode_to_the_same_box(tmp_path, m
     pixels = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     image = EncodedImage(save(tmp_path / "a.jpg", Image.fromarray(pixels).resize((160, 120)), quality=90))
     assert np.array_equal(image.rgb_box(10, 20, 50, 60), image.rgb()[10:60, 20:80])
+
+
+def test_the_crop_decoder_is_wanted_when_any_sample_is_a_jpeg():
+    """create_dataset sets up jpeg_crop (building it, or saying why not) only for training data with JPEGs."""
+    samples = [("r/a/x.png", 0), ("r/a/y.webp", 0), ("r/b/z.bmp", 1)]
+    assert not data.ImageFolder(Path("r"), ["a", "b"], samples).has_jpegs
+    assert data.ImageFolder(Path("r"), ["a", "b"], samples + [("r/b/w.JPEG", 1)]).has_jpegs
+    assert data.ImageFolder(Path("r"), ["a"], [("r/a/w.jpg", 0)]).has_jpegs
 
 
 def test_cmyk_and_non_jpeg_files_decode_with_pillow(odd_images):
