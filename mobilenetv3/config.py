@@ -69,6 +69,8 @@ class Config:
                      choices=["mobilenet_v3_small", "mobilenet_v3_large"])
     width: float = key(1.0, "Width multiplier", above=0.0)
     dropout_rate: float = key(0.2, "Dropout before the last Linear layer", minimum=0.0)
+    drop_path_rate: float = key(0.0, "Stochastic depth: the last residual block's probability of dropping its "
+                                "branch, the earlier ones' rising to it from 0 (timm's --drop-path)", minimum=0.0)
     bn_momentum: float = key(0.99, "BatchNorm running-stat momentum (MindSpore convention; torch 0.01)",
                              minimum=0.0)
     bn_eps: float = key(1e-3, "BatchNorm epsilon", minimum=0.0)
@@ -260,8 +262,9 @@ def check_consistency(config: Config):
                           f"(got {len(config.milestone)} and {len(config.learning_rates)})")
     if config.lr_decay_mode == "piecewise" and not config.milestone:
         raise ConfigError("lr_decay_mode piecewise needs milestone and learning_rates lists")
-    if config.dropout_rate >= 1.0:
-        raise ConfigError(f"dropout_rate must be < 1, got {config.dropout_rate}")
+    for name in ("dropout_rate", "drop_path_rate"):
+        if getattr(config, name) >= 1.0:
+            raise ConfigError(f"{name} must be < 1, got {getattr(config, name)}")
     if config.random_erase > 1.0:
         raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
     # In units of pixel / 255; MindSpore's Normalize takes mean in [0, 255] and std in (0, 255].

@@ -1,5 +1,5 @@
 """Dropout whose masks are a pure function of (seed, step), so a resumed run draws the masks an
-uninterrupted one would.
+uninterrupted one would; dropped per element (dropout) or per sample (stochastic depth, "drop path").
 
 MindSpore 2.10's CPU Dropout kernel keeps a generator state that cannot be read or set, and the ops
 that take a seed and offset instead (mint.nn.Dropout, UniformExt, BernoulliExt, ...) have no CPU
@@ -14,6 +14,10 @@ from mindspore import nn, ops
 LOW_32_BITS = 0xFFFFFFFF
 MASK_BITS = 24  # a uniform integer in [0, 2**24) per element
 INDEX_SPREAD = 0x61C88647  # odd, 2**32 over the golden ratio; below 2**31, so index * INDEX_SPREAD fits int64
+# Stream k starts its steps at k * STREAM_SPREAD mod 2**32; for 0 < k < 64 that is at least 61 million from 0
+# either way, so two streams draw the same masks only in a run of more steps than that.
+STREAM_SPREAD = 0x85EBCA6B
+MAX_STREAMS = 64
 
 
 def hash32(x):
@@ -27,40 +31,51 @@ def hash32(x):
 @ms.jit_class
 class DropoutState:
     """The seed and the number of training-mode calls so far; a jit_class keeps these Parameters out of
-    the Cell tree, so they are not model parameters."""
+    the Cell tree, so they are not model parameters. A graph needs their names unique: one per stream."""
 
-    def __init__(self):
-        self.seed = ms.Parameter(ms.Tensor(0, ms.int64), name="dropout_seed", requires_grad=False)
-        self.step = ms.Parameter(ms.Tensor(0, ms.int64), name="dropout_step", requires_grad=False)
+    def __init__(self, stream: int = 0):
+        suffix = f"_{stream}" if stream else ""
+        self.seed = ms.Parameter(ms.Tensor(0, ms.int64), name=f"dropout_seed{suffix}", requires_grad=False)
+        self.step = ms.Parameter(ms.Tensor(0, ms.int64), name=f"dropout_step{suffix}", requires_grad=False)
 
 
 class StepDropout(nn.Cell):
-    """nn.Dropout(p) with masks drawn from (seed, step): in training mode each element is kept with
-    probability 1 - p and scaled by 1 / (1 - p), and every call advances the step by one. In eval mode
-    it returns its input unchanged and the step stays."""
+    """nn.Dropout(p) with masks drawn from (seed, step, stream): in training mode each element is kept with
+    probability 1 - p and scaled by 1 / (1 - p), and every call advances the step by one. In eval mode it
+    returns its input unchanged and the step stays.
 
-    def __init__(self, p: float):
+    With `per_sample`, each sample (along the first axis) is kept or dropped whole: stochastic depth on a
+    residual branch. `stream` tells apart cells that share (seed, step), so that each draws its own masks."""
+
+    def __init__(self, p: float, per_sample: bool = False, stream: int = 0):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout p must be in [0, 1), got {p!r}")
-        self.p = p
-        self.state = DropoutState()
+        if not 0 <= stream < MAX_STREAMS:
+            raise ValueError(f"stream must be in [0, {MAX_STREAMS}), got {stream!r}")
+        self.p, self.per_sample, self.stream_start = p, per_sample, stream * STREAM_SPREAD & LOW_32_BITS
+        self.stream = stream
+        self.state = DropoutState(stream)
         self.one = ms.Tensor(1, ms.int64)
 
     def construct(self, x):
         if not self.training or self.p == 0:
             return x
-        stream = hash32(ops.bitwise_and(hash32(ops.bitwise_and(self.state.seed, LOW_32_BITS)) + self.state.step,
-                                        LOW_32_BITS))
+        stream = hash32(ops.bitwise_and(hash32(ops.bitwise_and(self.state.seed, LOW_32_BITS)) + self.state.step
+                                        + self.stream_start, LOW_32_BITS))
+        if self.per_sample:
+            count, shape = x.shape[0], (x.shape[0],) + (1,) * (x.ndim - 1)
+        else:
+            count, shape = x.size, x.shape
         # Spreading the index over all 32 bits first leaves no measurable correlation between neighbours.
-        index = ops.bitwise_and(ops.arange(x.size, dtype=ms.int64).reshape(x.shape) * INDEX_SPREAD, LOW_32_BITS)
+        index = ops.bitwise_and(ops.arange(count, dtype=ms.int64).reshape(shape) * INDEX_SPREAD, LOW_32_BITS)
         uniform = ops.bitwise_right_shift(hash32(ops.bitwise_xor(index, stream)), 32 - MASK_BITS)
         keep = uniform >= int(self.p * 2 ** MASK_BITS)
         ops.assign_add(self.state.step, self.one)
         return x * keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
 
     def extend_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}" + (f", per_sample=True, stream={self.stream}" if self.per_sample else "")
 
 
 def set_state(net: nn.Cell, seed: int, step: int):
@@ -72,8 +87,8 @@ def set_state(net: nn.Cell, seed: int, step: int):
 
 
 def get_state(net: nn.Cell):
-    """(seed, step) of the first StepDropout in `net`, or None if it has none."""
+    """(seed, step) of the first StepDropout in `net` that draws masks (p > 0), or None if it has none."""
     for _, cell in net.cells_and_names():
-        if isinstance(cell, StepDropout):
+        if isinstance(cell, StepDropout) and cell.p > 0:
             return int(cell.state.seed.asnumpy()), int(cell.state.step.asnumpy())
     return None

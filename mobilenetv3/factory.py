@@ -14,7 +14,7 @@ DEFAULTS = {"num_classes": 1000, "width": 1.0, "bn_momentum": 0.99, "bn_eps": 1e
 
 def create_model(name: str, num_classes: Optional[int] = None, width: Optional[float] = None,
                  dropout_rate: float = 0.2, bn_momentum: Optional[float] = None, bn_eps: Optional[float] = None,
-                 pretrained: Optional[str] = None) -> MobileNetV3:
+                 pretrained: Optional[str] = None, drop_path_rate: float = 0.0) -> MobileNetV3:
     """Build a registered model by name; with `pretrained` (a checkpoint path), the model that checkpoint
     was saved for, its weights loaded with name and shape checks.
 
@@ -36,7 +36,7 @@ def create_model(name: str, num_classes: Optional[int] = None, width: Optional[f
             raise UserError(f"create_model({name!r}, {key}={value!r}): checkpoint {pretrained} was saved with "
                             f"{key} {saved!r}; leave {key} out to build the model it is for")
         settings[key] = next(v for v in (value, saved, DEFAULTS[key]) if v is not None)
-    net = MobileNetV3(ARCHITECTURES[name], dropout_rate=dropout_rate, **settings)
+    net = MobileNetV3(ARCHITECTURES[name], dropout_rate=dropout_rate, drop_path_rate=drop_path_rate, **settings)
     if pretrained:
         load_weights(net, pretrained, new_classifier_ok=True, loaded=loaded)
     return net

@@ -146,9 +146,12 @@ class SqueezeExcitation(nn.Cell):
 
 
 class InvertedResidual(nn.Cell):
-    """Expand (1x1, skipped when it would not widen) -> depthwise kxk -> SE -> project (1x1, linear)."""
+    """Expand (1x1, skipped when it would not widen) -> depthwise kxk -> SE -> project (1x1, linear), added to
+    the input when the shapes allow, the branch then dropped per sample with probability `drop_path_rate`
+    in training (stochastic depth; its masks are stream `stream` of StepDropout's)."""
 
-    def __init__(self, in_ch, row: BlockConfig, width: float, bn_momentum: float, bn_eps: float):
+    def __init__(self, in_ch, row: BlockConfig, width: float, bn_momentum: float, bn_eps: float,
+                 drop_path_rate: float = 0.0, stream: int = 0):
         super().__init__()
         expanded, out = make_divisible(row.expanded * width), make_divisible(row.out * width)
         bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
@@ -162,12 +165,13 @@ class InvertedResidual(nn.Cell):
         layers.append(ConvBNAct(expanded, out, 1, **bn))
         self.block = nn.SequentialCell(layers)
         self.use_residual = row.stride == 1 and in_ch == out
+        self.drop_path = StepDropout(drop_path_rate if self.use_residual else 0.0, per_sample=True, stream=stream)
         self.out_channels = out
 
     def construct(self, x):
         y = self.block(x)
         if self.use_residual:
-            y = y + x
+            y = self.drop_path(y) + x
         return y
 
 
@@ -176,22 +180,27 @@ class MobileNetV3(nn.Cell):
 
     forward_features(x) returns the pooled feature vector (576 for Small, 960 for Large at width 1.0)
     for fine-tuning and embeddings; construct(x) returns the logits.
+
+    `drop_path_rate`: stochastic depth as timm's builder sets it, block i of n rows dropping its residual
+    branch with probability drop_path_rate * i / (n + 1) (timm counts the last 1x1 conv as a block).
     """
 
     def __init__(self, arch: Architecture, num_classes=1000, width=1.0, dropout_rate=0.2,
-                 bn_momentum=0.99, bn_eps=1e-3):
+                 bn_momentum=0.99, bn_eps=1e-3, drop_path_rate=0.0):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be a float > 0, got {width!r}")
         if not (isinstance(num_classes, int) and num_classes > 0):
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        if not 0.0 <= dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
+        for name, rate in (("dropout_rate", dropout_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
         bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps)
         channels = make_divisible(STEM_CHANNELS * width)
         layers = [ConvBNAct(3, channels, 3, 2, activation="HS", **bn)]
-        for row in arch.blocks:
-            layers.append(InvertedResidual(channels, row, width, **bn))
+        for i, row in enumerate(arch.blocks):
+            layers.append(InvertedResidual(channels, row, width, **bn, drop_path_rate=drop_path_rate * i /
+                                           (len(arch.blocks) + 1), stream=1 + i))  # stream 0: the classifier's
             channels = layers[-1].out_channels
         self.num_features = 6 * channels
         layers.append(ConvBNAct(channels, self.num_features, 1, activation="HS", **bn))

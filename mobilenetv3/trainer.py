@@ -462,7 +462,7 @@ def _train(config, dist, folder):
     if config.eval_interval:
         check_validation_folder(config, train_folder)
     net = create_model(config.model, config.num_classes, config.width, config.dropout_rate,
-                       config.bn_momentum, config.bn_eps)
+                       config.bn_momentum, config.bn_eps, drop_path_rate=config.drop_path_rate)
     if config.pretrained:  # fine-tuning: with the preprocessing those weights expect
         config, line = preprocessing.resolve(config, checkpoint.load_weights(net, config.pretrained,
                                                                              new_classifier_ok=True), own_size=True)

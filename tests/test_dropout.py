@@ -91,3 +91,38 @@ def test_one_training_step_advances_the_step_once(sink):
                                           "y": rng.standard_normal((20, 2)).astype(np.float32)}, shuffle=False)
     Model(train_step).train(1, data.batch(4), dataset_sink_mode=sink)
     assert dropout.get_state(net) == (1, 105)
+
+
+def test_per_sample_drops_whole_samples_with_probability_p():
+    """Stochastic depth: each sample of a residual branch kept whole (scaled by 1 / (1 - p)) or zeroed."""
+    cell = StepDropout(0.3, per_sample=True, stream=5)
+    cell.set_train(True)
+    dropout.set_state(cell, 0, 0)
+    x = np.random.default_rng(5).uniform(0.5, 2.0, (4096, 3, 2, 2)).astype(np.float32)
+    y = apply(cell, x)
+    zeroed = (y == 0).reshape(len(x), -1)
+    assert (zeroed.all(axis=1) | ~zeroed.any(axis=1)).all()  # never part of a sample
+    assert abs(zeroed[:, 0].mean() - 0.3) < 0.03  # 4096 draws: 0.03 is over four standard deviations
+    kept = ~zeroed[:, 0]
+    np.testing.assert_array_equal(y[kept], x[kept] * np.float32(1 / 0.7))
+
+
+def test_streams_draw_their_own_masks_from_the_same_seed_and_step():
+    x = np.ones((512, 4), np.float32)
+    masks = {}
+    for stream in (0, 1, 2, 63):
+        cell = StepDropout(0.5, per_sample=True, stream=stream)
+        cell.set_train(True)
+        dropout.set_state(cell, 7, 3)
+        masks[stream] = apply(cell, x)[:, 0] == 0
+        dropout.set_state(cell, 7, 3)
+        np.testing.assert_array_equal(apply(cell, x)[:, 0] == 0, masks[stream])  # a pure function of them
+    for a in masks:
+        for b in masks:
+            if a < b:  # independent halves: about 256 of 512 differ
+                assert 180 < (masks[a] != masks[b]).sum() < 332, (a, b)
+    # Stream 0 is the element-wise dropout's own, unchanged: the per-sample mask is its first column's draw.
+    element_wise = training_cell(p=0.5, seed=7, step=3)
+    np.testing.assert_array_equal(apply(element_wise, np.ones((512, 1), np.float32))[:, 0] == 0, masks[0])
+    with pytest.raises(ValueError, match=r"stream must be in \[0, 64\), got 64"):
+        StepDropout(0.1, stream=64)

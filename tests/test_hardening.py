@@ -17,10 +17,11 @@ from mobilenetv3.errors import UserError
 from mobilenetv3.trainer import train
 from conftest import REPO
 
-# Dropout stays at its default (0.2): its masks follow the global step, so resumed runs must match too.
+# Dropout stays at its default (0.2) and stochastic depth is on: their masks follow the global step, so
+# resumed runs must match too.
 FLAGS = ["--device_target", "CPU", "--num_classes", 3, "--batch_size", 4, "--epoch_size", 3, "--decay_epoch", 3,
          "--resize", 32, "--bn_momentum", 0.9, "--num_parallel_workers", 1, "--dataset_sink_mode", "false",
-         "--max_lr", 0.02, "--run_distribute", "false"]
+         "--max_lr", 0.02, "--run_distribute", "false", "--drop_path_rate", 0.2]
 
 
 def start_training(image_folder, ckpt_dir, *extra, own_group=False):

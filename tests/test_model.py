@@ -145,3 +145,18 @@ def test_reset_classifier_keeps_the_rest():
     assert np.array_equal(net.classifier[0].weight.asnumpy(), before)
     net.set_train(False)
     assert net(ops.ones((1, 3, 32, 32), ms.float32)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("name, blocks", [("mobilenet_v3_small", 11), ("mobilenet_v3_large", 15)])
+def test_stochastic_depth_rates_rise_as_timms_builder_sets_them(name, blocks):
+    """Row i of n drops its residual branch with probability rate * i / (n + 1) (timm counts the last 1x1 conv
+    as a block); rows without a residual have nothing to drop. Its cells add no parameters."""
+    from mobilenetv3.model import InvertedResidual
+    net = create_model(name, drop_path_rate=0.2)
+    rows = [cell for cell in net.features if isinstance(cell, InvertedResidual)]
+    assert len(rows) == blocks
+    assert [row.drop_path.p for row in rows] == [0.2 * i / (blocks + 1) if row.use_residual else 0.0
+                                                 for i, row in enumerate(rows)]
+    assert sum(row.use_residual for row in rows) == (6 if blocks == 11 else 10)
+    assert [row.drop_path.stream for row in rows] == list(range(1, blocks + 1))
+    assert [p.name for p in net.get_parameters()] == [p.name for p in create_model(name).get_parameters()]

@@ -40,12 +40,12 @@ def test_loss_falls_log_lines_and_checkpoint_rotation(small_config, capsys):
 @pytest.mark.parametrize("optimizer,ema", [pytest.param("momentum", 0.9, marks=pytest.mark.slow),
                                            pytest.param("rmsprop", 0.0, marks=pytest.mark.slow)])
 def test_resumed_run_ends_with_identical_parameters(small_config, tmp_path, optimizer, ema):
-    """Bit for bit, with dropout (the default 0.2) and EMA on.
+    """Bit for bit, with dropout (the default 0.2), stochastic depth and EMA on.
 
-    Data order, augmentation, dropout masks (a function of seed, rank and global step), weights, BN
-    statistics, optimiser and EMA state all carry over.
+    Data order, augmentation, dropout and drop-path masks (a function of seed, rank and global step), weights,
+    BN statistics, optimiser and EMA state all carry over.
     """
-    extra = dict(optimizer=optimizer, ema_decay=ema, epoch_size=3, decay_epoch=3, max_lr=0.01)
+    extra = dict(optimizer=optimizer, ema_decay=ema, epoch_size=3, decay_epoch=3, max_lr=0.01, drop_path_rate=0.2)
     straight = train(small_config(ckpt_save_dir=str(tmp_path / "a"), **extra))
     train(small_config(ckpt_save_dir=str(tmp_path / "b"), **dict(extra, epoch_size=1)))
     resumed = train(small_config(ckpt_save_dir=str(tmp_path / "b"), resume="auto", **extra))
