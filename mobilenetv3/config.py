@@ -75,7 +75,8 @@ class Config:
                              minimum=0.0)
     bn_eps: float = key(1e-3, "BatchNorm epsilon", minimum=0.0)
     # Training extras.
-    optimizer: str = key("momentum", "Optimiser", choices=["momentum", "rmsprop"])
+    optimizer: str = key("momentum", "Optimiser: momentum (SGD), rmsprop (torch's update, torchvision's recipe) or "
+                         "rmsprop_tf (TensorFlow's, timm's recipe)", choices=["momentum", "rmsprop", "rmsprop_tf"])
     weight_decay: float = key(4e-5, "Weight decay (not applied to BatchNorm parameters or biases)", minimum=0.0)
     warmup_epochs: int = key(0, "Linear warmup epochs before the schedule", minimum=0)
     lr_decay_rate: float = key(0.973, "step/exponential: factor per decay step", minimum=0.0)

@@ -68,14 +68,18 @@ class StopSignals:
 
 
 def build_optimizer(net, config, lr: np.ndarray):
-    """Momentum or RMSProp over per-step `lr`; weight decay only on conv and Linear weights (ndim > 1)."""
+    """Momentum or RMSProp (torch's or TensorFlow's update) over per-step `lr`; weight decay only on conv and
+    Linear weights (ndim > 1)."""
     params = net.trainable_params()
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
               {"order_params": params}]
     lr = ms.Tensor(lr)
-    if config.optimizer == "rmsprop":  # torchvision's recipe: alpha 0.9, eps 0.0316
-        return optim.RMSProp(groups, learning_rate=lr, alpha=0.9, eps=0.0316, momentum=config.momentum)
+    if config.optimizer in ("rmsprop", "rmsprop_tf"):
+        # torchvision's recipe: torch's update, eps 0.0316; timm's: its RMSpropTF, --opt-eps 1e-3; both alpha 0.9
+        tf_style = config.optimizer == "rmsprop_tf"
+        return optim.RMSProp(groups, learning_rate=lr, alpha=0.9, eps=1e-3 if tf_style else 0.0316,
+                             momentum=config.momentum, tf_style=tf_style)
     return nn.Momentum(groups, learning_rate=lr, momentum=config.momentum)
 
 

@@ -41,8 +41,8 @@ def torch_rmsprop_in_float64(params, steps, weight_decays):
     return params, square_avgs, bufs
 
 
-def run_trainer_rmsprop(net, steps):
-    config = build_config(overrides=dict(optimizer="rmsprop", momentum=MOMENTUM, weight_decay=WEIGHT_DECAY))
+def run_trainer_rmsprop(net, steps, optimizer="rmsprop"):
+    config = build_config(overrides=dict(optimizer=optimizer, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY))
     optimizer = build_optimizer(net, config, LEARNING_RATES)
     for grads in steps:
         optimizer(tuple(ms.Tensor(g) for g in grads))
@@ -65,6 +65,36 @@ def test_trainer_rmsprop_is_torchs_update_with_decay_on_weights_only():
     # weight ends elsewhere.
     without_decay = torch_rmsprop_in_float64(start, steps, [0.0, 0.0])[0][0]
     assert np.abs(without_decay - expected[0][0]).max() > 1e-3
+
+
+def tensorflow_rmsprop_in_float64(params, steps, weight_decays, eps=1e-3):
+    """timm's RMSpropTF (lr_in_momentum, coupled weight decay; TensorFlow's update), written out in float64."""
+    params = [p.astype(np.float64) for p in params]
+    square_avgs, bufs = [np.ones_like(p) for p in params], [np.zeros_like(p) for p in params]
+    for lr, grads in zip(LEARNING_RATES.astype(np.float64), steps):
+        for p, square_avg, buf, grad, wd in zip(params, square_avgs, bufs, grads, weight_decays):
+            grad = grad + wd * p
+            square_avg += (1 - ALPHA) * (grad * grad - square_avg)
+            buf[:] = MOMENTUM * buf + lr * grad / np.sqrt(square_avg + eps)
+            p -= buf
+    return params, square_avgs, bufs
+
+
+def test_trainer_rmsprop_tf_is_tensorflows_update():
+    """Square average from 1, eps under the root, the learning rate inside the momentum; differs from torch's."""
+    net = dense_37_to_5()
+    start = [p.asnumpy().copy() for p in net.trainable_params()]
+    steps = gradient_steps(net)
+    optimizer = run_trainer_rmsprop(net, steps, "rmsprop_tf")
+    expected = tensorflow_rmsprop_in_float64(start, steps, [WEIGHT_DECAY, 0.0])
+    for i, name in enumerate(["weight", "bias"]):
+        param, square_avg, buf = (values[i] for values in expected)
+        # atol: float32 rounding of p - buf for weights up to 2.5 (an ulp there is 2.4e-7), five steps
+        np.testing.assert_allclose(getattr(net, name).asnumpy(), param, rtol=2e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(optimizer.mean_square[i].asnumpy(), square_avg, rtol=2e-6, err_msg=name)
+        np.testing.assert_allclose(optimizer.moment[i].asnumpy(), buf, rtol=2e-6, atol=1e-7, err_msg=name)
+    torchs = torch_rmsprop_in_float64(start, steps, [WEIGHT_DECAY, 0.0])[0][0]
+    assert np.abs(torchs - expected[0][0]).max() > 1e-2
 
 
 def test_matches_torch_optim_rmsprop():

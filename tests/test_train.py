@@ -36,9 +36,10 @@ def test_loss_falls_log_lines_and_checkpoint_rotation(small_config, capsys):
     assert lines[6].endswith("lr:0.04268") and lines[0].endswith("lr:0.05000")
 
 
-# CI time: both with --runslow; test_hardening's resumes after a signal check the same exactness by default.
+# CI time: all with --runslow; test_hardening's resumes after a signal check the same exactness by default.
 @pytest.mark.parametrize("optimizer,ema", [pytest.param("momentum", 0.9, marks=pytest.mark.slow),
-                                           pytest.param("rmsprop", 0.0, marks=pytest.mark.slow)])
+                                           pytest.param("rmsprop", 0.0, marks=pytest.mark.slow),
+                                           pytest.param("rmsprop_tf", 0.0, marks=pytest.mark.slow)])
 def test_resumed_run_ends_with_identical_parameters(small_config, tmp_path, optimizer, ema):
     """Bit for bit, with dropout (the default 0.2), stochastic depth and EMA on.
 
