@@ -80,7 +80,8 @@ class Config:
     weight_decay: float = key(4e-5, "Weight decay (not applied to BatchNorm parameters or biases)", minimum=0.0)
     warmup_epochs: int = key(0, "Linear warmup epochs before the schedule", minimum=0)
     lr_decay_rate: float = key(0.973, "step/exponential: factor per decay step", minimum=0.0)
-    lr_decay_step_epochs: int = key(2, "step/exponential: epochs per decay step", minimum=1)
+    lr_decay_step_epochs: float = key(2, "step/exponential: epochs per decay step, fractions allowed (timm's 2.4)",
+                                      above=0.0)
     ema_decay: float = key(0.0, "Exponential moving average of weights (0: off, e.g. 0.9999)", minimum=0.0)
     grad_clip: float = key(0.0, "Clip gradients to this global norm (0: off)", minimum=0.0)
     amp_level: str = key("auto", "Mixed precision (auto: O0 on CPU, O2 elsewhere)",

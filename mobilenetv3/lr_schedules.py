@@ -1,7 +1,8 @@
 """Per-step learning rates: optional linear warmup, then one of the decay schedules.
 
-Decay schedules come from MindSpore (nn.cosine_decay_lr, nn.piecewise_constant_lr,
-nn.exponential_decay_lr) and count epochs from the end of warmup. Warmup is per step
+Decay schedules count epochs from the end of warmup and change once per epoch: cosine and piecewise come from
+MindSpore (nn.cosine_decay_lr, nn.piecewise_constant_lr); step and exponential are written here because
+nn.exponential_decay_lr takes whole epochs per decay step only, and timm's recipe decays every 2.4. Warmup is per step
 (max_lr * (i + 1) / warmup_steps): MindSpore's nn.warmup_lr is constant per epoch and starts at 0,
 which wastes the whole first epoch.
 """
@@ -23,8 +24,11 @@ def decay(config, total_steps: int, steps_per_epoch: int) -> list:
     if mode == "cosine_decay_lr":
         return nn.cosine_decay_lr(config.min_lr, config.max_lr, total_steps, steps_per_epoch, config.decay_epoch)
     if mode in ("step", "exponential"):
-        return nn.exponential_decay_lr(config.max_lr, config.lr_decay_rate, total_steps, steps_per_epoch,
-                                       config.lr_decay_step_epochs, is_stair=mode == "step")
+        # Each epoch's exponent as timm's and torch's schedulers compute it, Python's float // for step.
+        epochs = [i // steps_per_epoch for i in range(total_steps)]
+        period = config.lr_decay_step_epochs
+        return [config.max_lr * config.lr_decay_rate ** (e // period if mode == "step" else e / period)
+                for e in epochs]
     if mode == "piecewise":
         milestones = [m * steps_per_epoch for m in config.milestone]
         if milestones != sorted(set(milestones)) or milestones[0] <= 0:

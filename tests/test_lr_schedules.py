@@ -37,6 +37,13 @@ def test_step_decay_is_the_torchvision_recipe():
         assert lr[step] == pytest.approx(0.064 * 0.973 ** (step // STEPS // 2), rel=1e-6), step
 
 
+def test_step_decay_every_fraction_of_an_epoch_is_timms():
+    """timm's recipe: 0.973 every 2.4 epochs, changed at epoch boundaries (floor(epoch / 2.4))."""
+    lr = schedule(lr_decay_mode="step", max_lr=0.064, lr_decay_rate=0.973, lr_decay_step_epochs=2.4, epoch_size=15)
+    exponents = [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5, 5]
+    assert np.array_equal(lr, np.repeat(np.float32([0.064 * 0.973 ** k for k in exponents]), STEPS))
+
+
 def test_exponential_decays_every_epoch_fractionally():
     lr = schedule(lr_decay_mode="exponential", max_lr=0.1, lr_decay_rate=0.5, lr_decay_step_epochs=2, epoch_size=4)
     assert lr[15] == pytest.approx(0.1 * 0.5 ** 0.5, rel=1e-6) and lr[35] == pytest.approx(0.1 * 0.5 ** 1.5, rel=1e-6)
