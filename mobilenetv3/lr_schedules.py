@@ -41,9 +41,29 @@ def decay(config, total_steps: int, steps_per_epoch: int) -> list:
     raise UserError(f"lr_decay_mode {mode!r} is not one of cosine_decay_lr, piecewise, step, exponential")
 
 
+NOISE_LIMIT = 0.67  # timm's noise_pct
+
+
+def noise_factors(config) -> np.ndarray:
+    """Per epoch, the factor timm's --lr-noise puts on its learning rate: 1 + n for the epochs e with
+    START x epoch_size <= e < END x epoch_size, n normal, drawn from (seed, e) and redrawn until
+    |n| < NOISE_LIMIT (timm's distribution; its draws come from torch's generator); 1 elsewhere."""
+    factors = np.ones(config.epoch_size)
+    if config.lr_noise:
+        start, end = (fraction * config.epoch_size for fraction in config.lr_noise)
+        for epoch in range(config.epoch_size):
+            if start <= epoch < end:
+                rng = np.random.default_rng([config.seed, epoch])
+                noise = rng.standard_normal()
+                while abs(noise) >= NOISE_LIMIT:
+                    noise = rng.standard_normal()
+                factors[epoch] = 1 + noise
+    return factors
+
+
 def learning_rates(config, steps_per_epoch: int) -> np.ndarray:
     """One float32 learning rate per training step of the whole run."""
     total = config.epoch_size * steps_per_epoch
     warmup_steps = min(config.warmup_epochs * steps_per_epoch, total)
     rates = warmup(config.max_lr, warmup_steps) + list(decay(config, total - warmup_steps, steps_per_epoch))
-    return np.asarray(rates, dtype=np.float32)
+    return np.asarray(np.asarray(rates) * np.repeat(noise_factors(config), steps_per_epoch), dtype=np.float32)

@@ -56,3 +56,19 @@ def test_piecewise_holds_the_last_rate_to_the_end():
         schedule(lr_decay_mode="piecewise", milestone=[3, 2], learning_rates=[0.1, 0.01], epoch_size=5)
     with pytest.raises(ConfigError, match="needs milestone"):
         schedule(lr_decay_mode="piecewise", epoch_size=5)
+
+
+def test_lr_noise_multiplies_the_epochs_in_its_range_by_a_bounded_normal_factor():
+    """timm's --lr-noise: epochs in [START, END) x epoch_size only, one factor per epoch, 1 + n with |n| < 0.67,
+    n normal: over 395 epochs its mean is near 1 and its spread that of a normal truncated at 0.67 (0.37)."""
+    plain = dict(lr_decay_mode="step", max_lr=0.1, lr_decay_rate=1.0, epoch_size=500)
+    lr = schedule(**plain, lr_noise=[0.2, 0.99]).reshape(500, STEPS)
+    factors = lr[:, 0] / np.float32(0.1)
+    assert np.array_equal(lr, np.repeat(lr[:, :1], STEPS, axis=1))  # constant within an epoch
+    assert np.all(factors[:100] == 1) and np.all(factors[495:] == 1) and np.all(factors[100:495] != 1)
+    noisy = factors[100:495]
+    assert np.all(np.abs(noisy - 1) < 0.67) and abs(noisy.mean() - 1) < 0.06 and 0.33 < noisy.std() < 0.41
+    assert np.array_equal(schedule(**plain, lr_noise=[0.2, 0.99]), lr.ravel())  # a function of (seed, epoch)
+    assert not np.array_equal(schedule(**plain, lr_noise=[0.2, 0.99], seed=2), lr.ravel())
+    with pytest.raises(ConfigError, match=r"lr_noise takes two fractions of the epochs, START < END in \[0, 1\]"):
+        schedule(**plain, lr_noise=[0.9, 0.42])
