@@ -82,9 +82,9 @@ class Config:
     lr_decay_rate: float = key(0.973, "step/exponential: factor per decay step", minimum=0.0)
     lr_decay_step_epochs: float = key(2, "step/exponential: epochs per decay step, fractions allowed (timm's 2.4)",
                                       above=0.0)
-    lr_noise: List[float] = key([], "timm's --lr-noise START END: from epoch START x epoch_size to before END x "
+    lr_noise: List[float] = key([], "timm's --lr-noise, as START,END: from epoch START x epoch_size to before END x "
                                 "epoch_size each epoch's learning rate is multiplied by 1 + n, n drawn from "
-                                "(seed, epoch), normal, redrawn until |n| < 0.67 (e.g. 0.42 0.9)")
+                                "(seed, epoch), normal, redrawn until |n| < 0.67 (timm's recipe: 0.42,0.9)")
     ema_decay: float = key(0.0, "Exponential moving average of weights (0: off, e.g. 0.9999)", minimum=0.0)
     grad_clip: float = key(0.0, "Clip gradients to this global norm (0: off)", minimum=0.0)
     amp_level: str = key("auto", "Mixed precision (auto: O0 on CPU, O2 elsewhere)",
@@ -273,8 +273,8 @@ def check_consistency(config: Config):
     if config.random_erase > 1.0:
         raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
     if config.lr_noise and not (len(config.lr_noise) == 2 and 0 <= config.lr_noise[0] < config.lr_noise[1] <= 1):
-        raise ConfigError(f"lr_noise takes two fractions of the epochs, START < END in [0, 1] (timm's recipe: "
-                          f"0.42 0.9), got {' '.join(map(str, config.lr_noise))}")
+        raise ConfigError(f"lr_noise takes two fractions of the epochs, START,END with START < END in [0, 1] "
+                          f"(timm's recipe: 0.42,0.9), got {','.join(map(str, config.lr_noise))}")
     # In units of pixel / 255; MindSpore's Normalize takes mean in [0, 255] and std in (0, 255].
     for name, low, bounds in (("mean", 0.0, "in [0, 1]"), ("std", None, "in (0, 1]")):
         values = getattr(config, name)
