@@ -93,6 +93,9 @@ class Config:
     auto_augment: bool = key(False, "ImageNet AutoAugment policy in training")
     color_jitter: float = key(0.0, "Colour jitter strength in training (0: off)", minimum=0.0)
     random_erase: float = key(0.0, "Random erasing probability in training", minimum=0.0)
+    random_erase_mode: str = key("const", "What random erasing fills in: const, the mean colour (0 once normalised, "
+                                 "torchvision's); pixel, per-pixel normal noise once normalised (timm's --remode "
+                                 "pixel)", choices=["const", "pixel"])
     min_crop_area: float = key(0.08, "Training random-resized crop: smallest crop as a fraction of the image "
                                "area (1: whole image, flips only; small images learn faster with less)",
                                above=0.0)

@@ -321,13 +321,12 @@ class DecodedImages:
             box = random_erasing_box(config.resize, config.resize, rng)
             if box is not None:
                 top, left, h, w = box
-                out[top:top + h, left:left + w] = np.round(255 * np.asarray(config.mean)).astype(np.uint8)
+                out[top:top + h, left:left + w] = erasure(h, w, config, rng)
         return out
 
 
 def random_erasing_box(height, width, rng, scale=(0.02, 1 / 3), ratio=(0.3, 10 / 3)):
-    """(top, left, h, w) of the rectangle torchvision's RandomErasing erases, or None after 10 tries.
-    Erased to the mean colour: 0 once normalised, as torchvision's default value."""
+    """(top, left, h, w) of the rectangle torchvision's RandomErasing erases, or None after 10 tries."""
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
         area = height * width * rng.uniform(*scale)
@@ -336,6 +335,17 @@ def random_erasing_box(height, width, rng, scale=(0.02, 1 / 3), ratio=(0.3, 10 /
         if h < height and w < width:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
     return None
+
+
+def erasure(height, width, config, rng) -> np.ndarray:
+    """The uint8 pixels an erased rectangle gets (config.random_erase_mode): the mean colour, 0 once
+    normalised (torchvision's default); or normal noise once normalised (timm's "pixel"), rounded to uint8
+    and so cut at the ends of the pixel range (about 2 standard deviations with ImageNet's mean and std)."""
+    mean = np.asarray(config.mean)
+    if config.random_erase_mode == "pixel":
+        noise = mean + np.asarray(config.std) * rng.standard_normal((height, width, 3))
+        return np.clip(np.round(255 * noise), 0, 255).astype(np.uint8)
+    return np.round(255 * mean).astype(np.uint8)
 
 
 @functools.lru_cache(maxsize=None)

@@ -508,3 +508,22 @@ def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path
     _, labels = next(data.create_dataset(folder, config, training=True).create_tuple_iterator(output_numpy=True))
     assert sorted(labels.tolist()) == [0, 0, 1]  # the truncated file (key 2) replaced by the next one, c0/good
     assert f"warning: skipping unreadable image {truncated}" in capfd.readouterr().err
+
+
+def test_pixel_erasing_fills_normal_noise_once_normalised(tmp_path):
+    """random_erase_mode pixel (timm's --remode pixel): the same rectangles as const, filled with noise that
+    is standard normal after normalisation (but for the uint8 ends, about 2 standard deviations out)."""
+    pixels = np.random.default_rng(2).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    path = save(tmp_path / "a.png", Image.fromarray(pixels))
+    images = {}
+    for mode in ("const", "pixel"):
+        settings = config(seed=9, resize=64, random_erase=1.0, random_erase_mode=mode)
+        images[mode] = data.DecodedImages([(str(path), 0)], settings, True, epoch=0)(np.arange(8))[0]
+    const_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
+    erased = np.all(images["const"] == const_colour, axis=-1)
+    assert erased.sum() > 8 * 0.02 * 64 * 64  # every image erased
+    assert np.array_equal(images["const"][~erased], images["pixel"][~erased])  # the rest and the boxes alike
+    noise = (images["pixel"][erased] / 255.0 - np.asarray(settings.mean)) / np.asarray(settings.std)
+    inside = np.all((images["pixel"][erased] > 0) & (images["pixel"][erased] < 255), axis=-1)
+    assert inside.mean() > 0.9 and np.abs(noise.mean(axis=0)).max() < 0.05
+    assert np.all(np.abs(noise[inside].std(axis=0) - 0.95) < 0.06)  # a normal cut at about 2.1 sigma
