@@ -18,6 +18,7 @@ from typing import List, Optional
 
 import yaml
 
+from . import rand_augment
 from .distributed import EveryRankError, abort_job, in_mpi_job, launcher_rank
 from .errors import UserError
 from .runtime import usable_device_target
@@ -91,6 +92,9 @@ class Config:
                          choices=["auto", "O0", "O1", "O2", "O3"])
     loss_scale: float = key(1024.0, "Initial dynamic loss scale with O2/O3", minimum=1.0)
     auto_augment: bool = key(False, "ImageNet AutoAugment policy in training")
+    rand_augment: str = key("", "timm's RandAugment in training, in timm's form rand-m<magnitude>[-n<ops per "
+                            "image>][-p<probability>][-mstd<magnitude std>], e.g. rand-m9-mstd0.5 (timm's "
+                            "recipe); empty: off")
     color_jitter: float = key(0.0, "Colour jitter strength in training (0: off)", minimum=0.0)
     random_erase: float = key(0.0, "Random erasing probability in training", minimum=0.0)
     random_erase_mode: str = key("const", "What random erasing fills in: const, the mean colour (0 once normalised, "
@@ -275,6 +279,13 @@ def check_consistency(config: Config):
             raise ConfigError(f"{name} must be < 1, got {getattr(config, name)}")
     if config.random_erase > 1.0:
         raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
+    if config.rand_augment:
+        if config.auto_augment:
+            raise ConfigError("auto_augment and rand_augment are alternatives; set one of them")
+        try:
+            rand_augment.parse(config.rand_augment)
+        except ValueError as err:
+            raise ConfigError(f"rand_augment {err}") from None
     if config.lr_noise and not (len(config.lr_noise) == 2 and 0 <= config.lr_noise[0] < config.lr_noise[1] <= 1):
         raise ConfigError(f"lr_noise takes two fractions of the epochs, START,END with START < END in [0, 1] "
                           f"(timm's recipe: 0.42,0.9), got {','.join(map(str, config.lr_noise))}")

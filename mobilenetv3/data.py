@@ -35,7 +35,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from . import jpeg_crop
+from . import jpeg_crop, rand_augment
 from .cpu_info import available_cpus
 from .errors import UserError
 
@@ -315,6 +315,8 @@ class DecodedImages:
         out = resize(crop, (config.resize, config.resize), config.interpolation)
         if flip:
             out = flip_left_right(out)
+        if config.rand_augment:
+            out = rand_augment.apply(out, rand_augment.parse(config.rand_augment), mean_colour(config), rng)
         for op in augmentation_ops(config.auto_augment, config.color_jitter, config.interpolation):
             out = op(out)
         if config.random_erase > 0 and rng.random() < config.random_erase:
@@ -341,11 +343,15 @@ def erasure(height, width, config, rng) -> np.ndarray:
     """The uint8 pixels an erased rectangle gets (config.random_erase_mode): the mean colour, 0 once
     normalised (torchvision's default); or normal noise once normalised (timm's "pixel"), rounded to uint8
     and so cut at the ends of the pixel range (about 2 standard deviations with ImageNet's mean and std)."""
-    mean = np.asarray(config.mean)
     if config.random_erase_mode == "pixel":
-        noise = mean + np.asarray(config.std) * rng.standard_normal((height, width, 3))
+        noise = np.asarray(config.mean) + np.asarray(config.std) * rng.standard_normal((height, width, 3))
         return np.clip(np.round(255 * noise), 0, 255).astype(np.uint8)
-    return np.round(255 * mean).astype(np.uint8)
+    return np.asarray(mean_colour(config), np.uint8)
+
+
+def mean_colour(config) -> tuple:
+    """The RGB uint8 colour that normalises to 0."""
+    return tuple(int(value) for value in np.round(255 * np.asarray(config.mean)))
 
 
 @functools.lru_cache(maxsize=None)
