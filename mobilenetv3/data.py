@@ -295,23 +295,30 @@ class DecodedImages:
     def __getitem__(self, key):
         for offset in range(len(self.samples)):
             path, label = self.samples[(key + offset) % len(self.samples)]
-            try:
+            try:  # only reading and decoding: an error in the augmentation below is not the file's fault
                 image = EncodedImage(path)
-                pixels = self.augmented(image, key) if self.training else eval_image(image, self.config)
-                return pixels, np.int32(label)
+                decoded = self.cropped(image, key) if self.training else eval_image(image, self.config)
             except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as err:
                 warn_unreadable(path, err)
                 if not self.training:
                     size = self.config.resize
                     return np.zeros((size, size, 3), np.uint8), np.int32(UNREADABLE)
+                continue
+            return (self.augmented(*decoded) if self.training else decoded), np.int32(label)
         raise UserError("no readable image in the data set")
 
-    def augmented(self, image: "EncodedImage", key) -> np.ndarray:
+    def cropped(self, image: "EncodedImage", key) -> tuple:
+        """(the random-resized crop of the image decoded, the image's generator, whether to flip): the part
+        of a training view that reads the file, its draws from (seed, epoch, key)."""
         config = self.config
         rng = np.random.default_rng([config.seed, self.epoch, key])
         top, left, h, w = random_resized_crop_box(image.height, image.width, rng, scale=(config.min_crop_area, 1.0))
         flip = rng.random() < 0.5
-        crop = image.rgb_box(top, left, h, w, min(h, w) / config.resize)
+        return image.rgb_box(top, left, h, w, min(h, w) / config.resize), rng, flip
+
+    def augmented(self, crop: np.ndarray, rng: np.random.Generator, flip: bool) -> np.ndarray:
+        """The training view of a decoded crop: resized, flipped, augmented and erased, drawing on from `rng`."""
+        config = self.config
         out = resize(crop, (config.resize, config.resize), config.interpolation)
         if flip:
             out = flip_left_right(out)

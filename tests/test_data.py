@@ -527,3 +527,17 @@ def test_pixel_erasing_fills_normal_noise_once_normalised(tmp_path):
     inside = np.all((images["pixel"][erased] > 0) & (images["pixel"][erased] < 255), axis=-1)
     assert inside.mean() > 0.9 and np.abs(noise.mean(axis=0)).max() < 0.05
     assert np.all(np.abs(noise[inside].std(axis=0) - 0.95) < 0.06)  # a normal cut at about 2.1 sigma
+
+
+def test_an_augmentation_error_is_not_taken_for_an_unreadable_file(tmp_path, monkeypatch, capsys):
+    """Only reading and decoding can make a file count as unreadable (skipped with a warning); an error in
+    the augmentation after it is raised as it is."""
+    path = save(tmp_path / "a.png", Image.fromarray(np.zeros((20, 20, 3), np.uint8)))
+
+    def broken(*args):
+        raise ValueError("augmentation bug")
+    monkeypatch.setattr(data.rand_augment, "apply", broken)
+    source = data.DecodedImages([(str(path), 0)], config(resize=16, rand_augment="rand-m9"), True, epoch=0)
+    with pytest.raises(ValueError, match="augmentation bug"):
+        source(np.arange(2))
+    assert "unreadable" not in capsys.readouterr().err
