@@ -1,8 +1,9 @@
 """Per-step learning rates: optional linear warmup, then one of the decay schedules.
 
-Decay schedules count epochs from the end of warmup and change once per epoch: cosine and piecewise come from
-MindSpore (nn.cosine_decay_lr, nn.piecewise_constant_lr); step and exponential are written here because
-nn.exponential_decay_lr takes whole epochs per decay step only, and timm's recipe decays every 2.4. Warmup is per step
+Decay schedules count epochs from the end of warmup and change once per epoch: cosine and piecewise
+come from MindSpore (nn.cosine_decay_lr, nn.piecewise_constant_lr); step and exponential are written here
+because nn.exponential_decay_lr takes whole epochs per decay step only, and timm's recipe decays every 2.4.
+--lr_noise then multiplies whole epochs (noise_factors). Warmup is per step
 (max_lr * (i + 1) / warmup_steps): MindSpore's nn.warmup_lr is constant per epoch and starts at 0,
 which wastes the whole first epoch.
 """

@@ -70,5 +70,6 @@ def test_lr_noise_multiplies_the_epochs_in_its_range_by_a_bounded_normal_factor(
     assert np.all(np.abs(noisy - 1) < 0.67) and abs(noisy.mean() - 1) < 0.06 and 0.33 < noisy.std() < 0.41
     assert np.array_equal(schedule(**plain, lr_noise=[0.2, 0.99]), lr.ravel())  # a function of (seed, epoch)
     assert not np.array_equal(schedule(**plain, lr_noise=[0.2, 0.99], seed=2), lr.ravel())
-    with pytest.raises(ConfigError, match=r"lr_noise takes two fractions of the epochs, START,END with START < END in \[0, 1\] .*got 0.9,0.42"):
+    with pytest.raises(ConfigError, match=r"lr_noise takes two fractions of the epochs, START,END with START < END "
+                                          r"in \[0, 1\] .*got 0.9,0.42"):
         schedule(**plain, lr_noise=[0.9, 0.42])
