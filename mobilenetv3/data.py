@@ -264,8 +264,8 @@ class DecodedImages:
     """Key -> (uint8 HWC image at the network's size, label); called with a batch of keys, the map
     function of the pipeline.
 
-    Training: the random-resized crop, horizontal flip and (random_erase > 0) erased rectangle of each
-    sample are drawn from (seed, epoch, key) alone: MindSpore's random ops draw from per-worker
+    Training: the random-resized crop, horizontal flip, RandAugment (rand_augment) and (random_erase > 0)
+    erased rectangle of each sample are drawn from (seed, epoch, key) alone: MindSpore's random ops draw from per-worker
     generators, so their results depend on which worker gets which row, and neither a resumed run nor
     N ranks could reproduce them. Evaluation: shorter side to resize / crop_pct, centre crop (eval_image).
     Resizing (and AutoAugment and colour jitter, augmentation_ops) runs in MindSpore's C++ ops, called
@@ -280,6 +280,7 @@ class DecodedImages:
 
     def __init__(self, samples: List[Tuple[str, int]], config, training: bool, epoch=0):
         self.samples, self.config, self.training, self.epoch = samples, config, training, epoch
+        self.rand_augment = rand_augment.parse(config.rand_augment) if config.rand_augment else None
 
     def __len__(self):
         return len(self.samples)
@@ -322,8 +323,8 @@ class DecodedImages:
         out = resize(crop, (config.resize, config.resize), config.interpolation)
         if flip:
             out = flip_left_right(out)
-        if config.rand_augment:
-            out = rand_augment.apply(out, rand_augment.parse(config.rand_augment), mean_colour(config), rng)
+        if self.rand_augment is not None:
+            out = rand_augment.apply(out, self.rand_augment, mean_colour(config), rng)
         for op in augmentation_ops(config.auto_augment, config.color_jitter, config.interpolation):
             out = op(out)
         if config.random_erase > 0 and rng.random() < config.random_erase:

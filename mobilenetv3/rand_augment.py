@@ -9,7 +9,6 @@ Per image: `num_ops` ops chosen uniformly with replacement; each is skipped with
 else applied at a magnitude drawn around `magnitude` (normal, std `magnitude_std`; uniform on [0, magnitude]
 for an infinite std) and clipped to [0, MAX_MAGNITUDE].
 """
-import functools
 import math
 import re
 from typing import NamedTuple
@@ -28,7 +27,6 @@ class RandAugment(NamedTuple):
     magnitude_std: float = 0.0
 
 
-@functools.lru_cache(maxsize=None)
 def parse(spec: str) -> RandAugment:
     """RandAugment settings from timm's string: "rand" then any of -m<magnitude>, -n<ops per image>,
     -p<probability of each op>, -mstd<std of the magnitude> (above 100: uniform), e.g. "rand-m9-mstd0.5".
