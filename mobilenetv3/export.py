@@ -387,8 +387,8 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
     """Static int8 quantization of our float ONNX export `float_path` into `path` with ONNX Runtime:
     activations uint8 and weights int8 per output channel (ONNX Runtime's u8s8 kernels, VNNI where the CPU
     has it), QDQ format, activation ranges (min/max) measured on `images` (float32 NCHW, as the model gets
-    them: calibration_images); float_nodes (the stem and the classifier) stay float32. `path` carries `meta` with
-    "quantization" added (see set_onnx_meta); returns `path`."""
+    them: calibration_images); float_nodes (the stem and the classifier) stay float32. `path` carries `meta`
+    with "quantization" added (see set_onnx_meta); returns `path`."""
     try:
         import onnx
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
