@@ -267,8 +267,8 @@ class DecodedImages:
     Training: the random-resized crop, horizontal flip, RandAugment (rand_augment) and (random_erase > 0)
     erased rectangle of each sample are drawn from (seed, epoch, key) alone: MindSpore's random ops draw
     from per-worker generators, so their results depend on which worker gets which row, and neither a
-    resumed run nor N ranks could reproduce them. Evaluation: shorter side to resize / crop_pct, centre crop (eval_image).
-    Resizing (and AutoAugment and colour jitter, augmentation_ops) runs in MindSpore's C++ ops, called
+    resumed run nor N ranks could reproduce them. Evaluation: shorter side to resize / crop_pct, centre
+    crop (eval_image). Resizing (and AutoAugment and colour jitter, augmentation_ops) runs in MindSpore's C++ ops, called
     here so that all of an image's work is one worker's (the worker count is then the CPU count). A JPEG
     whose crop (in evaluation: whose shorter side) will be shrunk 2x or more decodes at 1/2-1/8 scale;
     the box is drawn on the full-size geometry and cut, scaled, from the smaller image: the same region.

@@ -53,8 +53,7 @@ class StepDropout(nn.Cell):
             raise ValueError(f"dropout p must be in [0, 1), got {p!r}")
         if not 0 <= stream < MAX_STREAMS:
             raise ValueError(f"stream must be in [0, {MAX_STREAMS}), got {stream!r}")
-        self.p, self.per_sample, self.stream_start = p, per_sample, stream * STREAM_SPREAD & LOW_32_BITS
-        self.stream = stream
+        self.p, self.per_sample, self.stream = p, per_sample, stream
         self.state = DropoutState(stream)
         self.one = ms.Tensor(1, ms.int64)
 
@@ -62,7 +61,7 @@ class StepDropout(nn.Cell):
         if not self.training or self.p == 0:
             return x
         stream = hash32(ops.bitwise_and(hash32(ops.bitwise_and(self.state.seed, LOW_32_BITS)) + self.state.step
-                                        + self.stream_start, LOW_32_BITS))
+                                        + (self.stream * STREAM_SPREAD & LOW_32_BITS), LOW_32_BITS))
         if self.per_sample:
             count, shape = x.shape[0], (x.shape[0],) + (1,) * (x.ndim - 1)
         else:

@@ -64,6 +64,11 @@ def _solarize_add(image, add, threshold=128):
     return image.point(table * len(image.getbands()))
 
 
+def _enhance(kind):
+    """An ImageEnhance op at timm's factor for a level: 0.1 to 1.9."""
+    return lambda image, level, rng, fill: kind(image).enhance(level * 1.8 + 0.1)
+
+
 # name -> (image, level in [0, 1], rng, fill colour) -> image; the arguments timm's level functions give.
 OPS = {
     "AutoContrast": lambda image, level, rng, fill: ImageOps.autocontrast(image),
@@ -74,10 +79,10 @@ OPS = {
     "Posterize": lambda image, level, rng, fill: ImageOps.posterize(image, int(level * 4)),
     "Solarize": lambda image, level, rng, fill: ImageOps.solarize(image, min(256, int(level * 256))),
     "SolarizeAdd": lambda image, level, rng, fill: _solarize_add(image, min(128, int(level * 110))),
-    "Color": lambda image, level, rng, fill: ImageEnhance.Color(image).enhance(level * 1.8 + 0.1),
-    "Contrast": lambda image, level, rng, fill: ImageEnhance.Contrast(image).enhance(level * 1.8 + 0.1),
-    "Brightness": lambda image, level, rng, fill: ImageEnhance.Brightness(image).enhance(level * 1.8 + 0.1),
-    "Sharpness": lambda image, level, rng, fill: ImageEnhance.Sharpness(image).enhance(level * 1.8 + 0.1),
+    "Color": _enhance(ImageEnhance.Color),
+    "Contrast": _enhance(ImageEnhance.Contrast),
+    "Brightness": _enhance(ImageEnhance.Brightness),
+    "Sharpness": _enhance(ImageEnhance.Sharpness),
     "ShearX": lambda image, level, rng, fill: _affine(image, (1, _signed(level * 0.3, rng), 0, 0, 1, 0), rng, fill),
     "ShearY": lambda image, level, rng, fill: _affine(image, (1, 0, 0, _signed(level * 0.3, rng), 1, 0), rng, fill),
     "TranslateXRel": lambda image, level, rng, fill: _affine(
