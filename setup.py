@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",  # mindspore 2.10.0 publishes wheels for CPython 3.10-3.12 only
     packages=find_packages(include=["mobilenetv3", "mobilenetv3.*"]),
-    package_data={"mobilenetv3": ["imagenet1k_classes.tsv", "csrc/*.cc"]},  # the .cc files are built on first use
+    package_data={"mobilenetv3": ["data/imagenet1k_classes.tsv", "native/csrc/*.cc"]},  # the .cc files are built on first use
     install_requires=Path("requirements.txt").read_text().split(),
     extras_require={
         # torch 2.13.0 is the CPU build; a bare "torch" would pull a multi-GB CUDA build.

@@ -31,8 +31,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed: import it from the checkout
-from benchmarks import harness  # noqa: E402
-from mobilenetv3.config import run_cli  # noqa: E402
+from benchmarks import harness, report  # noqa: E402
+from mobilenetv3.cli import run_cli  # noqa: E402  (applies the process defaults before main runs)
 
 
 def main(argv=None):
@@ -57,10 +57,10 @@ def main(argv=None):
         settings = (harness.Settings.quick_settings if args.quick else harness.Settings)(**chosen)
     except ValueError as err:
         parser.error(str(err))
-    report = harness.run(settings)
-    print(harness.format_table(report))
+    measured = harness.run(settings)
+    print(report.format_table(measured))
     if args.json:
-        harness.save_json(report, args.json)
+        report.save_json(measured, args.json)
         print(f"report written to {args.json}")
 
 

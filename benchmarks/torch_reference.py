@@ -1,15 +1,15 @@
 """A PyTorch MobileNetV3 with torchvision's exact layout, to check weight conversion without torchvision.
 
 Parameter names and shapes are torchvision's (features.<i>.block.<j>..., classifier.0 / classifier.3),
-built from the same block tables as mobilenetv3.model, so a state_dict of this model stands in for
-torchvision's weights, and `to_timm_state_dict` renames it into timm's naming. torch is an optional
+built from the same block tables as mobilenetv3.models.architectures, so a state_dict of this model stands
+in for torchvision's weights, and `to_timm_state_dict` renames it into timm's naming. torch is an optional
 extra (pip install .[convert]); only this module and the .pth reader import it.
 """
 import torch
 from torch import nn
 
-from mobilenetv3.convert import torchvision_to_timm
-from mobilenetv3.model import ARCHITECTURES, STEM_CHANNELS, BlockConfig, make_divisible
+from mobilenetv3.deploy.convert import torchvision_to_timm
+from mobilenetv3.models.architectures import ARCHITECTURES, STEM_CHANNELS, BlockConfig, make_divisible
 
 ACTIVATIONS = {"RE": nn.ReLU, "HS": nn.Hardswish}
 TORCH_BN_MOMENTUM = 0.01  # torchvision's value; MindSpore's equivalent is 0.99

@@ -1,19 +1,46 @@
-"""MobileNetV3-Small/Large for MindSpore: model, data, training, evaluation, inference and export."""
-from .distributed import apply_log_defaults, release_core_binding
-from .runtime import apply_cpu_defaults
+"""MobileNetV3-Small/Large for MindSpore: model, data, training, evaluation, inference and export.
 
-apply_cpu_defaults()  # must run before the first MindSpore op
-apply_log_defaults()  # must run before MindSpore is imported
-release_core_binding()  # best before MindSpore sizes its thread pools
+    import mobilenetv3
+    net = mobilenetv3.create_model("mobilenet_v3_small", num_classes=10)
+
+Importing the package changes nothing in the process (no environment variable, affinity or log level) and
+starts no MindSpore; the scripts' defaults are cli.apply_process_defaults(). docs/architecture.md maps the
+folders.
+"""
+import importlib
+import sys
+import types
+import warnings
 
 __version__ = "0.1.0"
-_MODEL_API = ("MobileNetV3", "count_complexity", "create_model", "list_models")
-__all__ = list(_MODEL_API)
+_API = {"MobileNetV3": "models.mobilenetv3", "count_complexity": "models.mobilenetv3",
+        "create_model": "models.factory", "list_models": "models.architectures"}
+__all__ = list(_API)
+
+# Modules that moved when the package was grouped into folders, for user code that imports them by their old
+# path: each resolves, on first use, to where its names live now.
+_MOVED = {"model": ("models.mobilenetv3", "models.architectures"), "factory": ("models.factory",)}
 
 
 def __getattr__(name):
     # Imported on first use, so tools that need no MindSpore (data preparation) start at once.
-    if name in _MODEL_API:
-        from . import factory, model
-        return getattr(factory if name == "create_model" else model, name)
-    raise AttributeError(f"module 'mobilenetv3' has no attribute {name!r}")
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _MovedModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):  # what the import system asks of any module
+            raise AttributeError(name)
+        targets = [f"{__name__}.{target}" for target in _MOVED[self.__name__.rpartition(".")[2]]]
+        warnings.warn(f"{self.__name__} is now {' and '.join(targets)}", DeprecationWarning, stacklevel=2)
+        for target in targets:
+            module = importlib.import_module(target)
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise AttributeError(f"{self.__name__} (now {' and '.join(targets)}) has no attribute {name!r}")
+
+
+for _old in _MOVED:
+    sys.modules.setdefault(f"{__name__}.{_old}", _MovedModule(f"{__name__}.{_old}"))

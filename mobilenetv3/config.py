@@ -1,27 +1,30 @@
 """One configuration for every script: a YAML file, then `--key value` flags that override it.
 
-Every key is declared once in `Config` with its type, default and help text. Unknown keys (in YAML or
-on the command line) and values of the wrong type fail with a one-line message naming the key, the
-file or flag, and the closest valid name.
+Every key is declared once in `Config` with its type, default and help text; where a default belongs to
+a part of the library (the models' registry and settings, the preprocessing, augmentation and schedules),
+it is read from there. Unknown keys (in YAML or on the command line) and values of the wrong type fail
+with a one-line message naming the key, the file or flag, and the closest valid name. The scripts and
+the training entry point (training.trainer.train) read the Config; the rest of the library takes values.
 """
 import argparse
-import codecs
 import dataclasses
 import difflib
 import math
-import signal
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import FrozenSet, List, Optional
 
 import yaml
 
-from . import rand_augment
-from .distributed import EveryRankError, abort_job, in_mpi_job, launcher_rank
+from .data import rand_augment
+from .data.preprocessing import INTERPOLATIONS, Preprocessing
+from .data.transforms import Augmentation
 from .errors import UserError
-from .runtime import usable_device_target
+from .models.architectures import ARCHITECTURES, MODEL_DEFAULTS
+from .training.lr_schedules import DECAY_MODES
+
+PREPROCESSING, AUGMENTATION = Preprocessing(), Augmentation()  # their defaults
 
 
 class ConfigError(UserError):
@@ -29,7 +32,9 @@ class ConfigError(UserError):
 
 
 def key(default, help, choices=None, minimum=None, above=None):
-    meta = dict(help=help, choices=choices, minimum=minimum, above=above)
+    meta = dict(help=help, choices=choices, minimum=minimum, above=above, key=True)
+    if isinstance(default, tuple):
+        default = list(default)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -45,36 +50,34 @@ class Config:
     num_parallel_workers: int = key(0, "Data pipeline workers per process; 0: its share of the CPUs (those "
                                        "available / processes on this machine), also the most used", minimum=0)
     dataset_sink_mode: bool = key(True, "Sink the dataset into the device graph (faster)")
-    num_classes: int = key(1000, "Number of classes", minimum=1)
+    num_classes: int = key(MODEL_DEFAULTS["num_classes"], "Number of classes", minimum=1)
     batch_size: int = key(64, "Batch size per process", minimum=1)
     repeat_num: int = key(1, "Repeat the training set this many times per epoch", minimum=1)
     momentum: float = key(0.9, "Optimiser momentum", minimum=0.0)
     epoch_size: int = key(200, "Number of training epochs", minimum=1)
     keep_checkpoint_max: int = key(10, "Most checkpoints kept in ckpt_save_dir", minimum=1)
     ckpt_save_dir: str = key("./mobilenet_v3", "Where checkpoints and logs are written")
-    lr_decay_mode: str = key("cosine_decay_lr", "Learning-rate schedule",
-                             choices=["cosine_decay_lr", "piecewise", "step", "exponential"])
+    lr_decay_mode: str = key("cosine_decay_lr", "Learning-rate schedule", choices=list(DECAY_MODES))
     decay_epoch: int = key(200, "Epochs over which cosine decays from max_lr to min_lr", minimum=1)
     smooth_factor: float = key(0.1, "Label smoothing factor", minimum=0.0)
     max_lr: float = key(0.1, "Peak learning rate (after warmup)", above=0.0)
     min_lr: float = key(0.0, "Final learning rate of the cosine schedule", minimum=0.0)
     milestone: List[int] = key([], "piecewise: epochs at which each learning rate ends")
     learning_rates: List[float] = key([], "piecewise: learning rate of each milestone interval")
-    resize: int = key(224, "Input image size", minimum=1)
+    resize: int = key(PREPROCESSING.resize, "Input image size", minimum=1)
     # The device of a single process (the flag of the seed's MindSpore scripts).
     device_id: int = key(0, "GPU (or Ascend device) of a single process, counted among the visible ones "
                          "(CUDA_VISIBLE_DEVICES); under mpirun or msrun rank r takes its machine's r-th",
                          minimum=0)
     # Model.
-    model: str = key("mobilenet_v3_small", "Model name",
-                     choices=["mobilenet_v3_small", "mobilenet_v3_large"])
-    width: float = key(1.0, "Width multiplier", above=0.0)
-    dropout_rate: float = key(0.2, "Dropout before the last Linear layer", minimum=0.0)
+    model: str = key("mobilenet_v3_small", "Model name", choices=list(ARCHITECTURES))
+    width: float = key(MODEL_DEFAULTS["width"], "Width multiplier", above=0.0)
+    dropout_rate: float = key(MODEL_DEFAULTS["dropout_rate"], "Dropout before the last Linear layer", minimum=0.0)
     drop_path_rate: float = key(0.0, "Stochastic depth: the last residual block's probability of dropping its "
                                 "branch, the earlier ones' rising to it from 0 (timm's --drop-path)", minimum=0.0)
-    bn_momentum: float = key(0.99, "BatchNorm running-stat momentum (MindSpore convention; torch 0.01)",
-                             minimum=0.0)
-    bn_eps: float = key(1e-3, "BatchNorm epsilon", minimum=0.0)
+    bn_momentum: float = key(MODEL_DEFAULTS["bn_momentum"], "BatchNorm running-stat momentum (MindSpore convention; "
+                             "torch 0.01)", minimum=0.0)
+    bn_eps: float = key(MODEL_DEFAULTS["bn_eps"], "BatchNorm epsilon", minimum=0.0)
     # Training extras.
     optimizer: str = key("momentum", "Optimiser: momentum (SGD), rmsprop (torch's update, torchvision's recipe) or "
                          "rmsprop_tf (TensorFlow's, timm's recipe)", choices=["momentum", "rmsprop", "rmsprop_tf"])
@@ -91,24 +94,24 @@ class Config:
     amp_level: str = key("auto", "Mixed precision (auto: O0 on CPU, O2 elsewhere)",
                          choices=["auto", "O0", "O1", "O2", "O3"])
     loss_scale: float = key(1024.0, "Initial dynamic loss scale with O2/O3", minimum=1.0)
-    auto_augment: bool = key(False, "ImageNet AutoAugment policy in training")
-    rand_augment: str = key("", "timm's RandAugment in training, in timm's form rand-m<magnitude>[-n<ops per "
-                            "image>][-p<probability>][-mstd<magnitude std>], e.g. rand-m9-mstd0.5 (timm's "
-                            "recipe); empty: off")
-    color_jitter: float = key(0.0, "Colour jitter strength in training (0: off)", minimum=0.0)
-    random_erase: float = key(0.0, "Random erasing probability in training", minimum=0.0)
-    random_erase_mode: str = key("const", "What random erasing fills in: const, the mean colour (0 once normalised, "
-                                 "torchvision's); pixel, per-pixel normal noise once normalised (timm's --remode "
-                                 "pixel)", choices=["const", "pixel"])
-    min_crop_area: float = key(0.08, "Training random-resized crop: smallest crop as a fraction of the image "
-                               "area (1: whole image, flips only; small images learn faster with less)",
+    auto_augment: bool = key(AUGMENTATION.auto_augment, "ImageNet AutoAugment policy in training")
+    rand_augment: str = key(AUGMENTATION.rand_augment, "timm's RandAugment in training, in timm's form "
+                            "rand-m<magnitude>[-n<ops per image>][-p<probability>][-mstd<magnitude std>], e.g. "
+                            "rand-m9-mstd0.5 (timm's recipe); empty: off")
+    color_jitter: float = key(AUGMENTATION.color_jitter, "Colour jitter strength in training (0: off)", minimum=0.0)
+    random_erase: float = key(AUGMENTATION.random_erase, "Random erasing probability in training", minimum=0.0)
+    random_erase_mode: str = key(AUGMENTATION.random_erase_mode, "What random erasing fills in: const, the mean colour "
+                                 "(0 once normalised, torchvision's); pixel, per-pixel normal noise once normalised "
+                                 "(timm's --remode pixel)", choices=["const", "pixel"])
+    min_crop_area: float = key(AUGMENTATION.min_crop_area, "Training random-resized crop: smallest crop as a fraction "
+                               "of the image area (1: whole image, flips only; small images learn faster with less)",
                                above=0.0)
-    interpolation: str = key("bilinear", "Resize interpolation", choices=["bilinear", "bicubic"])
-    crop_pct: float = key(0.875, "Eval centre-crop fraction: shorter side resized to resize/crop_pct",
+    interpolation: str = key(PREPROCESSING.interpolation, "Resize interpolation", choices=list(INTERPOLATIONS))
+    crop_pct: float = key(PREPROCESSING.crop_pct, "Eval centre-crop fraction: shorter side resized to resize/crop_pct",
                           above=0.0)
-    mean: List[float] = key([0.485, 0.456, 0.406], "Per-channel (R, G, B) mean subtracted from images in [0, 1] "
+    mean: List[float] = key(PREPROCESSING.mean, "Per-channel (R, G, B) mean subtracted from images in [0, 1] "
                             "(default ImageNet's)")
-    std: List[float] = key([0.229, 0.224, 0.225], "Per-channel (R, G, B) standard deviation images are divided by "
+    std: List[float] = key(PREPROCESSING.std, "Per-channel (R, G, B) standard deviation images are divided by "
                            "(default ImageNet's)")
     seed: int = key(1, "Random seed", minimum=0)
     log_interval: int = key(1, "Print the step log every this many steps", minimum=1)
@@ -152,8 +155,23 @@ class Config:
     preset: Optional[str] = key(None, "Published weight set the input is (e.g. timm/mobilenetv3_large_100.ra_in1k): "
                                 "records its preprocessing and accuracy in the checkpoint")
 
+    # Not a key: those of the keys above given on the command line (parse_args fills it). A flag wins over
+    # what a model's meta records, which wins over a config file and the defaults.
+    flags: FrozenSet[str] = field(default=frozenset(), compare=False, repr=False)
 
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+    def values(self) -> dict:
+        """{key: value} of every key (what run.yaml and a checkpoint's meta record)."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def subset(self, names) -> dict:
+        """{key: value} of the keys `names`."""
+        return {name: getattr(self, name) for name in names}
+
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(self.resize, self.interpolation, self.crop_pct, tuple(self.mean), tuple(self.std))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.metadata.get("key")}
 
 # The keys each script offers as flags (a YAML file may carry any key; the others are ignored there).
 MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
@@ -165,6 +183,11 @@ TRAIN_KEYS = [name for name in FIELDS if name not in ("use_ema", "top_k", "outpu
                                                      "calib_data", "calib_images", "source", "input", "preset")]
 EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json", "val_labels", "val_synsets"]
 INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
+EXPORT_KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
+               "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images"]
+CONVERT_KEYS = ["source", "input", "model", "width", "output", "preset"]
+# What the command line says of a model file to run, where the file's meta is silent (inference.load_model).
+MODEL_FILE_KEYS = ("model", "num_classes", "width", "bn_momentum", "bn_eps", "resize")
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
 NONE_WORDS = {"", "none", "null", "false"}
 
@@ -254,18 +277,9 @@ def build_config(config_path=None, overrides: Optional[dict] = None, source=lamb
         if name not in FIELDS:
             raise ConfigError(f"unknown key {name!r}{_closest(name)}")
         values[name] = _convert(name, value, source(name))
-    config = Config(**values)
+    config = Config(**values, flags=frozenset(overrides or ()))
     check_consistency(config)
-    # The keys set by the caller (flags), which win over what a checkpoint records (see preprocessing.resolve).
-    config.flags = frozenset(overrides or ())
     return config
-
-
-def replaced(config: Config, **changes) -> Config:
-    """dataclasses.replace that keeps the record of which keys were flags."""
-    new = dataclasses.replace(config, **changes)
-    new.flags = getattr(config, "flags", frozenset())
-    return new
 
 
 def check_consistency(config: Config):
@@ -294,7 +308,7 @@ def check_consistency(config: Config):
         values = getattr(config, name)
         if len(values) != 3 or not all((low is not None and v == low or 0 < v) and v <= 1 for v in values):
             raise ConfigError(f"{name} needs 3 numbers (R, G, B) {bounds}, e.g. --{name} "
-                              f"{','.join(map(str, FIELDS[name].default_factory()))}; got {values}")
+                              f"{','.join(map(str, getattr(PREPROCESSING, name)))}; got {values}")
     if config.min_crop_area > 1.0:
         raise ConfigError(f"min_crop_area is a fraction of the image area in (0, 1], got {config.min_crop_area}")
     if config.val_synsets and not config.val_labels:
@@ -309,8 +323,8 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
-    """Parse `--config FILE` and `--key value` flags into a Config.
+def from_command_line(argv=None, description="", epilog="", keys=None) -> Config:
+    """Parse `--config FILE` and `--key value` flags into a Config (cli.parse_args also picks the device).
 
     `keys` limits the flags offered to what the calling script uses (all keys if None); the help text
     lists them with their defaults.
@@ -319,11 +333,12 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file with any of the keys below")
     for name in keys or FIELDS:
-        meta = FIELDS[name].metadata
-        default = FIELDS[name].default if FIELDS[name].default is not dataclasses.MISSING else []
+        spec = FIELDS[name]
+        meta = spec.metadata
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
         choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
         # A true/false key given alone (--use_ema) means true.
-        alone = dict(nargs="?", const="true") if FIELDS[name].type is bool else {}
+        alone = dict(nargs="?", const="true") if spec.type is bool else {}
         parser.add_argument(f"--{name}", dest=name, metavar="VALUE", default=argparse.SUPPRESS, **alone,
                             help=f"{meta['help']}{choices}; default {default!r}")
     args, unknown = parser.parse_known_args(argv)
@@ -332,39 +347,4 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
         hint = _closest(flag.lstrip("-").split("=")[0], list(keys or FIELDS) + ["config"], prefix="--")
         raise ConfigError(f"unknown flag {flag!r}{hint} (see --help)")
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    config = build_config(args.config, overrides, source=lambda name: f"--{name}")
-    if "device_target" in (keys or FIELDS):
-        device, why = usable_device_target(config.device_target, explicit="device_target" in config.flags)
-        if why and launcher_rank() in (None, "0"):
-            print(f"note: no usable GPU here ({why}): running on the CPU; --device_target CPU skips this check",
-                  file=sys.stderr)
-        config.device_target = device
-    return config
-
-
-def run_cli(main, argv=None):
-    """Run a script's main(argv), turning the errors users cause into one line and exit status 2, and
-    Ctrl-C (KeyboardInterrupt) into one line and status 130, as a shell reports a process ended by SIGINT.
-    Under mpirun, an exception only this rank raised ends every rank (see distributed.in_mpi_job).
-
-    File names that are not valid UTF-8 are printed as the bytes they are (surrogateescape) rather than
-    refused by a strict UTF-8 stdout; every other character encodes in UTF-8 anyway."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure") and codecs.lookup(stream.encoding or "ascii").name == "utf-8":
-            stream.reconfigure(errors="surrogateescape")
-    try:
-        return main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        status = getattr(err, "exit_code", 2)
-        if not isinstance(err, EveryRankError) and in_mpi_job():
-            abort_job(status)
-        sys.exit(status)
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl-C)", file=sys.stderr)
-        sys.exit(128 + signal.SIGINT)
-    except Exception:
-        if not in_mpi_job():
-            raise
-        sys.excepthook(*sys.exc_info())  # the traceback, as if uncaught
-        abort_job(1)
+    return build_config(args.config, overrides, source=lambda name: f"--{name}")

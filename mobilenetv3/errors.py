@@ -6,6 +6,11 @@ class UserError(Exception):
     """Bad input, flags, files or environment; the message names the culprit and what to do."""
 
 
+class EveryRankError(UserError):
+    """A UserError every rank of a distributed job raises alike (its cause was shared by a collective):
+    each rank can exit normally, none waits for another."""
+
+
 def mindspore_cause(err: BaseException) -> str:
     """The cause a MindSpore RuntimeError gives, in one line.
 

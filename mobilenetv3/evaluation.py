@@ -12,7 +12,12 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import data, flat_folder, imagenet
+from .data import flat_folder, imagenet
+from .data.folders import scan_image_folder, split_dir
+from .data.pipeline import UNREADABLE, create_dataset
+from .data.preprocessing import Preprocessing
+from .data.transforms import normalize_batch
+from .cluster.distributed import all_reduce_sum
 from .errors import UserError
 from .progress import progress
 
@@ -80,10 +85,10 @@ def count_correct(logits: np.ndarray, labels: np.ndarray) -> Counts:
     """The Counts of one batch, over the classes of the logits' columns.
 
     Equal logits rank the lower class index first (a stable sort), so a row of ties is top-1 correct
-    for class 0 only, never for all classes at once. Rows labelled data.UNREADABLE are left out.
+    for class 0 only, never for all classes at once. Rows labelled UNREADABLE (unreadable files) are left out.
     """
     num_classes = logits.shape[1]
-    readable = labels != data.UNREADABLE
+    readable = labels != UNREADABLE
     logits, labels = logits[readable].astype(np.float64), labels[readable].astype(np.int64)
     k = min(5, num_classes)
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
@@ -108,7 +113,6 @@ def evaluate(predict, dataset, classes: List[str], dist=None, source="the data s
                             f"classes; pass --num_classes {logits.shape[1]} or the model of these classes")
         totals += count_correct(logits, labels)
     if dist is not None and dist.size > 1:
-        from .distributed import all_reduce_sum
         integers = all_reduce_sum(np.concatenate([totals.confusion.ravel(), totals.top5]))
         totals = Counts(integers[:-len(classes)].reshape(totals.confusion.shape), integers[-len(classes):],
                         float(all_reduce_sum(np.array([totals.loss_sum]))[0]))
@@ -147,25 +151,27 @@ def mindspore_predictor(net):
     return lambda images: net(ms.Tensor(images)).asnumpy()
 
 
-def evaluate_folder(predict, num_classes: int, config, classes=None, dist=None) -> Metrics:
-    """Evaluate `predict(images) -> logits` (e.g. from inference.load_model) of a model with `num_classes`
-    classes on the val split of config.data_url (or the class-folder tree itself), or with
-    config.val_labels on the flat folder config.data_url labelled by that file (see flat_folder).
+def evaluate_folder(predict, num_classes: int, data_url, preprocessing: Preprocessing, batch_size: int,
+                    workers: int = 0, classes=None, dist=None, val_labels=None, val_synsets=None) -> Metrics:
+    """Evaluate `predict(images) -> logits` (e.g. from deploy.inference.load_model) of a model with
+    `num_classes` classes on the val split of `data_url` (or the class-folder tree itself), or with
+    `val_labels` on the flat folder `data_url` labelled by that file (see data/flat_folder.py), with
+    `workers` data workers (0: this process's share of the CPUs).
 
     `classes` (the model's own list, if it has one) must equal the sorted class-folder names, so label i
     means the same class to the data and to the model; a labels file names classes of that list.
     """
-    if config.val_labels:
-        if not config.data_url:
+    if val_labels:
+        if not data_url:
             raise UserError("data_url is not set: with --val_labels, pass --data_url FOLDER, the folder of the images")
-        folder = flat_folder.scan_labelled_folder(Path(config.data_url), config.val_labels,
-                                                  imagenet.model_classes(num_classes, classes), config.val_synsets)
+        folder = flat_folder.scan_labelled_folder(Path(data_url), val_labels,
+                                                  imagenet.model_classes(num_classes, classes), val_synsets)
     else:
-        folder = data.scan_image_folder(data.split_dir(config.data_url, "val"), classes)
+        folder = scan_image_folder(split_dir(data_url, "val"), classes)
     if len(folder.classes) != num_classes:  # checkpoints from elsewhere carry no class list to compare
         raise UserError(f"{folder.root} has {len(folder.classes)} class folders but the model has {num_classes} "
                         "classes; evaluate on a folder with one subfolder per class of the model")
-    dataset = data.create_dataset(folder, config, training=False, num_shards=dist.size if dist else 1,
-                                  shard_id=dist.rank if dist else 0)
-    return evaluate(lambda images: predict(data.normalize_batch(images, config)), dataset, folder.classes, dist,
+    dataset = create_dataset(folder, preprocessing, batch_size, workers, num_shards=dist.size if dist else 1,
+                             shard_id=dist.rank if dist else 0)
+    return evaluate(lambda images: predict(normalize_batch(images, preprocessing)), dataset, folder.classes, dist,
                     source=str(folder.root))

@@ -15,8 +15,7 @@ same parameters with the same shapes. The output loads in eval.py, infer.py and 
 """
 import argparse
 
-from mobilenetv3.averaging import average_checkpoints, last_checkpoints
-from mobilenetv3.config import run_cli
+from mobilenetv3.cli import run_cli
 
 
 def main(argv=None):
@@ -31,6 +30,7 @@ def main(argv=None):
         parser.error("--last N needs --ckpt_save_dir DIR (the training run's folder)")
     if args.ckpt_save_dir and args.last is None:
         parser.error("--ckpt_save_dir goes with --last N; with --inputs name the files themselves")
+    from mobilenetv3.checkpoints.averaging import average_checkpoints, last_checkpoints
     inputs = args.inputs or last_checkpoints(args.ckpt_save_dir, args.last)
     output = average_checkpoints(inputs, args.output)
     print(f"averaged {len(inputs)} checkpoints ({', '.join(map(str, inputs))}) into {output}")

@@ -10,7 +10,7 @@ import argparse
 import importlib.metadata
 import sys
 
-from mobilenetv3 import gpu_env
+from mobilenetv3.cluster import gpu_env
 
 
 def main(argv=None):

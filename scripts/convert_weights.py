@@ -21,14 +21,14 @@ below; the README gives their accuracy).
 """
 from pathlib import Path
 
-from mobilenetv3.config import parse_args, run_cli
-from mobilenetv3.convert import PRESETS, convert_file, preset
+from mobilenetv3.cli import parse_args, run_cli
+from mobilenetv3.config import CONVERT_KEYS
+from mobilenetv3.deploy.presets import PRESETS, preset
 from mobilenetv3.errors import UserError
 
 
 def main(argv=None):
-    config = parse_args(argv, description=__doc__, epilog="presets:\n  " + "\n  ".join(PRESETS),
-                        keys=["source", "input", "model", "width", "output", "preset"])
+    config = parse_args(argv, description=__doc__, epilog="presets:\n  " + "\n  ".join(PRESETS), keys=CONVERT_KEYS)
     if not config.input:
         raise UserError("no weights given: pass --input WEIGHTS (.safetensors or .pth)")
     source, model = config.source, config.model
@@ -44,6 +44,7 @@ def main(argv=None):
     if Path(output).suffix != ".ckpt":
         raise UserError(f"--output {output}: use a file name ending in .ckpt (MindSpore reads checkpoints only under "
                         "that name)")
+    from mobilenetv3.deploy.convert import convert_file  # MindSpore starts here, after run_cli's process defaults
     meta = convert_file(config.input, source, model, output, config.width, config.preset)
     print(f"converted {config.input} ({meta['source']}, {meta['model']}, width {meta['width']}, "
           f"{meta['num_classes']} classes, bn_eps {meta['bn_eps']}"

@@ -27,25 +27,30 @@ the checkpoint to ONNX once (cached next to it as <name>-<resize>px.onnx) and ru
 import json
 import sys
 
-from mobilenetv3 import preprocessing, runtime
-from mobilenetv3.config import EVAL_KEYS, parse_args, run_cli
-from mobilenetv3.distributed import init_distributed
-from mobilenetv3.evaluation import chance_level_warning, evaluate_folder
-from mobilenetv3.inference import load_model
-from mobilenetv3.outputs import check_writable_file
+from mobilenetv3.cli import parse_args, run_cli
+from mobilenetv3.config import EVAL_KEYS, MODEL_FILE_KEYS
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=EVAL_KEYS)
-    runtime.setup(config.device_target, config.seed, device_id=config.device_id)
+    from mobilenetv3.cluster import device  # MindSpore starts here, after run_cli's process defaults
+    from mobilenetv3.cluster.distributed import init_distributed
+    from mobilenetv3.data.preprocessing import resolve
+    from mobilenetv3.deploy.inference import load_model
+    from mobilenetv3.deploy.outputs import check_writable_file
+    from mobilenetv3.evaluation import chance_level_warning, evaluate_folder
+    device.setup(config.device_target, config.seed, device_id=config.device_id)
     dist = init_distributed(config.device_target, config.run_distribute, config.device_id)
     if config.json and dist.rank == 0:
         check_writable_file(config.json, "--json")
-    predict, meta = load_model(config)
-    config, preprocessing_line = preprocessing.resolve(config, meta)
+    predict, meta = load_model(config.pretrained, config.backend, config.threads, config.use_ema,
+                               config.subset(MODEL_FILE_KEYS), config.flags)
+    preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     if dist.rank == 0:
         print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
-    metrics = evaluate_folder(predict, meta["num_classes"], config, meta.get("classes"), dist)
+    metrics = evaluate_folder(predict, meta["num_classes"], config.data_url, preprocessing, config.batch_size,
+                              config.num_parallel_workers, meta.get("classes"), dist, config.val_labels,
+                              config.val_synsets)
     if dist.rank == 0:
         print(metrics.seed_dict())
         print(f"loss: {metrics.loss:.4f}, images: {metrics.images}")

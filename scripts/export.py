@@ -27,16 +27,10 @@ meta says (the same as eval.py and infer.py use). Run it with eval.py/infer.py -
 import importlib.util
 import sys
 
-
-from mobilenetv3 import preprocessing, runtime
-from mobilenetv3.config import PREPROCESSING_KEYS, parse_args, run_cli
+from mobilenetv3.checkpoints.meta import flagged
+from mobilenetv3.cli import parse_args, run_cli
+from mobilenetv3.config import EXPORT_KEYS, MODEL_FILE_KEYS
 from mobilenetv3.errors import UserError
-from mobilenetv3.export import (calibration_images, calibration_paths, export, export_path, int8_path,
-                                quantize_onnx)
-from mobilenetv3.factory import model_from_checkpoint
-
-KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
-        "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images"]
 
 
 def check_quantize(config):
@@ -49,25 +43,32 @@ def check_quantize(config):
                         "model will see, to measure the ranges of its activations")
     if importlib.util.find_spec("onnxruntime") is None:
         raise UserError("--quantize int8 needs ONNX Runtime: pip install onnxruntime (or pip install .[onnx])")
+    from mobilenetv3.deploy.quantize import calibration_paths
     return calibration_paths(config.calib_data, config.calib_images)
 
 
 def main(argv=None):
-    config = parse_args(argv, description=__doc__, keys=KEYS)
+    config = parse_args(argv, description=__doc__, keys=EXPORT_KEYS)
     calibration = check_quantize(config) if config.quantize == "int8" else None
-    runtime.setup(config.device_target, device_id=config.device_id)
-    net, meta = model_from_checkpoint(config)
-    config, preprocessing_line = preprocessing.resolve(config, meta)
+    from mobilenetv3.cluster import device  # MindSpore starts here, after run_cli's process defaults
+    from mobilenetv3.data.preprocessing import resolve
+    from mobilenetv3.deploy.export import export, export_path
+    from mobilenetv3.deploy.quantize import calibration_images, int8_path, quantize_onnx
+    from mobilenetv3.models.factory import model_from_checkpoint
+    device.setup(config.device_target, device_id=config.device_id)
+    stated = config.subset(MODEL_FILE_KEYS)
+    net, meta = model_from_checkpoint(config.pretrained, config.use_ema, flagged(stated, config.flags), stated)
+    preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
-    meta = dict(meta, preprocessing=preprocessing.of_config(config))
+    meta = dict(meta, preprocessing=preprocessing.as_meta())
     path = export(net, export_path(config.pretrained, config.file_format, config.file_name, config.use_ema),
-                  config.file_format, config.resize, meta)
+                  config.file_format, preprocessing.resize, meta)
     print(f"exported {config.pretrained} to {path}")
     if calibration is not None:
-        images, skipped = calibration_images(calibration, config)
+        images, skipped = calibration_images(calibration, preprocessing)
         for file, reason in skipped:
             print(f"calibration skipped {file}: {reason}", file=sys.stderr)
-        quantized = quantize_onnx(path, int8_path(path), images, dict(meta, image_size=config.resize))
+        quantized = quantize_onnx(path, int8_path(path), images, dict(meta, image_size=preprocessing.resize))
         print(f"quantized {path} to {quantized} (int8, calibrated on {len(images)} images from {config.calib_data})")
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mobilenetv3 import checkpoint, gpu_env
-from mobilenetv3.trainer import LOG_FORMAT
+from mobilenetv3.checkpoints import files as checkpoint
+from mobilenetv3.cluster import gpu_env
+from mobilenetv3.training.step_log import LOG_FORMAT
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, BATCH, LOG_INTERVAL = 3, 16, 4, 8, 2
@@ -271,9 +272,11 @@ def export_and_infer(smoke):
 
 ALL_REDUCE = """
 import numpy as np
-from mobilenetv3 import runtime
-from mobilenetv3.distributed import all_reduce_sum, init_distributed
-runtime.setup("GPU")
+from mobilenetv3.cli import apply_process_defaults
+apply_process_defaults()
+from mobilenetv3.cluster import device
+from mobilenetv3.cluster.distributed import all_reduce_sum, init_distributed
+device.setup("GPU")
 info = init_distributed("GPU", True)
 print("sum", info.rank, info.size, int(all_reduce_sum(np.array([2**60 + 1]))[0]))
 """

@@ -21,23 +21,28 @@ with ONNX Runtime: the same predictions, several times faster on CPU.
 """
 import sys
 
-from mobilenetv3 import preprocessing, runtime
-from mobilenetv3.config import INFER_KEYS, parse_args, run_cli
+from mobilenetv3.cli import parse_args, run_cli
+from mobilenetv3.config import INFER_KEYS, MODEL_FILE_KEYS
 from mobilenetv3.errors import UserError
-from mobilenetv3.inference import format_prediction, load_predictor, output_format, predict_folder, write_predictions
-from mobilenetv3.outputs import check_writable_file
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=INFER_KEYS)
+    from mobilenetv3.cluster import device  # MindSpore starts here, after run_cli's process defaults
+    from mobilenetv3.data.preprocessing import resolve
+    from mobilenetv3.deploy.inference import (class_names_of, format_prediction, load_model, output_format,
+                                              predict_folder, write_predictions)
+    from mobilenetv3.deploy.outputs import check_writable_file
     if config.output:
         output_format(config.output)
         check_writable_file(config.output, "--output")
-    runtime.setup(config.device_target, config.seed, device_id=config.device_id)
-    predict, class_names, meta = load_predictor(config)
-    config, preprocessing_line = preprocessing.resolve(config, meta)
+    device.setup(config.device_target, config.seed, device_id=config.device_id)
+    predict, meta = load_model(config.pretrained, config.backend, config.threads, config.use_ema,
+                               config.subset(MODEL_FILE_KEYS), config.flags)
+    preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
-    predictions, skipped = predict_folder(predict, config.data_url, config, class_names)
+    predictions, skipped = predict_folder(predict, config.data_url, preprocessing, class_names_of(meta),
+                                          config.top_k, config.batch_size)
     for prediction in predictions:
         print(format_prediction(prediction))
     for path, reason in skipped:

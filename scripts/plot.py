@@ -11,9 +11,9 @@ Needs matplotlib: pip install -e ".[plot]".
 import argparse
 from pathlib import Path
 
-from mobilenetv3.config import run_cli
+from mobilenetv3.cli import run_cli
 from mobilenetv3.errors import UserError
-from mobilenetv3.run_record import METRICS_FILE, read_metrics
+from mobilenetv3.training.run_record import METRICS_FILE, read_metrics
 
 
 def plot(runs: dict, output: Path):

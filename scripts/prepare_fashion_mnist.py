@@ -13,8 +13,8 @@ examples:
 """
 import argparse
 
-from mobilenetv3.config import run_cli
-from mobilenetv3.fashion_mnist import DEFAULT_IDX_DIR, prepare
+from fashion_mnist import DEFAULT_IDX_DIR, prepare  # beside this script: demo tooling, not the library
+from mobilenetv3.cli import run_cli
 
 
 def main(argv=None):

@@ -75,7 +75,7 @@ IDX_ARGS=()
 if [ -n "$IDX_DIR" ]; then
     IDX_ARGS=(--idx_dir "$IDX_DIR")
     echo "Fashion-MNIST IDX files: $IDX_DIR"
-elif "$PYTHON" -c "from mobilenetv3.fashion_mnist import find_idx_files; find_idx_files()" 2>/dev/null; then
+elif (cd "$REPO/scripts" && "$PYTHON" -c "from fashion_mnist import find_idx_files; find_idx_files()") 2>/dev/null; then
     echo "Fashion-MNIST is installed (Debian package dataset-fashion-mnist)"
 else
     echo "installing Fashion-MNIST: apt-get install dataset-fashion-mnist"

@@ -11,17 +11,18 @@ Examples:
   python scripts/train.py --config my.yaml --resume auto
   python scripts/train.py --data_url DIR --num_classes 37 --pretrained imagenet.ckpt --max_lr 0.01
 """
-from mobilenetv3 import runtime
-from mobilenetv3.config import TRAIN_KEYS, parse_args, run_cli
-from mobilenetv3.distributed import check_same_config, init_distributed
-from mobilenetv3.trainer import train
+from mobilenetv3.cli import parse_args, run_cli
+from mobilenetv3.config import TRAIN_KEYS
 
 
 def main(argv=None):
     config = parse_args(argv, description=__doc__, keys=TRAIN_KEYS)
-    runtime.setup(config.device_target, config.seed, device_id=config.device_id)
+    from mobilenetv3.cluster import device  # MindSpore starts here, after run_cli's process defaults
+    from mobilenetv3.cluster.distributed import check_same_config, init_distributed
+    from mobilenetv3.training.trainer import train
+    device.setup(config.device_target, config.seed, device_id=config.device_id)
     dist = init_distributed(config.device_target, config.run_distribute, config.device_id)
-    check_same_config(vars(config))
+    check_same_config(config.values())
     last = train(config, dist)
     if dist.rank == 0:
         print(f"last checkpoint: {last}")

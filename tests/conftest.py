@@ -8,14 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mobilenetv3  # noqa: F401  (sets the CPU defaults before MindSpore starts)
-import mindspore as ms
+from mobilenetv3 import cli, log
 
-from mobilenetv3.config import build_config
-from mobilenetv3.trainer import train
+cli.apply_process_defaults()  # as every script does, before MindSpore starts
+log.configure()  # the scripts' logging: the training run's lines on stdout (capsys sees them), the rest on stderr
+
+import mindspore as ms  # noqa: E402
+
+from mobilenetv3.config import build_config  # noqa: E402
+from mobilenetv3.training.trainer import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/ (the harness and the PyTorch twin) is not installed
+sys.path.insert(0, str(REPO / "scripts"))  # fashion_mnist.py, the demo's data writer, lives beside its script
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)
 

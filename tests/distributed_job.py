@@ -17,11 +17,16 @@ import signal
 import time
 from pathlib import Path
 
-import mobilenetv3  # noqa: F401  (sets the CPU and log defaults before MindSpore loads)
-from mobilenetv3 import runtime
-from mobilenetv3.config import Config, run_cli
-from mobilenetv3.distributed import all_reduce_sum, check_same_config, init_distributed, is_main_process
-from mobilenetv3.errors import UserError
+from mobilenetv3.cli import apply_process_defaults, run_cli
+
+apply_process_defaults()  # the CPU and log defaults, before MindSpore loads (as every script does)
+
+import mobilenetv3  # noqa: E402
+from mobilenetv3.cluster import device  # noqa: E402
+from mobilenetv3.cluster.distributed import (all_reduce_sum, check_same_config, init_distributed,  # noqa: E402
+                                             is_main_process)
+from mobilenetv3.config import Config  # noqa: E402
+from mobilenetv3.errors import UserError  # noqa: E402
 
 DENSE_BATCH, DENSE_STEPS = 4, 3
 
@@ -74,7 +79,8 @@ def save_params(net, path):
 
 def scheduler_pid():
     children = Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
-    return next((int(pid) for pid in children if b"cluster_scheduler.py" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
+    return next((int(pid) for pid in children
+                 if b"cluster/scheduler.py" in Path(f"/proc/{pid}/cmdline").read_bytes()), None)
 
 
 def main(argv=None):
@@ -90,7 +96,7 @@ def main(argv=None):
     import numpy as np
 
     info = init_distributed("CPU", run_distribute=args.run_distribute == "true")
-    runtime.setup("CPU", seed=1)  # after init, as scripts/train.py does
+    device.setup("CPU", seed=1)  # after init: selecting the device init selected is allowed again
     report = {"rank": info.rank, "size": info.size, "is_distributed": info.is_distributed,
               "is_main_process": is_main_process(), "scheduler_pid": scheduler_pid(),
               "cpus": sorted(os.sched_getaffinity(0)), "init_again": init_distributed("CPU", True) == info}
@@ -110,7 +116,7 @@ def main(argv=None):
             all_reduce_sum(np.ones(1))
         return
     config = Config(batch_size=2 if info.rank == args.config_rank else 1)
-    check_same_config(vars(config))
+    check_same_config(config.values())
     checks = args.checks.split(",")
     if "collectives" in checks:
         report["int_sum"] = all_reduce_sum(np.array([[1, 2**40], [3, -4]]) * (info.rank + 1)).tolist()

@@ -3,19 +3,23 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from mobilenetv3 import checkpoint
+from mobilenetv3.checkpoints import files as checkpoint
+from mobilenetv3.data.preprocessing import Preprocessing
 from mobilenetv3.errors import UserError
-from mobilenetv3.factory import create_model
-from mobilenetv3.trainer import build_train_step, restore_training_state, training_state
+from mobilenetv3.models.factory import create_model
+from mobilenetv3.training.optim import build_optimizer
+from mobilenetv3.training.state import restore_training_state, training_state
+from mobilenetv3.training.train_step import build_train_step
 
 LR = np.full(12, 0.01, np.float32)
 
 
-def train_step_at(config):
-    """build_train_step at `config`'s AMP level (O2 builds on CPU too: trainer.LossScaleTrainStep)."""
-    net = create_model(config.model, config.num_classes, config.width, config.dropout_rate, config.bn_momentum,
-                       config.bn_eps)
-    return build_train_step(net, config, LR)
+def train_step_at(amp, loss_scale=1024.0):
+    """build_train_step at AMP level `amp` (O2 builds on CPU too: train_step.LossScaleTrainStep), for the
+    small_config fixture's model (MobileNetV3-Small, 3 classes, BN momentum 0.9) and its Momentum optimiser."""
+    net = create_model("mobilenet_v3_small", num_classes=3, bn_momentum=0.9)
+    optimizer = build_optimizer(net, LR, "momentum", momentum=0.9, weight_decay=4e-5)
+    return build_train_step(net, optimizer, Preprocessing(resize=32), amp, smooth_factor=0.1, loss_scale=loss_scale)
 
 
 def saved(train_step, path):
@@ -34,13 +38,13 @@ def scramble(train_step, seed):
         param.set_data(ms.Tensor(values.astype(ms.dtype_to_nptype(param.dtype))))
 
 
-def test_o0_checkpoint_resumes_at_o2_with_fresh_loss_scale_state_and_back(small_config, tmp_path):
-    o0 = train_step_at(small_config(amp_level="O0"))
+def test_o0_checkpoint_resumes_at_o2_with_fresh_loss_scale_state_and_back(tmp_path):
+    o0 = train_step_at("O0")
     scramble(o0, seed=0)
     o0_path = tmp_path / "o0.ckpt"
     params = saved(o0, o0_path)
 
-    o2 = train_step_at(small_config(amp_level="O2", loss_scale=256.0))
+    o2 = train_step_at("O2", loss_scale=256.0)
     assert isinstance(o2, ms.nn.TrainOneStepWithLossScaleCell)
     notes = restore_training_state(o2, params, o0_path)
     assert notes == [f"{o0_path} holds no loss-scale state (saved by a run without loss scaling, e.g. O0 on CPU): "
@@ -54,18 +58,18 @@ def test_o0_checkpoint_resumes_at_o2_with_fresh_loss_scale_state_and_back(small_
     o2.scale_sense.set_data(ms.Tensor(np.float32(64.0)))
     o2_path = tmp_path / "o2.ckpt"
     params = saved(o2, o2_path)
-    back = train_step_at(small_config(amp_level="O0"))
+    back = train_step_at("O0")
     assert restore_training_state(back, params, o2_path) == [
         f"{o2_path} holds loss-scale state (scale 64) that this run without loss scaling does not use"]
     for name, value in arrays(back).items():
         assert np.array_equal(value, restored[name]), name
 
 
-def test_missing_optimiser_state_still_refuses_to_resume(small_config, tmp_path):
-    o0 = train_step_at(small_config(amp_level="O0"))
+def test_missing_optimiser_state_still_refuses_to_resume(tmp_path):
+    o0 = train_step_at("O0")
     params = saved(o0, tmp_path / "o0.ckpt")
     del params["opt.moments.features.0.0.weight"]
-    o2 = train_step_at(small_config(amp_level="O2"))
+    o2 = train_step_at("O2")
     with pytest.raises(UserError, match=r"lacks training state opt\.moments\.features\.0\.0\.weight: it cannot be "
                                         r"resumed"):
         restore_training_state(o2, params, tmp_path / "o0.ckpt")

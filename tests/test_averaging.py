@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from mobilenetv3 import checkpoint
-from mobilenetv3.averaging import average_checkpoints, last_checkpoints
+from mobilenetv3.checkpoints import files as checkpoint
+from mobilenetv3.checkpoints.averaging import average_checkpoints, last_checkpoints
 from mobilenetv3.errors import UserError
-from mobilenetv3.factory import create_model
+from mobilenetv3.models.factory import create_model
 
 # Three checkpoints whose means are exact: weight, BN running mean and variance, and an integer step counter.
 ENTRIES = {

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from benchmarks import harness
+from benchmarks import harness, pipelines, runners
+from benchmarks.report import compare_graphs
 
 # Batch 1 only: one training and one inference graph to compile keeps the run under a minute or two. One
 # thread: on a busy machine two OpenMP threads make PyTorch's steps up to 100x slower (waits at every barrier).
@@ -57,7 +58,8 @@ def check_report(report, with_baseline):
         assert comparison["available"] is True and comparison["reason"] is None
         assert comparison["baseline_available"] is with_baseline
 
-    from mobilenetv3 import count_complexity, create_model
+    from mobilenetv3.models.factory import create_model
+    from mobilenetv3.models.mobilenetv3 import count_complexity
     model = report["models"]["small"]
     assert model["params"] == SMALL_PARAMS
     assert model["macs"] == count_complexity(create_model("mobilenet_v3_small"), 64).macs
@@ -123,7 +125,7 @@ def test_quick_run_writes_every_figure(tmp_path):
     assert "ours/baseline" in result.stdout and "data pipelines:" in result.stdout
     assert "ours/mindspore" in result.stdout and "ours/torch" in result.stdout
     graphs = report["models"]["small"]["backends"]["onnxruntime"]
-    line = f"small ONNX graphs: {harness.compare_graphs(graphs['ours']['graph'], graphs['baseline']['graph'])}"
+    line = f"small ONNX graphs: {compare_graphs(graphs['ours']['graph'], graphs['baseline']['graph'])}"
     assert line in result.stdout.splitlines()
     assert "NOTE" not in result.stdout
 
@@ -194,16 +196,16 @@ def test_latency_is_measured_at_batch_1_whatever_the_batch_sizes():
 def test_graph_comparison_names_the_op_counts_that_differ():
     ours = {"nodes": 5, "opset": 14, "op_types": {"Conv": 3, "HardSwish": 2}}
     baseline = {"nodes": 6, "opset": 14, "op_types": {"Conv": 3, "HardSwish": 1, "Mul": 2}}
-    assert harness.compare_graphs(ours, baseline) == (
+    assert compare_graphs(ours, baseline) == (
         "ours 5 nodes, baseline 6 nodes (opset 14/14); op counts that differ, ours/baseline: HardSwish 2/1, Mul 0/2")
-    assert harness.compare_graphs(ours, ours) == (
+    assert compare_graphs(ours, ours) == (
         "ours 5 nodes, baseline 5 nodes (opset 14/14); the same count of every op type")
 
 
 def test_missing_torch_makes_the_baseline_worker_unavailable(tmp_path, monkeypatch):
     fake_missing(tmp_path, "torch")
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
-    worker = harness.Worker("baseline", harness.TorchRunner,
+    worker = harness.Worker("baseline", runners.TorchRunner,
                               ("mobilenet_v3_small", harness.Settings(models=["small"])))
     try:
         info, reason = worker.ready()
@@ -240,11 +242,11 @@ def test_benchmark_jpegs_are_cut_from_photos_or_said_to_be_synthetic(tmp_path, m
     rng = np.random.default_rng(0)
     pixels = np.stack([x % 256, y % 256, (x * y) % 256], axis=-1) + rng.integers(0, 40, (477, 720, 3))
     Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(photo, quality=98)
-    monkeypatch.setattr(harness, "PHOTO_GLOBS", (str(tmp_path / "*.jpg"),))
-    made = harness.write_benchmark_jpegs(tmp_path / "cut", 4, seed=0)
+    monkeypatch.setattr(pipelines, "PHOTO_GLOBS", (str(tmp_path / "*.jpg"),))
+    made = pipelines.write_benchmark_jpegs(tmp_path / "cut", 4, seed=0)
     assert made["source"] == "cut from 1 photos (photo.jpg)"
     files = sorted((tmp_path / "cut").glob("class_*/*.jpg"))
     assert len(files) == 4 and all(Image.open(f).size == (500, 375) for f in files)
     assert made["mean_file_kb"] == pytest.approx(np.mean([f.stat().st_size for f in files]) / 1000)
-    monkeypatch.setattr(harness, "PHOTO_GLOBS", ())
-    assert harness.write_benchmark_jpegs(tmp_path / "synthetic", 2, seed=0)["source"].startswith("synthetic")
+    monkeypatch.setattr(pipelines, "PHOTO_GLOBS", ())
+    assert pipelines.write_benchmark_jpegs(tmp_path / "synthetic", 2, seed=0)["source"].startswith("synthetic")

@@ -1,6 +1,7 @@
 import pytest
 
-from mobilenetv3.config import FIELDS, TRAIN_KEYS, Config, ConfigError, build_config, parse_args, run_cli
+from mobilenetv3.cli import run_cli
+from mobilenetv3.config import FIELDS, TRAIN_KEYS, Config, ConfigError, build_config, from_command_line
 from mobilenetv3.errors import UserError
 from conftest import REPO, run_script
 
@@ -31,9 +32,10 @@ def test_defaults_are_the_seed_defaults():
 
 def test_flags_override_the_file_in_seed_spelling(tmp_path):
     path = REPO / "configs" / "mobilenet_v3_small_imagenet.yaml"
-    config = parse_args(["--config", str(path), "--model", "mobilenet_v3_large", "--data_url", "./dataset/imagenet",
-                         "--epoch_size", "120", "--dataset_sink_mode", "False", "--milestone", "30,60",
-                         "--learning_rates", "0.1 0.01", "--pretrained", "false", "--max_lr=0.4"], keys=TRAIN_KEYS)
+    config = from_command_line(["--config", str(path), "--model", "mobilenet_v3_large", "--data_url",
+                                "./dataset/imagenet", "--epoch_size", "120", "--dataset_sink_mode", "False",
+                                "--milestone", "30,60", "--learning_rates", "0.1 0.01", "--pretrained", "false",
+                                "--max_lr=0.4"], keys=TRAIN_KEYS)
     assert (config.model, config.data_url, config.epoch_size, config.dataset_sink_mode) == \
         ("mobilenet_v3_large", "./dataset/imagenet", 120, False)
     assert config.milestone == [30, 60] and config.learning_rates == [0.1, 0.01]
@@ -44,14 +46,14 @@ def test_flags_override_the_file_in_seed_spelling(tmp_path):
 @pytest.mark.parametrize("word,value", [("true", True), ("True", True), ("yes", True), ("1", True), ("on", True),
                                         ("false", False), ("FALSE", False), ("no", False), ("0", False)])
 def test_boolean_spellings(word, value):
-    assert parse_args(["--run_distribute", word]).run_distribute is value
+    assert from_command_line(["--run_distribute", word]).run_distribute is value
 
 
 def test_a_boolean_flag_alone_means_true():
-    assert parse_args(["--use_ema"]).use_ema is True
-    config = parse_args(["--use_ema", "--batch_size", "4", "--dataset_sink_mode"])
+    assert from_command_line(["--use_ema"]).use_ema is True
+    config = from_command_line(["--use_ema", "--batch_size", "4", "--dataset_sink_mode"])
     assert (config.use_ema, config.batch_size, config.dataset_sink_mode) == (True, 4, True)
-    assert parse_args([]).use_ema is False
+    assert from_command_line([]).use_ema is False
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -67,14 +69,14 @@ def test_a_boolean_flag_alone_means_true():
 ])
 def test_bad_flags_name_the_key(argv, message):
     with pytest.raises(ConfigError) as err:
-        parse_args(argv)
+        from_command_line(argv)
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
 
 
 def test_flag_suggestions_come_from_the_scripts_own_keys():
     with pytest.raises(ConfigError, match=r"did you mean '--top_k'\?"):
-        parse_args(["--topk", "3"], keys=["top_k", "data_url"])
+        from_command_line(["--topk", "3"], keys=["top_k", "data_url"])
 
 
 def test_yaml_errors_name_the_file_and_key(tmp_path):
@@ -117,7 +119,7 @@ FLOAT_KEYS = [name for name, spec in FIELDS.items() if spec.type is float]
 @pytest.mark.parametrize("name", FLOAT_KEYS)
 def test_every_float_key_refuses_non_finite_values(name, value):
     with pytest.raises(ConfigError) as err:
-        parse_args([f"--{name}={value}"])
+        from_command_line([f"--{name}={value}"])
     assert str(err.value) == f"{name} (from --{name}): must be a finite number, got '{value}'"
 
 
@@ -127,16 +129,16 @@ def test_non_finite_values_are_refused_in_yaml_and_lists_too(tmp_path):
     with pytest.raises(ConfigError, match=rf"^max_lr \(from {path}\): must be a finite number, got nan$"):
         build_config(path)
     with pytest.raises(ConfigError, match=r"^learning_rates \(from --learning_rates\): every number must be finite"):
-        parse_args(["--learning_rates", "0.1 inf"])
+        from_command_line(["--learning_rates", "0.1 inf"])
 
 
 def test_crop_pct_is_a_fraction_in_0_1():
-    assert parse_args(["--crop_pct", "1"]).crop_pct == 1.0
+    assert from_command_line(["--crop_pct", "1"]).crop_pct == 1.0
     with pytest.raises(ConfigError, match=r"^crop_pct is the fraction of the resized image kept by the centre crop, "
                                           r"in \(0, 1\], got 5.0$"):
-        parse_args(["--crop_pct", "5"])
+        from_command_line(["--crop_pct", "5"])
     with pytest.raises(ConfigError, match=r"must be > 0.0"):
-        parse_args(["--crop_pct", "0"])
+        from_command_line(["--crop_pct", "0"])
 
 
 def test_a_yaml_file_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path):

@@ -5,9 +5,9 @@ import pytest
 import yaml
 
 from conftest import REPO, STEP_LINE, write_image_folder
-from mobilenetv3 import checkpoint
+from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.config import build_config
-from mobilenetv3.trainer import train
+from mobilenetv3.training.trainer import train
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 RECIPES = ["mobilenet_v3_large_imagenet_timm.yaml", "mobilenet_v3_large_imagenet_torchvision.yaml",

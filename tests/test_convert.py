@@ -10,13 +10,14 @@ torch = pytest.importorskip("torch")
 import mindspore as ms  # noqa: E402
 
 from conftest import run_script  # noqa: E402
-from mobilenetv3 import checkpoint  # noqa: E402
-from mobilenetv3.config import build_config  # noqa: E402
-from mobilenetv3.convert import (TIMM_STAGE_SIZES, convert_state_dict, read_torch_state_dict,  # noqa: E402
-                                 torchvision_to_timm)
+from mobilenetv3.checkpoints import files as checkpoint  # noqa: E402
+from mobilenetv3.checkpoints.meta import flagged  # noqa: E402
+from mobilenetv3.config import MODEL_FILE_KEYS, build_config  # noqa: E402
+from mobilenetv3.deploy.convert import (TIMM_STAGE_SIZES, convert_state_dict, read_torch_state_dict,  # noqa: E402
+                                        torchvision_to_timm)
 from mobilenetv3.errors import UserError  # noqa: E402
-from mobilenetv3.factory import create_model, model_from_checkpoint  # noqa: E402
-from mobilenetv3.model import ARCHITECTURES  # noqa: E402
+from mobilenetv3.models.architectures import ARCHITECTURES  # noqa: E402
+from mobilenetv3.models.factory import create_model, model_from_checkpoint  # noqa: E402
 from benchmarks.torch_reference import TorchMobileNetV3, randomize_, to_timm_state_dict  # noqa: E402
 
 BN_EPS = {"torchvision": 1e-3, "timm": 1e-5}
@@ -204,7 +205,8 @@ def test_script_converts_timm_weights_that_eval_rebuilds(tmp_path):
     # The class list is the ImageNet val folders' names, so eval on an ImageNet tree passes its class check.
     assert len(meta["classes"]) == 1000 and meta["classes"][:2] == ["n01440764", "n01443537"]
     config = build_config(overrides=dict(model="mobilenet_v3_small", pretrained=str(tmp_path / "small.ckpt")))
-    net, _ = model_from_checkpoint(config)
+    stated = config.subset(MODEL_FILE_KEYS)
+    net, _ = model_from_checkpoint(config.pretrained, config.use_ema, flagged(stated, config.flags), stated)
     images = random_images(64, seed=5)
     assert np.abs(net(ms.Tensor(images)).asnumpy() - torch_logits(twin, images)).max() <= 1e-4
 

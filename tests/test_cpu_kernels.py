@@ -13,10 +13,11 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from mobilenetv3 import cpu_info, cpu_kernels, native
-from mobilenetv3.factory import create_model
-from mobilenetv3.model import ARCHITECTURES, GlobalAvgPool, HardSwish, conv2d, make_divisible
-from mobilenetv3.passes import KernelGlobalAvgPool, KernelHardSwish, is_depthwise, use_cpu_kernels
+from mobilenetv3.native import build, cpu_info, cpu_kernels
+from mobilenetv3.models.factory import create_model
+from mobilenetv3.models.architectures import ARCHITECTURES, make_divisible
+from mobilenetv3.models.mobilenetv3 import GlobalAvgPool, HardSwish, conv2d
+from mobilenetv3.models.passes import KernelGlobalAvgPool, KernelHardSwish, is_depthwise, use_cpu_kernels
 
 if cpu_kernels.kernel_library() is None:
     pytest.skip("the AVX2 kernels cannot run here (see the reason on stderr)", allow_module_level=True)
@@ -59,7 +60,7 @@ def on_kernel(conv: nn.Conv2d) -> bool:
 
 
 def kernel_conv(channels, kernel, stride, **init) -> nn.Conv2d:
-    """model.conv2d's depthwise convolution, running the kernel."""
+    """models.mobilenetv3.conv2d's depthwise convolution, running the kernel."""
     conv = use_cpu_kernels(conv2d(channels, channels, kernel, stride, channels, **init))
     assert on_kernel(conv)
     return conv
@@ -179,12 +180,13 @@ def test_whole_model_logits_match_the_nn_conv2d_formulation():
 
 MODEL_SUMMARY = """
 import json, sys
-import mobilenetv3
+from mobilenetv3 import log
+log.configure()  # as the scripts do: warnings on stderr as "warning: ..."
 import mindspore as ms
 ms.set_device("CPU")
 ms.set_seed(3)
-from mobilenetv3.factory import create_model
-from mobilenetv3.passes import use_cpu_kernels
+from mobilenetv3.models.factory import create_model
+from mobilenetv3.models.passes import use_cpu_kernels
 net = use_cpu_kernels(create_model("mobilenet_v3_small"))
 use_cpu_kernels(create_model("mobilenet_v3_large"))  # the reason is printed once, not per model
 kernels = sum(isinstance(cell, ms.nn.Conv2d) and isinstance(cell.conv2d, ms.ops.Custom) for _, cell in net.cells_and_names())
@@ -205,7 +207,7 @@ def test_without_a_compiler_the_pass_leaves_mindspores_ops_with_one_line_saying_
     fallback, stderr = model_summary(dict(base, CXX="/nonexistent"))
     assert fallback["kernels"] == 0
     reasons = [line for line in stderr.splitlines() if "AVX2" in line]
-    assert reasons == ["mobilenetv3: not using the faster AVX2 kernels (MindSpore's ops instead, same results): no "
+    assert reasons == ["warning: not using the faster AVX2 kernels (MindSpore's ops instead, same results): no "
                        "C++ compiler (/nonexistent not found); install one (apt-get install g++) or set CXX to a "
                        "C++17 compiler"]
     assert not list((tmp_path / "cache").rglob("*.so"))
@@ -222,7 +224,7 @@ def test_without_a_compiler_the_pass_leaves_mindspores_ops_with_one_line_saying_
 
 def test_a_failing_build_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "false")
-    reason = native.build(cpu_kernels.SOURCE, cpu_kernels.FLAGS, tmp_path / "lib.so")
+    reason = build.build(cpu_kernels.SOURCE, cpu_kernels.FLAGS, tmp_path / "lib.so")
     assert reason.startswith("compiling it failed (exit status 1); run `false -Wall -O3 -mavx2 -mfma")
     assert list(tmp_path.iterdir()) == []
 

@@ -5,14 +5,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenetv3 import data, jpeg_crop
+from mobilenetv3.cluster.launchers import LOCAL_RANKS_VARIABLES
+from mobilenetv3.data import decoding, folders, pipeline, rand_augment, transforms
+from mobilenetv3.data.decoding import EncodedImage
+from mobilenetv3.data.pipeline import UNREADABLE, DecodedImages, create_dataset
+from mobilenetv3.data.preprocessing import Preprocessing
+from mobilenetv3.data.sampler import EpochSampler
+from mobilenetv3.data.transforms import Augmentation, random_resized_crop_box
 from mobilenetv3.errors import UserError
-from mobilenetv3.config import build_config
-from mobilenetv3.data import EncodedImage, EpochSampler, random_resized_crop_box
+from mobilenetv3.native import cpu_info, jpeg_crop
 
-
-def config(**overrides):
-    return build_config(overrides=dict(device_target="CPU", **overrides))
+SEED = 1  # Config's default seed, which these tests drew from before the data functions took value objects
 
 
 def read_rgb(path, shrink=1.0):
@@ -70,7 +73,8 @@ def test_unreadable_images_are_replaced_and_named(tmp_path, capsys):
     good = save(tmp_path / "a" / "good.png", Image.new("RGB", (8, 8), (5, 6, 7)))
     bad = tmp_path / "a" / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 garbage")
-    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], config(resize=8), True)  # training: replaced
+    source = DecodedImages([(str(bad), 0), (str(good), 1)], Preprocessing(resize=8), Augmentation(),
+                           seed=SEED)  # training: replaced
     image, label = source[0]
     assert label == 1 and np.all(image == (5, 6, 7))
     assert f"warning: skipping unreadable image {bad}" in capsys.readouterr().err
@@ -82,17 +86,17 @@ def test_folder_layouts_and_class_order(tmp_path, capsys):
             save(tmp_path / "root" / split / name / "x.png", Image.new("RGB", (4, 4)))
     save(tmp_path / "root" / "train" / "cat" / "nested" / "y.PNG", Image.new("RGB", (4, 4)))
     (tmp_path / "root" / "train" / "cat" / "notes.txt").write_text("skip me")
-    folder = data.scan_image_folder(data.split_dir(tmp_path / "root", "train"))
+    folder = folders.scan_image_folder(folders.split_dir(tmp_path / "root", "train"))
     assert folder.classes == ["Ant", "cat", "zebra"]  # sorted folder names, as ImageFolder
     assert [(p.split("/root/train/")[1], c) for p, c in folder.samples] == \
         [("Ant/x.png", 0), ("cat/x.png", 1), ("cat/nested/y.PNG", 1), ("zebra/x.png", 2)]
     # A class-folder tree without train/ and val/ serves as both.
-    assert data.split_dir(tmp_path / "root" / "train", "val") == tmp_path / "root" / "train"
+    assert folders.split_dir(tmp_path / "root" / "train", "val") == tmp_path / "root" / "train"
     (tmp_path / "root" / "val" / "dog").mkdir()
     with pytest.raises(UserError, match=r"only here: \['dog'\]; missing here: none"):
-        data.scan_image_folder(tmp_path / "root" / "val", folder.classes)
+        folders.scan_image_folder(tmp_path / "root" / "val", folder.classes)
     capsys.readouterr()
-    assert data.scan_image_folder(tmp_path / "root" / "val").classes == ["Ant", "cat", "dog", "zebra"]
+    assert folders.scan_image_folder(tmp_path / "root" / "val").classes == ["Ant", "cat", "dog", "zebra"]
     assert f"warning: class folder {tmp_path / 'root' / 'val' / 'dog'} has no images" in capsys.readouterr().err
 
 
@@ -106,7 +110,7 @@ def test_bad_layouts_are_clear_errors(tmp_path, layout, message):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     with pytest.raises(UserError, match=message):
-        data.scan_image_folder(data.split_dir(str(tmp_path) if layout else "", "train"))
+        folders.scan_image_folder(folders.split_dir(str(tmp_path) if layout else "", "train"))
 
 
 def test_sampler_shards_partition_each_epoch():
@@ -137,18 +141,19 @@ def test_crop_boxes_stay_inside_and_follow_scale_and_ratio():
 @pytest.mark.parametrize("mean, std", [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's, the default
                                        ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # timm's miil weights
                                        ((0.5, 0.25, 0.1), (0.5, 1.0, 0.25))])
-def test_pipeline_gives_uint8_nhwc_that_host_and_device_normalise_alike(tmp_path, small_config, mean, std):
+def test_pipeline_gives_uint8_nhwc_that_host_and_device_normalise_alike(tmp_path, mean, std):
     import mindspore as ms
-    from mobilenetv3.trainer import InputNormalization
+    from mobilenetv3.training.train_step import InputNormalization
     for c in range(2):
         save(tmp_path / "d" / "val" / f"c{c}" / "0.png", Image.new("RGB", (50, 40), (124, 116, 104)))
-    folder = data.scan_image_folder(tmp_path / "d" / "val")
-    config = small_config(data_url=str(tmp_path / "d"), batch_size=2, resize=16, mean=list(mean), std=list(std))
-    images, labels = next(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))
+    folder = folders.scan_image_folder(tmp_path / "d" / "val")
+    preprocessing = Preprocessing(resize=16, mean=list(mean), std=list(std))
+    images, labels = next(create_dataset(folder, preprocessing, batch_size=2, workers=2)
+                          .create_tuple_iterator(output_numpy=True))
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8 and labels.tolist() == [0, 1]
     assert np.all(images == (124, 116, 104))
     images[1, 3, 5] = (0, 128, 255)
-    host = data.normalize_batch(images, config)
+    host = transforms.normalize_batch(images, preprocessing)
     assert host.shape == (2, 3, 16, 16) and host.dtype == np.float32
     expected = (np.array([124, 116, 104]) / 255 - np.array(mean)) / np.array(std)
     assert np.abs(host[0, :, 5, 5] - expected).max() < 1e-5
@@ -156,29 +161,28 @@ def test_pipeline_gives_uint8_nhwc_that_host_and_device_normalise_alike(tmp_path
     class Images(ms.nn.Cell):
         def construct(self, images, labels):
             return images
-    device = InputNormalization(Images(), config)(ms.Tensor(images), ms.Tensor(labels))
+    device = InputNormalization(Images(), preprocessing)(ms.Tensor(images), ms.Tensor(labels))
     assert np.abs(device.asnumpy() - host).max() < 1e-6
 
 
-def test_training_batches_are_reproducible_and_sharded(image_folder, small_config):
-    config = small_config(num_parallel_workers=2)
-    folder = data.scan_image_folder(image_folder / "train")
+def test_training_batches_are_reproducible_and_sharded(image_folder):
+    folder = folders.scan_image_folder(image_folder / "train")
 
-    def batches(**kw):
-        dataset = data.create_dataset(folder, config, training=True, epoch=1, **kw)
+    def batches(batch_size=8, **kw):
+        dataset = create_dataset(folder, Preprocessing(resize=32), batch_size, workers=2, augmentation=Augmentation(),
+                                 seed=SEED, epoch=1, **kw)
         return [b for b, _ in dataset.create_tuple_iterator(output_numpy=True)]
     once, again = batches(), batches()
     assert len(once) == 48 // 8 and all(np.array_equal(a, b) for a, b in zip(once, again))
-    config.batch_size //= 2
-    ranks = [batches(num_shards=2, shard_id=r) for r in range(2)]
+    ranks = [batches(8 // 2, num_shards=2, shard_id=r) for r in range(2)]
     # Rank r's batch k holds every other image of the one-process batch k: same crops, same flips.
     assert np.array_equal(ranks[0][0], once[0][0::2]) and np.array_equal(ranks[1][0], once[0][1::2])
 
 
-def test_batch_larger_than_data(image_folder, small_config):
-    folder = data.scan_image_folder(image_folder / "train")
+def test_batch_larger_than_data(image_folder):
+    folder = folders.scan_image_folder(image_folder / "train")
     with pytest.raises(UserError, match="batch_size 100 is larger than the 48 training images"):
-        data.create_dataset(folder, small_config(batch_size=100), training=True)
+        create_dataset(folder, Preprocessing(resize=32), 100, workers=2, augmentation=Augmentation(), seed=SEED)
 
 
 @pytest.mark.parametrize("cpus, environ, requested, expected, line", [
@@ -195,38 +199,37 @@ def test_batch_larger_than_data(image_folder, small_config):
 ])
 def test_workers_default_to_this_process_share_of_the_cpus(monkeypatch, capsys, cpus, environ, requested, expected,
                                                           line):
-    for name in data.LOCAL_RANKS_VARIABLES:
+    for name in LOCAL_RANKS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    data.data_workers.cache_clear()
+    monkeypatch.setattr(cpu_info.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    pipeline.data_workers.cache_clear()
     try:
-        assert data.data_workers(requested) == expected
-        assert data.data_workers(requested) == expected
+        assert pipeline.data_workers(requested) == expected
+        assert pipeline.data_workers(requested) == expected
     finally:
-        data.data_workers.cache_clear()
+        pipeline.data_workers.cache_clear()
     assert capsys.readouterr().err.splitlines() == [line]  # once per process
 
 
-def test_extreme_sizes_and_unicode_paths_go_through_both_pipelines(tmp_path, small_config):
+def test_extreme_sizes_and_unicode_paths_go_through_both_pipelines(tmp_path):
     root = tmp_path / "données d'été" / "val"
     save(root / "chat noir" / "1x1 px.png", Image.new("RGB", (1, 1), (9, 9, 9)))
     save(root / "chat noir" / "ünïcode.jpg", Image.new("RGB", (30, 20), (9, 9, 9)))
     save(root / "犬" / "huge.jpg", Image.new("RGB", (8000, 8000), (200, 10, 10)), quality=50)
-    folder = data.scan_image_folder(root)
+    folder = folders.scan_image_folder(root)
     assert folder.classes == ["chat noir", "犬"]
-    config = small_config(data_url=str(root.parent), batch_size=3, resize=16)
-    for training in (False, True):
-        images, labels = next(data.create_dataset(folder, config, training=training)
-                              .create_tuple_iterator(output_numpy=True))
+    for augmentation in (None, Augmentation()):  # evaluation, training
+        images, labels = next(create_dataset(folder, Preprocessing(resize=16), 3, workers=2, augmentation=augmentation,
+                                             seed=SEED).create_tuple_iterator(output_numpy=True))
         assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8 and sorted(labels.tolist()) == [0, 0, 1]
 
 
 def test_min_crop_area_one_keeps_the_whole_image_and_only_flips(tmp_path):
     pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
     path = save(tmp_path / "a.png", Image.fromarray(pixels))
-    whole = data.DecodedImages([(str(path), 0)] * 64, config(resize=28, min_crop_area=1.0), True)
+    whole = DecodedImages([(str(path), 0)] * 64, Preprocessing(resize=28), Augmentation(min_crop_area=1.0), seed=SEED)
     flips = 0
     for key in range(64):
         image = whole[key][0][:, :, 0]
@@ -234,7 +237,8 @@ def test_min_crop_area_one_keeps_the_whole_image_and_only_flips(tmp_path):
         assert flipped or np.array_equal(image, pixels), key
         flips += flipped
     assert 16 < flips < 48  # about half flipped
-    cropped = data.DecodedImages([(str(path), 0)] * 8, config(resize=28), True)  # default 0.08: real crops
+    cropped = DecodedImages([(str(path), 0)] * 8, Preprocessing(resize=28), Augmentation(),
+                            seed=SEED)  # default 0.08: real crops
     assert all(cropped[key][0].shape == (28, 28, 3) for key in range(8))
     assert sum(np.array_equal(cropped[key][0][:, :, 0], pixels) for key in range(8)) <= 1
 
@@ -244,19 +248,20 @@ def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
     good = save(tmp_path / "good.png", Image.new("RGB", (8, 8), (5, 6, 7)))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
-    source = data.DecodedImages([(str(bad), 0), (str(good), 1)], config(resize=8), False)
-    assert source[0][1] == data.UNREADABLE and source[1][1] == 1
+    source = DecodedImages([(str(bad), 0), (str(good), 1)], Preprocessing(resize=8))  # no augmentation: evaluation
+    assert source[0][1] == UNREADABLE and source[1][1] == 1
     assert f"skipping unreadable image {bad}" in capsys.readouterr().err
     logits = np.array([[0.0, 1.0], [1.0, 0.0]])
-    counts = count_correct(logits, np.array([data.UNREADABLE, 1]))
+    counts = count_correct(logits, np.array([UNREADABLE, 1]))
     assert (counts.correct1, counts.images) == (0, 1)
 
 
-def test_training_batches_are_the_same_for_any_worker_count(image_folder, small_config):
-    folder = data.scan_image_folder(image_folder / "train")
+def test_training_batches_are_the_same_for_any_worker_count(image_folder):
+    folder = folders.scan_image_folder(image_folder / "train")
 
     def batches(workers):
-        dataset = data.create_dataset(folder, small_config(num_parallel_workers=workers), training=True, epoch=3)
+        dataset = create_dataset(folder, Preprocessing(resize=32), 8, workers=workers, augmentation=Augmentation(),
+                                 seed=SEED, epoch=3)
         return list(dataset.create_tuple_iterator(output_numpy=True))
     one, two = batches(1), batches(2)  # two: worker processes
     assert len(one) == len(two) == 48 // 8
@@ -269,17 +274,17 @@ def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
     size at which JPEGs decode reduced), resized by MindSpore's Resize, mirrored, erased to the mean."""
     pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     path = save(tmp_path / "a.png", Image.fromarray(pixels))
-    settings = config(seed=7, resize=24, random_erase=0.5)
-    source = data.DecodedImages([(str(path), 0)], settings, True, epoch=2)
+    settings = Preprocessing(resize=24)
+    source = DecodedImages([(str(path), 0)], settings, Augmentation(random_erase=0.5), seed=7, epoch=2)
     mean_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
     erased, expected_images = 0, []
     for key in range(20):
         rng = np.random.default_rng([7, 2, key])
         top, left, h, w = random_resized_crop_box(60, 80, rng)
-        expected = data.resize(np.ascontiguousarray(pixels[top:top + h, left:left + w]), (24, 24), "bilinear")
+        expected = transforms.resize(np.ascontiguousarray(pixels[top:top + h, left:left + w]), (24, 24), "bilinear")
         expected = np.ascontiguousarray(expected[:, ::-1]) if rng.random() < 0.5 else expected
         if rng.random() < 0.5:
-            box = data.random_erasing_box(24, 24, rng)
+            box = transforms.random_erasing_box(24, 24, rng)
             if box is not None:
                 top, left, h, w = box
                 expected[top:top + h, left:left + w] = mean_colour
@@ -293,24 +298,25 @@ def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
     assert 4 <= erased <= 16
 
 
-def test_random_erasing_comes_after_colour_jitter_as_in_torchvision(tmp_path, small_config):
+def test_random_erasing_comes_after_colour_jitter_as_in_torchvision(tmp_path):
     """Through the pipeline: the erased rectangle keeps the exact mean colour, so colour jitter ran before
     it, as in torchvision's recipe, not after."""
     pixels = np.random.default_rng(6).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     for c in range(2):
         for i in range(4):
             save(tmp_path / "d" / "train" / f"c{c}" / f"{i}.png", Image.fromarray(pixels))
-    folder = data.scan_image_folder(tmp_path / "d" / "train")
-    settings = small_config(data_url=str(tmp_path / "d"), seed=3, batch_size=8, resize=24, random_erase=1.0,
-                            color_jitter=0.9, num_parallel_workers=1)
-    images, _ = next(data.create_dataset(folder, settings, True).create_tuple_iterator(output_numpy=True))
+    folder = folders.scan_image_folder(tmp_path / "d" / "train")
+    settings = Preprocessing(resize=24)
+    images, _ = next(create_dataset(folder, settings, 8, workers=1,
+                                    augmentation=Augmentation(random_erase=1.0, color_jitter=0.9), seed=3)
+                     .create_tuple_iterator(output_numpy=True))
     mean_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
     erased = 0
     for image, key in zip(images, EpochSampler(8, shuffle=True, seed=3).indices()):
         rng = np.random.default_rng([3, 0, key])
         random_resized_crop_box(60, 80, rng)
         rng.random(), rng.random()  # the flip, the erasing probability
-        box = data.random_erasing_box(24, 24, rng)
+        box = transforms.random_erasing_box(24, 24, rng)
         if box is not None:
             top, left, h, w = box
             assert np.all(image[top:top + h, left:left + w] == mean_colour), key
@@ -321,7 +327,7 @@ def test_random_erasing_comes_after_colour_jitter_as_in_torchvision(tmp_path, sm
 def test_flip_left_right_mirrors_any_crop():
     pixels = np.random.default_rng(1).integers(0, 256, (9, 13, 3), dtype=np.uint8)
     crop = pixels[2:7, 3:11]
-    flipped = data.flip_left_right(crop)
+    flipped = transforms.flip_left_right(crop)
     assert flipped.flags.c_contiguous and np.array_equal(flipped, crop[:, ::-1])
 
 
@@ -332,16 +338,16 @@ def test_large_jpegs_decode_reduced_but_crop_the_same_region(tmp_path):
     pixels = np.stack([x * 255 // 1600, y * 255 // 1200, (x + y) * 255 // 2800], axis=-1).astype(np.uint8)
     path = save(tmp_path / "big.jpg", Image.fromarray(pixels), quality=95)
     full = read_rgb(path)
-    source = data.DecodedImages([(str(path), 0)], config(seed=1, resize=100), True)
+    source = DecodedImages([(str(path), 0)], Preprocessing(resize=100), Augmentation(), seed=1)
     reduced = 0
     for key in range(12):
         rng = np.random.default_rng([1, 0, key])
         top, left, h, w = random_resized_crop_box(1200, 1600, rng)
         flip = rng.random() < 0.5
-        expected = data.resize(np.ascontiguousarray(full[top:top + h, left:left + w]), (100, 100), "bilinear")
+        expected = transforms.resize(np.ascontiguousarray(full[top:top + h, left:left + w]), (100, 100), "bilinear")
         expected = expected[:, ::-1] if flip else expected
         assert np.abs(source[key][0].astype(int) - expected).mean() < 3, key
-        reduced += data.reduction(min(h, w) / 100) > 1
+        reduced += decoding.reduction(min(h, w) / 100) > 1
     assert reduced >= 6
     for shrink, shape in ((1.9, (1200, 1600, 3)), (2, (600, 800, 3)), (4.7, (300, 400, 3)), (50, (150, 200, 3))):
         assert read_rgb(path, shrink).shape == shape
@@ -376,7 +382,7 @@ def test_without_the_crop_decoder_whole_jpegs_decode_to_the_same_box(tmp_path, m
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert jpeg_crop.library() is None and jpeg_crop.library() is None
     assert capsys.readouterr().err.splitlines() == [
-        "mobilenetv3: decoding whole JPEGs, not only the crop (the same pixels, slower): no C++ compiler "
+        "warning: decoding whole JPEGs, not only the crop (the same pixels, slower): no C++ compiler "
         "(/nonexistent not found); install one (apt-get install g++) or set CXX to a C++17 compiler; for "
         "libjpeg-turbo's headers: apt-get install libjpeg-dev"]  # once
     pixels = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
@@ -387,9 +393,9 @@ def test_without_the_crop_decoder_whole_jpegs_decode_to_the_same_box(tmp_path, m
 def test_the_crop_decoder_is_wanted_when_any_sample_is_a_jpeg():
     """create_dataset sets up jpeg_crop (building it, or saying why not) only for training data with JPEGs."""
     samples = [("r/a/x.png", 0), ("r/a/y.webp", 0), ("r/b/z.bmp", 1)]
-    assert not data.ImageFolder(Path("r"), ["a", "b"], samples).has_jpegs
-    assert data.ImageFolder(Path("r"), ["a", "b"], samples + [("r/b/w.JPEG", 1)]).has_jpegs
-    assert data.ImageFolder(Path("r"), ["a"], [("r/a/w.jpg", 0)]).has_jpegs
+    assert not folders.ImageFolder(Path("r"), ["a", "b"], samples).has_jpegs
+    assert folders.ImageFolder(Path("r"), ["a", "b"], samples + [("r/b/w.JPEG", 1)]).has_jpegs
+    assert folders.ImageFolder(Path("r"), ["a"], [("r/a/w.jpg", 0)]).has_jpegs
 
 
 def test_cmyk_and_non_jpeg_files_decode_with_pillow(odd_images):
@@ -440,10 +446,10 @@ def test_eval_image_is_mindspores_resize_and_centre_crop(tmp_path):
                                                           (64, 40, 48, 1.0, "bilinear")):
         path = save(tmp_path / f"{width}x{height}.png", Image.fromarray(
             rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
-        settings = config(resize=resize, crop_pct=crop_pct, interpolation=interpolation)
+        settings = Preprocessing(resize=resize, crop_pct=crop_pct, interpolation=interpolation)
         inter = {"bilinear": vision.Inter.BILINEAR, "bicubic": vision.Inter.BICUBIC}[interpolation]
-        ops = Compose([vision.Resize(data.eval_short_side(settings), interpolation=inter), vision.CenterCrop(resize)])
-        assert np.array_equal(data.eval_image(EncodedImage(path), settings), ops(read_rgb(path))), (width, height)
+        ops = Compose([vision.Resize(settings.eval_short_side, interpolation=inter), vision.CenterCrop(resize)])
+        assert np.array_equal(transforms.eval_image(EncodedImage(path), settings), ops(read_rgb(path))), (width, height)
 
 
 def test_symlink_loops_list_each_image_once_under_its_own_class(tmp_path, capsys):
@@ -457,7 +463,7 @@ def test_symlink_loops_list_each_image_once_under_its_own_class(tmp_path, capsys
     (train / "bag" / "extra").symlink_to(tmp_path / "outside")  # a real folder elsewhere: followed once
     (tmp_path / "outside" / "self").symlink_to(".")
     (train / "bag" / "extra2").symlink_to(tmp_path / "outside")  # the same folder again: skipped
-    folder = data.scan_image_folder(train)
+    folder = folders.scan_image_folder(train)
     assert [(p.split("/train/")[1], c) for p, c in folder.samples] == \
         [("bag/a.png", 0), ("bag/b.png", 0), ("bag/extra/d.png", 0), ("cat/c.png", 1)]
     warnings = capsys.readouterr().err
@@ -477,11 +483,11 @@ def test_fifo_and_other_non_regular_files_are_skipped_not_read(tmp_path):
     save(root / "val" / "b" / "ok.png", Image.new("RGB", (8, 8), (4, 5, 6)))
     os.mkfifo(root / "val" / "a" / "x.png")
     (root / "val" / "b" / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
-    script = ("from mobilenetv3 import data; from mobilenetv3.config import build_config; import sys\n"
-              f"folder = data.scan_image_folder(data.split_dir({str(root)!r}, 'val'))\n"
-              "config = build_config(overrides=dict(device_target='CPU', resize=8, batch_size=2,\n"
-              "                                     num_parallel_workers=1))\n"
-              "dataset = data.create_dataset(folder, config, training=False)\n"
+    script = ("from mobilenetv3 import log; log.configure()  # as the scripts do: warnings as 'warning: ...'\n"
+              "from mobilenetv3.data import folders, pipeline\n"
+              "from mobilenetv3.data.preprocessing import Preprocessing\n"
+              f"folder = folders.scan_image_folder(folders.split_dir({str(root)!r}, 'val'))\n"
+              "dataset = pipeline.create_dataset(folder, Preprocessing(resize=8), batch_size=2, workers=1)\n"
               "batches = list(dataset.create_tuple_iterator(output_numpy=True))\n"
               "print(len(folder.samples), batches[0][1].tolist())\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
@@ -493,7 +499,7 @@ def test_fifo_and_other_non_regular_files_are_skipped_not_read(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path, small_config, capfd, workers):
+def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path, capfd, workers):
     """Through the whole pipeline, with worker processes too: a truncated JPEG neither kills the process
     nor stops the run; training gets another image in its place, evaluation labels it UNREADABLE."""
     root = tmp_path / "d" / "val"
@@ -501,11 +507,12 @@ def test_truncated_files_in_the_pipeline_are_named_replaced_or_left_out(tmp_path
         save(root / f"c{c}" / "good.jpg", Image.new("RGB", (40, 30), (10 + c, 20, 30)))
     truncated = root / "c1" / "truncated.jpg"
     truncated.write_bytes((root / "c0" / "good.jpg").read_bytes()[:300])
-    folder = data.scan_image_folder(root)
-    config = small_config(data_url=str(root.parent), batch_size=3, resize=16, num_parallel_workers=workers)
-    _, labels = next(data.create_dataset(folder, config, training=False).create_tuple_iterator(output_numpy=True))
-    assert labels.tolist() == [0, 1, data.UNREADABLE]  # sorted: c0/good, c1/good, c1/truncated
-    _, labels = next(data.create_dataset(folder, config, training=True).create_tuple_iterator(output_numpy=True))
+    folder = folders.scan_image_folder(root)
+    preprocessing = Preprocessing(resize=16)
+    _, labels = next(create_dataset(folder, preprocessing, 3, workers=workers).create_tuple_iterator(output_numpy=True))
+    assert labels.tolist() == [0, 1, UNREADABLE]  # sorted: c0/good, c1/good, c1/truncated
+    _, labels = next(create_dataset(folder, preprocessing, 3, workers=workers, augmentation=Augmentation(), seed=SEED)
+                     .create_tuple_iterator(output_numpy=True))
     assert sorted(labels.tolist()) == [0, 0, 1]  # the truncated file (key 2) replaced by the next one, c0/good
     assert f"warning: skipping unreadable image {truncated}" in capfd.readouterr().err
 
@@ -516,9 +523,10 @@ def test_pixel_erasing_fills_normal_noise_once_normalised(tmp_path):
     pixels = np.random.default_rng(2).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     path = save(tmp_path / "a.png", Image.fromarray(pixels))
     images = {}
+    settings = Preprocessing(resize=64)
     for mode in ("const", "pixel"):
-        settings = config(seed=9, resize=64, random_erase=1.0, random_erase_mode=mode)
-        images[mode] = data.DecodedImages([(str(path), 0)], settings, True, epoch=0)(np.arange(8))[0]
+        augmentation = Augmentation(random_erase=1.0, random_erase_mode=mode)
+        images[mode] = DecodedImages([(str(path), 0)], settings, augmentation, seed=9, epoch=0)(np.arange(8))[0]
     const_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
     erased = np.all(images["const"] == const_colour, axis=-1)
     assert erased.sum() > 8 * 0.02 * 64 * 64  # every image erased
@@ -536,8 +544,9 @@ def test_an_augmentation_error_is_not_taken_for_an_unreadable_file(tmp_path, mon
 
     def broken(*args):
         raise ValueError("augmentation bug")
-    monkeypatch.setattr(data.rand_augment, "apply", broken)
-    source = data.DecodedImages([(str(path), 0)], config(resize=16, rand_augment="rand-m9"), True, epoch=0)
+    monkeypatch.setattr(rand_augment, "apply", broken)
+    source = DecodedImages([(str(path), 0)], Preprocessing(resize=16), Augmentation(rand_augment="rand-m9"),
+                           seed=SEED, epoch=0)
     with pytest.raises(ValueError, match="augmentation bug"):
         source(np.arange(2))
     assert "unreadable" not in capsys.readouterr().err

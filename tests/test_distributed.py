@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilenetv3 import distributed
-from mobilenetv3.distributed import DistInfo, all_reduce_sum, check_same_config, init_distributed
+from mobilenetv3.cluster import distributed, launchers
+from mobilenetv3.cluster.distributed import DistInfo, all_reduce_sum, check_same_config, init_distributed
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = Path(__file__).with_name("distributed_job.py")
@@ -74,7 +74,7 @@ def assert_scheduler_gone(pid):
     """The scheduler rank 0 started must not outlive the job (a zombie has an empty command line)."""
     assert pid is not None
     cmdline = Path(f"/proc/{pid}/cmdline")
-    assert not cmdline.exists() or b"cluster_scheduler.py" not in cmdline.read_bytes()
+    assert not cmdline.exists() or b"cluster/scheduler.py" not in cmdline.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_single_process_needs_no_launcher(monkeypatch, capsys):
 def test_config_digests_agree_across_processes():
     # A Config carries the set of keys given as flags; its order depends on each process's hash seed, so
     # before, every rank of a job launched with flags found another rank's config different.
-    code = "from mobilenetv3.distributed import _digest; print(_digest({'flags': frozenset(map(str, range(20)))}))"
+    code = "from mobilenetv3.cluster.distributed import _digest; print(_digest({'flags': frozenset(map(str, range(20)))}))"
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env=dict(os.environ, PYTHONHASHSEED=str(seed), PYTHONPATH=str(REPO))).stdout
                for seed in range(4)}
@@ -159,7 +159,7 @@ def test_config_digests_agree_across_processes():
 ])
 def test_only_rank_0_keeps_mindspore_warnings(environ, expected):
     before = dict(environ)
-    distributed.apply_log_defaults(environ)
+    launchers.apply_log_defaults(environ)
     assert environ == {**before, **expected}
 
 
@@ -334,7 +334,7 @@ def test_missing_mpi4py_is_named(tmp_path):
     ({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "2", "OMPI_COMM_WORLD_SIZE": "8"}, "mpirun"),  # inside Slurm
 ])
 def test_launcher_detection(environ, launcher):
-    assert distributed.detect_launcher(environ) == launcher
+    assert launchers.detect_launcher(environ) == launcher
 
 
 @pytest.mark.parametrize("environ, expected", [

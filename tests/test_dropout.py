@@ -6,8 +6,8 @@ import mindspore as ms
 from mindspore import nn
 from mindspore.train import Model
 
-from mobilenetv3 import dropout
-from mobilenetv3.dropout import StepDropout
+from mobilenetv3.models import dropout
+from mobilenetv3.models.dropout import StepDropout
 
 P = 0.2
 

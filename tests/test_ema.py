@@ -7,23 +7,26 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from mobilenetv3 import checkpoint, onnx_backend
+from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.config import build_config
+from mobilenetv3.data.preprocessing import Preprocessing
+from mobilenetv3.deploy import onnx_backend
 from mobilenetv3.errors import UserError
-from mobilenetv3.factory import create_model, model_from_checkpoint
-from mobilenetv3.trainer import LossScaleTrainStep, build_train_step, train
+from mobilenetv3.models.factory import create_model, model_from_checkpoint
+from mobilenetv3.training.optim import build_optimizer
+from mobilenetv3.training.train_step import LossScaleTrainStep, build_train_step
+from mobilenetv3.training.trainer import train
 
 DECAY = 0.75  # 1 - DECAY is exact in float32, so the expected average is computed as the graph does
 
 
-def test_o2_clips_and_averages_the_float32_weights_and_skips_overflowed_steps(small_config):
+def test_o2_clips_and_averages_the_float32_weights_and_skips_overflowed_steps():
     """Plain SGD (momentum 0, no weight decay), so the first update is lr times the clipped gradient."""
     lr, clip = 0.5, 1e-3
-    config = small_config(amp_level="O2", ema_decay=DECAY, grad_clip=clip, momentum=0.0, weight_decay=0.0,
-                          loss_scale=1024.0)
-    net = create_model(config.model, config.num_classes, config.width, config.dropout_rate, config.bn_momentum,
-                       config.bn_eps)
-    step = build_train_step(net, config, np.full(4, lr, np.float32))
+    net = create_model("mobilenet_v3_small", num_classes=3, bn_momentum=0.9)
+    optimizer = build_optimizer(net, np.full(4, lr, np.float32), "momentum", momentum=0.0, weight_decay=0.0)
+    step = build_train_step(net, optimizer, Preprocessing(resize=32), "O2", smooth_factor=0.1, loss_scale=1024.0,
+                            grad_clip=clip, ema_decay=DECAY)
     assert isinstance(step, LossScaleTrainStep)
     rng = np.random.default_rng(0)
     images = ms.Tensor(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))  # as the data pipeline gives them
@@ -88,8 +91,7 @@ def ema_run(image_folder, tmp_path_factory):
 
 
 def loaded(path, use_ema):
-    config = build_config(overrides=dict(device_target="CPU", num_classes=3, use_ema=use_ema))
-    net, meta = model_from_checkpoint(config, path)
+    net, meta = model_from_checkpoint(path, use_ema=use_ema, expected=dict(num_classes=3))
     return {p.name: p.asnumpy() for p in net.get_parameters()}, meta
 
 
@@ -147,8 +149,7 @@ def test_eval_and_export_use_the_ema_weights(ema_run, image_folder, tmp_path):
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     assert json.loads(onnx_backend.embedded_meta(session))["weights"] == "ema"  # the meta inside the file
     logits = session.run(None, {"images": images})[0]
-    config = build_config(overrides=dict(device_target="CPU", num_classes=3, use_ema=True))
-    net, _ = model_from_checkpoint(config, path)
+    net, _ = model_from_checkpoint(path, use_ema=True, expected=dict(num_classes=3))
     np.testing.assert_allclose(logits, net(ms.Tensor(images)).asnumpy(), rtol=1e-4, atol=1e-4)
 
     result = run_script("infer", "--device_target", "CPU", "--num_classes", 3, "--resize", 32, "--data_url",

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, reference_eval_input, run_script, write_image_folder
-from mobilenetv3 import checkpoint
-from mobilenetv3.config import build_config, run_cli
+from mobilenetv3.checkpoints import files as checkpoint
+from mobilenetv3.cli import run_cli
+from mobilenetv3.config import build_config
 from mobilenetv3.errors import UserError
 from mobilenetv3.evaluation import count_correct, evaluate
-from mobilenetv3.factory import create_model
-from mobilenetv3.trainer import train
+from mobilenetv3.models.factory import create_model
+from mobilenetv3.training.trainer import train
 
 # Seven classes, so that Top-5 is a real test (with fewer than 5 classes it is always 1.0).
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200), (40, 200, 200),

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_script
-from mobilenetv3 import checkpoint
-from mobilenetv3.config import build_config
+from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.errors import UserError
-from mobilenetv3.export import export, export_path
-from mobilenetv3.factory import create_model, model_from_checkpoint
+from mobilenetv3.deploy.export import export, export_path
+from mobilenetv3.models.factory import create_model, model_from_checkpoint
 
 MODEL = dict(model="mobilenet_v3_small", num_classes=10, width=0.5)
 IMAGE_SIZE = 48
@@ -61,8 +60,7 @@ def expected(random_checkpoint):
 
 
 def checkpoint_model(path):
-    config = build_config(overrides=dict(MODEL, pretrained=str(path)))
-    return model_from_checkpoint(config)[0]
+    return model_from_checkpoint(str(path), expected=MODEL, fallback=MODEL)[0]
 
 
 def onnx_logits(path, images):
@@ -127,19 +125,20 @@ def test_each_exported_file_has_its_own_meta(random_checkpoint, tmp_path):
     the MINDIR in model.mindir.json, the ONNX file inside itself (a model.onnx.json an older export left is
     removed, so nothing beside the file can contradict it)."""
     onnx = pytest.importorskip("onnx")
-    from mobilenetv3.export import ONNX_META_KEY, checked_meta, meta_path, read_meta
-    net, meta = model_from_checkpoint(build_config(overrides=dict(MODEL, pretrained=str(random_checkpoint))))
+    from mobilenetv3.checkpoints.meta import ONNX_META_KEY, read_meta, sidecar_path
+    from mobilenetv3.deploy.export import checked_meta
+    net, meta = model_from_checkpoint(str(random_checkpoint), expected=MODEL, fallback=MODEL)
     mindir = export(net, tmp_path / "model", "MINDIR", 64, meta)
-    meta_path(tmp_path / "model.onnx").write_text('{"image_size": 48}')
+    sidecar_path(tmp_path / "model.onnx").write_text('{"image_size": 48}')
     onnx_file = export(net, tmp_path / "model", "ONNX", 32, meta)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.mindir", "model.mindir.json", "model.onnx"]
     embedded = {prop.key: prop.value for prop in onnx.load(str(onnx_file)).metadata_props}[ONNX_META_KEY]
     assert read_meta(onnx_file, embedded) == dict(meta, image_size=32)
     assert read_meta(mindir) == dict(meta, image_size=64)
-    assert checked_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=64)))["image_size"] == 64
+    assert checked_meta(mindir, "MINDIR", MODEL["num_classes"], dict(MODEL, resize=64))["image_size"] == 64
     with pytest.raises(UserError, match="model.mindir was exported for 64-pixel images, but --resize is 32"):
-        checked_meta(mindir, "MINDIR", build_config(overrides=dict(MODEL, resize=32)))
+        checked_meta(mindir, "MINDIR", MODEL["num_classes"], dict(MODEL, resize=32))
     # Without --resize the file's size is taken (preprocessing.recorded), whatever the config file says.
-    assert checked_meta(mindir, "MINDIR", build_config())["image_size"] == 64
+    assert checked_meta(mindir, "MINDIR", MODEL["num_classes"], expected={})["image_size"] == 64
     with pytest.raises(UserError, match="the mobilenetv3.meta metadata of .*model.onnx is not readable JSON"):
         read_meta(onnx_file, "{not json")

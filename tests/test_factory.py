@@ -5,9 +5,11 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from mobilenetv3 import checkpoint, create_model
+from mobilenetv3 import create_model
+from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.errors import UserError
-from mobilenetv3.model import ARCHITECTURES, MobileNetV3
+from mobilenetv3.models.architectures import ARCHITECTURES
+from mobilenetv3.models.mobilenetv3 import MobileNetV3
 
 SMALL = "mobilenet_v3_small"
 
@@ -67,7 +69,7 @@ def test_another_num_classes_fine_tunes_from_the_checkpoint(timm_like_checkpoint
     path, _, _ = timm_like_checkpoint
     net = create_model(SMALL, num_classes=3, pretrained=str(path))
     assert net.num_classes == 3 and {bn.eps for bn in batch_norms(net)} == {1e-5}
-    assert "freshly initialised for fine-tuning" in capsys.readouterr().out
+    assert "freshly initialised for fine-tuning" in capsys.readouterr().err  # logged: stderr
     saved, _ = checkpoint.load(path)
     assert np.array_equal(net.classifier[0].weight.asnumpy(), saved["classifier.0.weight"].asnumpy())
 

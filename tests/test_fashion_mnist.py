@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenetv3 import fashion_mnist
-from mobilenetv3.config import run_cli
+import fashion_mnist  # scripts/fashion_mnist.py, the demo's data writer (conftest puts scripts/ on sys.path)
+from fashion_mnist import CLASS_NAMES, IMAGES_MAGIC, LABELS_MAGIC, MANIFEST, prepare, read_idx
+from mobilenetv3.cli import run_cli
 from mobilenetv3.errors import UserError
-from mobilenetv3.fashion_mnist import CLASS_NAMES, IMAGES_MAGIC, LABELS_MAGIC, MANIFEST, prepare, read_idx
 
 FOLDERS_SORTED = ["ankle_boot", "bag", "coat", "dress", "pullover",
                   "sandal", "shirt", "sneaker", "t-shirt_top", "trouser"]

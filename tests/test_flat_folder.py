@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenetv3 import imagenet
-from mobilenetv3.config import build_config
+from mobilenetv3.data import imagenet
+from mobilenetv3.data.flat_folder import scan_labelled_folder
+from mobilenetv3.data.imagenet import model_classes
+from mobilenetv3.data.preprocessing import Preprocessing
 from mobilenetv3.errors import UserError
 from mobilenetv3.evaluation import Metrics, chance_level_warning, evaluate_folder
-from mobilenetv3.flat_folder import scan_labelled_folder
-from mobilenetv3.imagenet import model_classes
 
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200), (40, 200, 200),
            (128, 128, 128)]
@@ -30,7 +30,7 @@ SCORES = np.array([[9, 5, 4, 3, 2, 0, 0],
                    [9, 0, 0, 2, 3, 4, 5]], np.float32)
 TOP5 = [{0, 1, 2, 3, 4}, {1, 2, 3, 4, 5}, {2, 3, 4, 5, 6}, {3, 4, 5, 6, 0}, {4, 5, 6, 0, 1}, {5, 6, 0, 1, 2},
         {0, 6, 5, 4, 3}]
-SETTINGS = dict(device_target="CPU", num_classes=7, resize=8, batch_size=4, num_parallel_workers=1)
+PREPROCESSING = Preprocessing(resize=8)  # ImageNet's mean and std, as predict_by_colour undoes them
 
 
 def test_scores_rank_as_stated():
@@ -195,9 +195,8 @@ def test_missing_files_and_folders(four, tmp_path):
 
 
 def evaluate_flat(flat, labels, synsets=None):
-    config = build_config(overrides=dict(SETTINGS, data_url=str(flat), val_labels=str(labels),
-                                         val_synsets=str(synsets) if synsets else None))
-    return evaluate_folder(predict_by_colour, 7, config, WNIDS)
+    return evaluate_folder(predict_by_colour, 7, str(flat), PREPROCESSING, batch_size=4, workers=1, classes=WNIDS,
+                           val_labels=str(labels), val_synsets=str(synsets) if synsets else None)
 
 
 def test_per_class_accuracy_and_confusion_matrix_by_hand(flat, tmp_path):

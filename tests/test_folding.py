@@ -7,11 +7,12 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from mobilenetv3.cpu_kernels import kernel_library
-from mobilenetv3.factory import create_model
-from mobilenetv3.folding import FoldedConvAct, FusedSqueezeExcitation, fold_for_inference
-from mobilenetv3.model import ARCHITECTURES, ConvBNAct, GlobalAvgPool, HardSwish, SqueezeExcitation
-from mobilenetv3.passes import KernelGlobalAvgPool, KernelHardSwish
+from mobilenetv3.native.cpu_kernels import kernel_library
+from mobilenetv3.models.factory import create_model
+from mobilenetv3.models.folding import FoldedConvAct, FusedSqueezeExcitation, fold_for_inference
+from mobilenetv3.models.architectures import ARCHITECTURES
+from mobilenetv3.models.mobilenetv3 import ConvBNAct, GlobalAvgPool, HardSwish, SqueezeExcitation
+from mobilenetv3.models.passes import KernelGlobalAvgPool, KernelHardSwish
 
 needs_kernels = pytest.mark.skipif(kernel_library() is None, reason="the AVX2 kernels cannot run here (the reason "
                                    "is on stderr); the plain inference network is tested without them")

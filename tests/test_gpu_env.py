@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mobilenetv3 import gpu_env
+from mobilenetv3.cluster import gpu_env
 from mobilenetv3.errors import mindspore_cause
 from conftest import REPO, run_script
 
@@ -77,7 +77,7 @@ def test_missing_cuda_libraries_are_named(tmp_path, monkeypatch):
 
 
 def test_check_gpu_does_not_import_mindspore():
-    code = "import sys; from mobilenetv3 import gpu_env; gpu_env.checks(); print('mindspore' in sys.modules)"
+    code = "import sys; from mobilenetv3.cluster import gpu_env; gpu_env.checks(); print('mindspore' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert result.stdout.strip() == "False", result.stderr
@@ -86,10 +86,11 @@ def test_check_gpu_does_not_import_mindspore():
 @no_gpu_here
 def test_the_default_gpu_without_one_runs_on_the_cpu_and_says_so_in_one_line(tmp_path):
     """Before: MindSpore's libcuda/libcudnn errors and a traceback, ~40 lines, for a job the CPU can do."""
-    from mobilenetv3 import checkpoint, create_model
+    from mobilenetv3 import create_model
+    from mobilenetv3.checkpoints import files
     ms_ckpt = tmp_path / "small.ckpt"
-    checkpoint.save(ms_ckpt, {p.name: p for p in create_model("mobilenet_v3_small", 4).get_parameters()},
-                    dict(model="mobilenet_v3_small", num_classes=4, width=1.0))
+    files.save(ms_ckpt, {p.name: p for p in create_model("mobilenet_v3_small", 4).get_parameters()},
+               dict(model="mobilenet_v3_small", num_classes=4, width=1.0))
     result = run_script("export", "--pretrained", ms_ckpt, "--num_classes", "4", "--resize", "32",
                         "--file_format", "MINDIR", env={"CUDA_HOME": ""})
     assert result.returncode == 0, result.stderr
@@ -113,7 +114,8 @@ def test_an_explicit_gpu_without_one_is_one_line_naming_the_cause_and_the_fix(tm
                                                    (["--device_target", "GPU"], None, "GPU"),
                                                    (["--device_target", "CPU"], "NVIDIA driver: missing", "CPU")])
 def test_the_device_is_chosen_from_the_flag_and_what_the_machine_has(monkeypatch, capsys, argv, problem, device):
-    from mobilenetv3.config import TRAIN_KEYS, parse_args
+    from mobilenetv3.cli import parse_args
+    from mobilenetv3.config import TRAIN_KEYS
     monkeypatch.setattr(gpu_env, "start_up_problem", lambda environ=None: problem)
     assert parse_args(argv, keys=TRAIN_KEYS).device_target == device
     said = capsys.readouterr().err.splitlines()
@@ -156,7 +158,8 @@ def test_mindspore_cause_keeps_the_detail_lines_not_the_call_stack():
 
 
 def test_device_id_flag_is_parsed_and_checked():
-    from mobilenetv3.config import EVAL_KEYS, INFER_KEYS, TRAIN_KEYS, ConfigError, parse_args
+    from mobilenetv3.cli import parse_args
+    from mobilenetv3.config import EVAL_KEYS, INFER_KEYS, TRAIN_KEYS, ConfigError
     assert parse_args(["--device_id", "3"], keys=TRAIN_KEYS).device_id == 3
     assert parse_args([], keys=TRAIN_KEYS).device_id == 0
     assert "device_id" in EVAL_KEYS and "device_id" in INFER_KEYS
@@ -167,24 +170,24 @@ def test_device_id_flag_is_parsed_and_checked():
 
 
 def test_device_id_is_checked_against_the_device(monkeypatch):
-    from mobilenetv3 import runtime
+    from mobilenetv3.cluster import device
     from mobilenetv3.errors import UserError
-    monkeypatch.setattr(runtime, "_selected_device", {})
+    monkeypatch.setattr(device, "_selected_device", {})
     with pytest.raises(UserError, match=r"^device_id 1 chooses a GPU or Ascend device; leave it at 0 with "
                                         r"device_target CPU$"):
-        runtime.select_device("CPU", 1)
+        device.select_device("CPU", 1)
     monkeypatch.setattr(gpu_env, "visible_gpus", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
     with pytest.raises(UserError, match=r"^device_id 2: this process sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=4,5\), "
                                         r"numbered from 0$"):
-        runtime.select_device("GPU", 2)
-    assert runtime._selected_device == {}  # nothing was selected
+        device.select_device("GPU", 2)
+    assert device._selected_device == {}  # nothing was selected
 
 
 @pytest.mark.parametrize("environ, launcher", [({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}, "mpirun"),
                                                ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "2"}, "msrun")])
 def test_device_id_is_refused_under_a_launcher(monkeypatch, environ, launcher):
-    from mobilenetv3.distributed import init_distributed
+    from mobilenetv3.cluster.distributed import init_distributed
     from mobilenetv3.errors import UserError
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
@@ -212,5 +215,5 @@ def test_a_script_rejects_a_bad_device_id_in_one_line():
 ])
 def test_communication_hint_follows_the_cause(device, launcher, cause, hint):
     """Before, mpirun got the OpenMPI-and-devices hint whatever the cause."""
-    from mobilenetv3.distributed import _communication_hint
+    from mobilenetv3.cluster.distributed import _communication_hint
     assert _communication_hint(device, launcher, cause) == hint

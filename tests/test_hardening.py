@@ -7,14 +7,17 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mindspore as ms
-from mobilenetv3 import checkpoint
+from mobilenetv3.checkpoints import files as checkpoint
+from mobilenetv3.checkpoints.meta import read_meta
+from mobilenetv3.training import run_folder
 from mobilenetv3.errors import UserError
-from mobilenetv3.trainer import train
+from mobilenetv3.training.trainer import train
 from conftest import REPO
 
 # Dropout stays at its default (0.2) and stochastic depth is on: their masks follow the global step, so
@@ -149,10 +152,10 @@ def test_kill_9_loses_at_most_the_current_epoch(image_folder, tmp_path, uninterr
     process.wait()
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["mobilenet_v3_small-1_12.ckpt"]
     # No partial file left visible; the lock file stays, but the OS released its lock with the process.
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [checkpoint.LOCK_NAME]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [run_folder.LOCK_NAME]
     resume(image_folder, tmp_path)
     assert_same(final_weights(tmp_path), uninterrupted)
-    assert not (tmp_path / checkpoint.LOCK_NAME).exists()
+    assert not (tmp_path / run_folder.LOCK_NAME).exists()
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_config, tmp_path, monkeypatch):
@@ -170,7 +173,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(small_config, tmp_
     with pytest.raises(UserError, match=r"could not write checkpoint .*No space left on device.*Earlier "
                                         r"checkpoints are untouched"):
         train(small_config(epoch_size=2, resume="auto"))
-    assert checkpoint.list_checkpoints(config.ckpt_save_dir) == [checkpoint.Path(first)]
+    assert checkpoint.list_checkpoints(config.ckpt_save_dir) == [Path(first)]
     assert open(first, "rb").read() == before
     assert sorted(os.listdir(config.ckpt_save_dir)) == sorted([os.path.basename(first), *RUN_RECORD])
 
@@ -225,15 +228,15 @@ def test_fresh_run_refuses_a_folder_holding_another_runs_checkpoints(small_confi
 
 
 def test_folder_lock_refuses_a_second_holder_and_survives_a_stale_file(tmp_path):
-    (tmp_path / checkpoint.LOCK_NAME).write_text("999999999\n")  # left by a killed run: not locked
-    with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=True):
-        assert (tmp_path / checkpoint.LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    (tmp_path / run_folder.LOCK_NAME).write_text("999999999\n")  # left by a killed run: not locked
+    with run_folder.RunFolder(tmp_path, "m", keep=1, fresh=True):
+        assert (tmp_path / run_folder.LOCK_NAME).read_text() == f"{os.getpid()}\n"
         with pytest.raises(UserError, match=re.escape(f"ckpt_save_dir {tmp_path} is in use by another training run "
                                                       f"(pid {os.getpid()})")):
-            checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=False).__enter__()
+            run_folder.RunFolder(tmp_path, "m", keep=1, fresh=False).__enter__()
     assert os.listdir(tmp_path) == []
-    with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=True):  # free again
-        (tmp_path / checkpoint.LOCK_NAME).unlink()  # deleted by hand meanwhile: the run still ends cleanly
+    with run_folder.RunFolder(tmp_path, "m", keep=1, fresh=True):  # free again
+        (tmp_path / run_folder.LOCK_NAME).unlink()  # deleted by hand meanwhile: the run still ends cleanly
     assert os.listdir(tmp_path) == []
 
 
@@ -243,7 +246,7 @@ def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
     for name in ("m-1_6.ckpt", "m-2_12.ckpt"):
         tiny_checkpoint(tmp_path / name, run="mine")
     tensors = {"w": ms.Tensor(np.ones(3, np.float32))}
-    with checkpoint.RunFolder(tmp_path, "m", keep=1, fresh=False) as folder:
+    with run_folder.RunFolder(tmp_path, "m", keep=1, fresh=False) as folder:
         with pytest.raises(UserError, match=f"not overwriting {tmp_path / 'm-3_18.ckpt'}: another run wrote it"):
             folder.continue_run({"run": "mine"}, ["m-3_18.ckpt", "m-4_24.ckpt"])  # before training
         folder.continue_run({"run": "mine"}, ["m-4_24.ckpt"])
@@ -252,11 +255,11 @@ def test_rotation_deletes_only_this_runs_checkpoints(tmp_path):
         assert folder.save("m-4_24.ckpt", tensors, {}) == tmp_path / "m-4_24.ckpt"
     assert sorted(os.listdir(tmp_path)) == ["m-3_18.ckpt", "m-4_24.ckpt"]
     assert (tmp_path / "m-3_18.ckpt").read_bytes() == other
-    assert checkpoint.read_meta(tmp_path / "m-4_24.ckpt") == {"run": "mine"}
-    with checkpoint.RunFolder(tmp_path / "new", "m", keep=2, fresh=True) as folder:
+    assert read_meta(tmp_path / "m-4_24.ckpt") == {"run": "mine"}
+    with run_folder.RunFolder(tmp_path / "new", "m", keep=2, fresh=True) as folder:
         for epoch in range(1, 4):
             folder.save(f"m-{epoch}_{6 * epoch}.ckpt", tensors, {})
-        assert checkpoint.read_meta(tmp_path / "new" / "m-3_18.ckpt") == {"run": folder.run_id}
+        assert read_meta(tmp_path / "new" / "m-3_18.ckpt") == {"run": folder.run_id}
     assert sorted(os.listdir(tmp_path / "new")) == ["m-2_12.ckpt", "m-3_18.ckpt"]
 
 

@@ -11,12 +11,13 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, reference_eval_input, run_script
-from mobilenetv3 import checkpoint
-from mobilenetv3.config import build_config, run_cli
-from mobilenetv3.export import meta_path
-from mobilenetv3.imagenet import display_names, model_classes
-from mobilenetv3.inference import Prediction, load_predictor, predict_folder, write_predictions
-from mobilenetv3.factory import create_model
+from mobilenetv3.checkpoints import files as checkpoint
+from mobilenetv3.checkpoints.meta import sidecar_path
+from mobilenetv3.cli import run_cli
+from mobilenetv3.config import MODEL_FILE_KEYS, build_config
+from mobilenetv3.data.imagenet import display_names, model_classes
+from mobilenetv3.deploy.inference import Prediction, class_names_of, load_model, predict_folder, write_predictions
+from mobilenetv3.models.factory import create_model
 
 CLASSES = ["class_0", "class_1", "class_2"]
 SETTINGS = dict(device_target="CPU", num_classes=3, resize=32, batch_size=6)  # 6 images per val class
@@ -43,18 +44,26 @@ def exported(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictors(trained, exported):
     """(predict, class names) of the checkpoint and of the MINDIR, loaded once: each compiles its graph."""
-    return {kind: load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(path))))[:2]
-            for kind, path in (("checkpoint", trained), ("mindir", exported))}
+    return {kind: predictor_of(path) for kind, path in (("checkpoint", trained), ("mindir", exported))}
+
+
+def predictor_of(path):
+    """(predict, class names) of the model file `path`, loaded as with SETTINGS as flags."""
+    config = build_config(overrides=dict(SETTINGS, pretrained=str(path)))
+    predict_logits, meta = load_model(config.pretrained, config.backend, config.threads, config.use_ema,
+                                      config.subset(MODEL_FILE_KEYS), config.flags)
+    return predict_logits, class_names_of(meta)
 
 
 def predict(predictor, folder, **settings):
     predict_logits, class_names = predictor
-    return predict_folder(predict_logits, folder, build_config(overrides=dict(SETTINGS, **settings)), class_names)
+    config = build_config(overrides=dict(SETTINGS, **settings))
+    return predict_folder(predict_logits, folder, config.preprocessing(), class_names, config.top_k, config.batch_size)
 
 
 def test_export_writes_the_checkpoint_meta_next_to_the_mindir(trained, exported):
-    assert meta_path(exported) == exported.with_name("model.mindir.json")
-    saved = json.loads(meta_path(exported).read_text())
+    assert sidecar_path(exported) == exported.with_name("model.mindir.json")
+    saved = json.loads(sidecar_path(exported).read_text())
     assert saved == dict(checkpoint.load(trained)[1], image_size=32)
     assert (saved["model"], saved["num_classes"], saved["classes"]) == ("mobilenet_v3_small", 3, CLASSES)
 
@@ -262,7 +271,7 @@ def test_mindir_without_meta_names_classes_by_index_and_checks_their_number(expo
                                                                             capsys):
     bare = tmp_path / "bare.mindir"
     bare.write_bytes(exported.read_bytes())
-    assert load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(bare))))[1] == ["0", "1", "2"]
+    assert predictor_of(bare)[1] == ["0", "1", "2"]
     error, _ = run_infer_expecting_error(capsys, data_url=image_folder / "val" / "class_0", pretrained=bare,
                                          num_classes=1000)
     assert error == "error: the model gives 3 class scores, but num_classes is 1000; pass --num_classes 3"

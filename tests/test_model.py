@@ -3,11 +3,11 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from mobilenetv3.factory import create_model
-from mobilenetv3.model import (ARCHITECTURES, GlobalAvgPool, HardSigmoid, HardSwish, count_complexity, list_models,
-                               make_divisible)
-from mobilenetv3.passes import WrittenOutGlobalAvgPool, WrittenOutHardSigmoid, WrittenOutHardSwish, written_out
-from mobilenetv3.trainer import TrainStep
+from mobilenetv3.models.factory import create_model
+from mobilenetv3.models.architectures import ARCHITECTURES, list_models, make_divisible
+from mobilenetv3.models.mobilenetv3 import GlobalAvgPool, HardSigmoid, HardSwish, count_complexity
+from mobilenetv3.models.passes import WrittenOutGlobalAvgPool, WrittenOutHardSigmoid, WrittenOutHardSwish, written_out
+from mobilenetv3.training.train_step import TrainStep
 
 # torchvision 0.29's counts for 1000 classes (trainable; and including BN running statistics).
 PARAMS = {("mobilenet_v3_small", 1.0): (2_542_856, 2_554_968), ("mobilenet_v3_large", 1.0): (5_483_032, 5_507_432),
@@ -151,7 +151,7 @@ def test_reset_classifier_keeps_the_rest():
 def test_stochastic_depth_rates_rise_as_timms_builder_sets_them(name, blocks):
     """Row i of n drops its residual branch with probability rate * i / (n + 1) (timm counts the last 1x1 conv
     as a block); rows without a residual have nothing to drop. Its cells add no parameters."""
-    from mobilenetv3.model import InvertedResidual
+    from mobilenetv3.models.mobilenetv3 import InvertedResidual
     net = create_model(name, drop_path_rate=0.2)
     rows = [cell for cell in net.features if isinstance(cell, InvertedResidual)]
     assert len(rows) == blocks

@@ -16,9 +16,15 @@ import pytest
 onnxruntime = pytest.importorskip("onnxruntime")
 
 from conftest import REPO  # noqa: E402
-from mobilenetv3 import checkpoint, cpu_info, export, onnx_backend, runtime  # noqa: E402
-from mobilenetv3.config import build_config, run_cli  # noqa: E402
-from mobilenetv3.inference import load_predictor  # noqa: E402
+from mobilenetv3.checkpoints import files as checkpoint  # noqa: E402
+from mobilenetv3.checkpoints.meta import read_meta  # noqa: E402
+from mobilenetv3.cli import run_cli  # noqa: E402
+from mobilenetv3.cluster import device  # noqa: E402
+from mobilenetv3.config import MODEL_FILE_KEYS, build_config  # noqa: E402
+from mobilenetv3.deploy import export, onnx_backend  # noqa: E402
+from mobilenetv3.deploy.inference import class_names_of, load_model  # noqa: E402
+from mobilenetv3.deploy.onnx_graph import ONNX_OPSET  # noqa: E402
+from mobilenetv3.native import cpu_info  # noqa: E402
 
 CLASSES = ["class_0", "class_1", "class_2"]
 SETTINGS = dict(device_target="CPU", num_classes=3, resize=32, batch_size=4, num_parallel_workers=2)
@@ -43,6 +49,21 @@ def export_onnx(checkpoint_path, file_name, capsys):
              "--pretrained", str(checkpoint_path), "--file_name", str(file_name)])
     assert capsys.readouterr().out == f"exported {checkpoint_path} to {file_name}.onnx\n"
     return Path(f"{file_name}.onnx")
+
+
+def cached_session(**values):
+    """onnx_backend.cached_session of the config SETTINGS updated with `values` (as flags)."""
+    config = build_config(overrides=dict(SETTINGS, **values))
+    return onnx_backend.cached_session(config.pretrained, config.threads, config.use_ema,
+                                       config.subset(MODEL_FILE_KEYS), config.flags)
+
+
+def predictor_of(**values):
+    """(predict, class names, meta) of the model loaded as with SETTINGS updated with `values` as flags."""
+    config = build_config(overrides=dict(SETTINGS, **values))
+    predict, meta = load_model(config.pretrained, config.backend, config.threads, config.use_ema,
+                               config.subset(MODEL_FILE_KEYS), config.flags)
+    return predict, class_names_of(meta), meta
 
 
 def script_error(name, capsys, **values):
@@ -116,10 +137,9 @@ def onnx_logits(path, images):
 
 
 def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy, monkeypatch):
-    config = build_config(overrides=dict(SETTINGS, pretrained=str(model_copy)))
-    cached, _ = onnx_backend.cached_session(config)
+    cached, _ = cached_session(pretrained=str(model_copy))
     assert cached == model_copy.with_name("small-32px.onnx")
-    meta = onnx_backend.read_meta(cached)
+    meta = read_meta(cached)
     assert meta["source_sha256"] == onnx_backend.file_sha256(model_copy) and meta["classes"] == CLASSES
     written = cached.stat().st_mtime_ns
     images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
@@ -127,7 +147,7 @@ def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy,
 
     with monkeypatch.context() as patched:
         patched.setattr(export, "export", lambda *args, **kwargs: pytest.fail("exported again"))
-        assert onnx_backend.cached_session(config)[0] == cached
+        assert cached_session(pretrained=str(model_copy))[0] == cached
     assert cached.stat().st_mtime_ns == written
 
     # New weights of the same size and mtime: the shifted classifier bias shifts every logit by `shift`.
@@ -138,17 +158,15 @@ def test_cache_is_reused_and_redone_when_the_checkpoint_bytes_change(model_copy,
     checkpoint.save(model_copy, params, saved_meta)
     os.utime(model_copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (model_copy.stat().st_size, model_copy.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-    assert onnx_backend.cached_session(config)[0] == cached
-    assert onnx_backend.read_meta(cached)["source_sha256"] == onnx_backend.file_sha256(model_copy) \
+    assert cached_session(pretrained=str(model_copy))[0] == cached
+    assert read_meta(cached)["source_sha256"] == onnx_backend.file_sha256(model_copy) \
         != meta["source_sha256"]
     assert np.abs(onnx_logits(cached, images) - before - shift).max() <= 1e-5
     assert sorted(p.name for p in model_copy.parent.iterdir()) == ["small-32px.onnx", "small.ckpt"]
 
 
 def test_a_changed_image_size_gets_an_export_of_its_own(model_copy):
-    paths = {size: onnx_backend.cached_session(build_config(overrides=dict(SETTINGS, resize=size,
-                                                                           pretrained=str(model_copy))))[0]
-             for size in (32, 48)}
+    paths = {size: cached_session(resize=size, pretrained=str(model_copy))[0] for size in (32, 48)}
     assert paths == {32: model_copy.with_name("small-32px.onnx"), 48: model_copy.with_name("small-48px.onnx")}
     assert [onnx_backend.make_session(p).get_inputs()[0].shape for p in paths.values()] == [
         ["batch", 3, 32, 32], ["batch", 3, 48, 48]]
@@ -156,11 +174,9 @@ def test_a_changed_image_size_gets_an_export_of_its_own(model_copy):
 
 def test_given_onnx_from_the_export_script(model_copy, image_folder, tmp_path, capsys):
     given = export_onnx(model_copy, tmp_path / "exported" / "model", capsys)
-    predict, names, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(given),
-                                                                backend="onnxruntime")))
-    cached_predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy),
-                                                                   backend="onnxruntime")))
-    mindspore_predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))
+    predict, names, _ = predictor_of(pretrained=str(given), backend="onnxruntime")
+    cached_predict, _, _ = predictor_of(pretrained=str(model_copy), backend="onnxruntime")
+    mindspore_predict, _, _ = predictor_of(pretrained=str(model_copy))
     images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
     assert names == CLASSES  # from the meta inside model.onnx
     np.testing.assert_array_equal(predict(images), cached_predict(images))  # the same export, bit for bit
@@ -169,7 +185,7 @@ def test_given_onnx_from_the_export_script(model_copy, image_folder, tmp_path, c
 
 def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
     export_onnx(model_copy, tmp_path / "model", capsys)
-    onnx_backend.cached_session(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy))))  # checked too
+    cached_session(pretrained=str(model_copy))  # checked too
     bare = without_meta(tmp_path / "model.onnx", tmp_path / "bare.onnx")
     (tmp_path / "corrupt.onnx").write_bytes((tmp_path / "model.onnx").read_bytes()[:3000])
     (tmp_path / "model.mindir").write_bytes(b"never read")
@@ -224,7 +240,7 @@ def test_an_onnx_file_alone_names_the_classes_and_preprocesses_as_in_training(mo
     checkpoint.save(model_copy, params, dict(meta, preprocessing=trained_with))
     given = export_onnx(model_copy, tmp_path / "model", capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "small.ckpt"]
-    assert onnx_backend.read_meta(given)["preprocessing"] == dict(trained_with, resize=32)
+    assert read_meta(given)["preprocessing"] == dict(trained_with, resize=32)
     infer = runpy.run_path(str(REPO / "scripts" / "infer.py"), run_name="infer_script")["main"]
     onnx_alone = ["--device_target", "CPU", "--data_url", image_folder / "val", "--pretrained", given]
     records, preprocessing_lines = {}, {}
@@ -256,8 +272,7 @@ def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):
 
     monkeypatch.setattr(onnx_backend, "make_session", recording_make_session)
     for threads in (1, 3, 0):
-        predict, _, _ = load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy),
-                                                                backend="onnxruntime", threads=threads)))
+        predict, _, _ = predictor_of(pretrained=str(model_copy), backend="onnxruntime", threads=threads)
         assert predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)
     assert [s.get_session_options().intra_op_num_threads for s in sessions] == [1, 3, cpu_info.physical_cores()]
     assert {s.get_session_options().graph_optimization_level for s in sessions} == {
@@ -267,14 +282,14 @@ def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):
 def test_threads_reach_mindspore_once_per_process(model_copy, monkeypatch):
     calls = []
     monkeypatch.setattr(ms.device_context.cpu.op_tuning, "threads_num", calls.append)
-    monkeypatch.setattr(runtime, "_cpu_threads", {})
-    load_predictor(build_config(overrides=dict(SETTINGS, pretrained=str(model_copy), threads=3)))
-    assert runtime.set_cpu_threads(3) == 3
+    monkeypatch.setattr(device, "_cpu_threads", {})
+    predictor_of(pretrained=str(model_copy), threads=3)
+    assert device.set_cpu_threads(3) == 3
     with pytest.raises(ValueError, match="already set to 3 in this process; cannot change them to 1"):
-        runtime.set_cpu_threads(1)
+        device.set_cpu_threads(1)
     assert calls == [3]
-    monkeypatch.setattr(runtime, "_cpu_threads", {})
-    assert runtime.set_cpu_threads(0) == cpu_info.physical_cores()
+    monkeypatch.setattr(device, "_cpu_threads", {})
+    assert device.set_cpu_threads(0) == cpu_info.physical_cores()
     assert calls == [3, cpu_info.physical_cores()]
 
 
@@ -307,8 +322,8 @@ def test_export_is_the_graph_of_torchs_export(model_name, tmp_path):
     the file (BN folded, HardSwish/HardSigmoid as single ops), the same graph after ONNX Runtime's
     optimisations, and the same logits."""
     torch = pytest.importorskip("torch")
-    from mobilenetv3.convert import convert_state_dict
-    from mobilenetv3.factory import create_model
+    from mobilenetv3.deploy.convert import convert_state_dict
+    from mobilenetv3.models.factory import create_model
     from benchmarks.torch_reference import TorchMobileNetV3, randomize_
     twin = randomize_(TorchMobileNetV3(model_name, num_classes=10), seed=3, image_size=64).eval()
     weights, _ = convert_state_dict(twin.state_dict(), "torchvision", model_name)
@@ -319,7 +334,7 @@ def test_export_is_the_graph_of_torchs_export(model_name, tmp_path):
     ours = export.export(net, tmp_path / "ours", "ONNX", 64)
     reference = tmp_path / "torch.onnx"
     torch.onnx.export(twin, torch.zeros(1, 3, 64, 64), str(reference), input_names=[export.INPUT_NAME],
-                      output_names=[export.OUTPUT_NAME], opset_version=export.ONNX_OPSET, dynamo=False,
+                      output_names=[export.OUTPUT_NAME], opset_version=ONNX_OPSET, dynamo=False,
                       dynamic_axes={export.INPUT_NAME: {0: "batch"}, export.OUTPUT_NAME: {0: "batch"}})
 
     ours_ops, reference_ops = op_types(ours), op_types(reference)

@@ -3,9 +3,7 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from mobilenetv3.config import build_config
-from mobilenetv3.optim import RMSProp
-from mobilenetv3.trainer import build_optimizer
+from mobilenetv3.training.optim import RMSProp, build_optimizer
 
 ALPHA, EPS, MOMENTUM, WEIGHT_DECAY = 0.9, 0.0316, 0.9, 0.01
 # One learning rate per step, changing every step: torch scales the whole momentum buffer by the current one.
@@ -42,8 +40,7 @@ def torch_rmsprop_in_float64(params, steps, weight_decays):
 
 
 def run_trainer_rmsprop(net, steps, optimizer="rmsprop"):
-    config = build_config(overrides=dict(optimizer=optimizer, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY))
-    optimizer = build_optimizer(net, config, LEARNING_RATES)
+    optimizer = build_optimizer(net, LEARNING_RATES, optimizer, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     for grads in steps:
         optimizer(tuple(ms.Tensor(g) for g in grads))
     return optimizer

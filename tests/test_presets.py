@@ -8,10 +8,12 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from conftest import run_script
-from mobilenetv3 import checkpoint, preprocessing
+from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.config import build_config
-from mobilenetv3.convert import PRESETS, TIMM_CONV_HEAD, torch_name, torchvision_to_timm
-from mobilenetv3.factory import create_model
+from mobilenetv3.data import preprocessing
+from mobilenetv3.deploy.convert import TIMM_CONV_HEAD, torch_name, torchvision_to_timm
+from mobilenetv3.deploy.presets import PRESETS
+from mobilenetv3.models.factory import create_model
 
 SMALL = "mobilenet_v3_small"
 
@@ -150,40 +152,46 @@ def test_preset_is_recorded_and_eval_infer_export_use_it_unless_a_flag_says_othe
     assert "preprocessing: 32 px, bilinear, crop_pct 0.875" in from_export.stderr
 
 
+def resolve(config, meta, own_size=False):
+    """preprocessing.resolve of what `config` says (its preprocessing and the keys given as flags)."""
+    return preprocessing.resolve(config.preprocessing(), config.flags, meta, own_size)
+
+
 def test_resolve_precedence_flag_then_model_then_config():
     saved = dict(interpolation="bicubic", crop_pct=0.9, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
     config = build_config(overrides=dict(crop_pct=0.8))  # a flag: wins over the model's 0.9
-    resolved, line = preprocessing.resolve(config, {"preprocessing": saved})
-    assert preprocessing.of_config(resolved) == dict(saved, crop_pct=0.8, resize=224)
+    resolved, line = resolve(config, {"preprocessing": saved})
+    assert resolved.as_meta() == dict(saved, crop_pct=0.8, resize=224)
     assert line.endswith("(from the model's meta, except --crop_pct from the command line)")
     # A checkpoint written before "preprocessing" existed: its training config says how it was trained.
-    resolved, _ = preprocessing.resolve(build_config(), {"config": dict(interpolation="bicubic", crop_pct=0.95)})
+    resolved, _ = resolve(build_config(), {"config": dict(interpolation="bicubic", crop_pct=0.95)})
     assert (resolved.interpolation, resolved.crop_pct) == ("bicubic", 0.95)
-    resolved, line = preprocessing.resolve(build_config(overrides=dict(mean=[0.5, 0.5, 0.5])), {})
-    assert resolved.mean == [0.5, 0.5, 0.5] and line.endswith("(from the config (the model records none))")
+    resolved, line = resolve(build_config(overrides=dict(mean=[0.5, 0.5, 0.5])), {})
+    assert list(resolved.mean) == [0.5, 0.5, 0.5] and line.endswith("(from the config (the model records none))")
 
 
 def test_the_image_size_a_model_was_trained_at_is_used_unless_a_flag_or_fine_tuning_says_otherwise():
     trained_at_32 = {"preprocessing": dict(resize=32, interpolation="bilinear", crop_pct=0.875,
                                            mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])}
-    resolved, line = preprocessing.resolve(build_config(), trained_at_32)
+    resolved, line = resolve(build_config(), trained_at_32)
     assert resolved.resize == 32 and line.startswith("preprocessing: 32 px, bilinear")
-    assert preprocessing.resolve(build_config(overrides=dict(resize=40)), trained_at_32)[0].resize == 40
-    assert preprocessing.resolve(build_config(), trained_at_32, own_size=True)[0].resize == 224
+    assert resolve(build_config(overrides=dict(resize=40)), trained_at_32)[0].resize == 40
+    assert resolve(build_config(), trained_at_32, own_size=True)[0].resize == 224
     # Checkpoints written before the size was recorded: the training config in their meta has it.
     older = {"preprocessing": {"interpolation": "bicubic"}, "config": dict(resize=28, interpolation="bilinear")}
-    resolved, _ = preprocessing.resolve(build_config(), older)
+    resolved, _ = resolve(build_config(), older)
     assert (resolved.resize, resolved.interpolation) == (28, "bicubic")
 
 
 def test_the_resolved_preprocessing_is_what_evaluation_applies(tmp_path):
     from PIL import Image
-    from mobilenetv3 import data
+    from mobilenetv3.data.decoding import EncodedImage
+    from mobilenetv3.data.transforms import eval_image, normalize_batch
     saved = dict(interpolation="bilinear", crop_pct=0.875, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])  # timm's miil
-    resolved, _ = preprocessing.resolve(build_config(overrides=dict(resize=8)), {"preprocessing": saved})
+    resolved, _ = resolve(build_config(overrides=dict(resize=8)), {"preprocessing": saved})
     Image.new("RGB", (30, 20), (51, 102, 204)).save(tmp_path / "a.png")
-    pixels = data.eval_image(data.EncodedImage(tmp_path / "a.png"), resolved)
-    out = data.normalize_batch(pixels[None], resolved)[0]
+    pixels = eval_image(EncodedImage(tmp_path / "a.png"), resolved)
+    out = normalize_batch(pixels[None], resolved)[0]
     assert out.shape == (3, 8, 8) and np.allclose(out[:, 4, 4], [0.2, 0.4, 0.8], atol=1e-6)
 
 

@@ -1,6 +1,5 @@
 """Progress of eval and infer: a bar with rate and time left on a terminal, plain lines in logs."""
 import fcntl
-import io
 import os
 import re
 import struct
@@ -12,21 +11,19 @@ import time
 from mobilenetv3.progress import progress
 
 
-class Stream(io.StringIO):
-    def __init__(self, tty):
-        super().__init__()
-        self.tty = tty
-
-    def isatty(self):
-        return self.tty
+def stderr_is_a_terminal(monkeypatch, tty):
+    """progress() asks sys.stderr (here capsys's capture) whether it is a terminal."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
 
 
-def test_off_a_terminal_a_plain_line_every_n_steps():
-    stream = Stream(tty=False)
-    assert list(progress(range(120), 120, "batch", every=50, stream=stream)) == list(range(120))
-    lines = stream.getvalue().splitlines()
+def test_off_a_terminal_a_plain_line_every_n_steps(capsys, monkeypatch):
+    stderr_is_a_terminal(monkeypatch, False)
+    assert list(progress(range(120), 120, "batch", every=50)) == list(range(120))
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()  # logged on mobilenetv3.progress: on stderr (conftest ran log.configure())
     assert [line.split(",")[0] for line in lines] == ["50/120 batches", "100/120 batches"]
     assert all(re.fullmatch(r"\d+/120 batches, \d+ s, about \d+ s left", line) for line in lines)
+    assert captured.out == ""
 
 
 def slowly(count, seconds=0.02):
@@ -35,18 +32,18 @@ def slowly(count, seconds=0.02):
         yield index
 
 
-def test_on_a_terminal_a_bar_with_rate_and_time_left():
-    stream = Stream(tty=True)
-    assert list(progress(slowly(30), 30, "batch", stream=stream)) == list(range(30))
+def test_on_a_terminal_a_bar_with_rate_and_time_left(capsys, monkeypatch):
+    stderr_is_a_terminal(monkeypatch, True)
+    assert list(progress(slowly(30), 30, "batch")) == list(range(30))
     # tqdm redraws in place: "12/30 [00:00<00:00, 48.9batch/s]" (done/total [elapsed<left, rate]).
-    assert re.search(r"\r.*\d+/30 \[\d\d:\d\d<\d\d:\d\d, +\d+\.\d+batch/s\]", stream.getvalue())
+    assert re.search(r"\r.*\d+/30 \[\d\d:\d\d<\d\d:\d\d, +\d+\.\d+batch/s\]", capsys.readouterr().err)
 
 
-def test_nothing_on_other_ranks():
+def test_nothing_on_other_ranks(capsys, monkeypatch):
     for tty in (True, False):
-        stream = Stream(tty=tty)
-        assert list(progress(range(120), 120, "batch", enabled=False, every=10, stream=stream)) == list(range(120))
-        assert stream.getvalue() == ""
+        stderr_is_a_terminal(monkeypatch, tty)
+        assert list(progress(range(120), 120, "batch", enabled=False, every=10)) == list(range(120))
+        assert capsys.readouterr() == ("", "")
 
 
 def test_a_real_terminal_gets_the_bar():

@@ -13,9 +13,11 @@ onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from conftest import REPO, reference_eval_input  # noqa: E402
-from mobilenetv3 import export, onnx_backend  # noqa: E402
-from mobilenetv3.config import build_config, run_cli  # noqa: E402
-from mobilenetv3.inference import load_predictor  # noqa: E402
+from mobilenetv3.checkpoints.meta import read_meta  # noqa: E402
+from mobilenetv3.cli import run_cli  # noqa: E402
+from mobilenetv3.config import MODEL_FILE_KEYS, build_config  # noqa: E402
+from mobilenetv3.deploy import export, onnx_backend, quantize  # noqa: E402
+from mobilenetv3.deploy.inference import class_names_of, load_model  # noqa: E402
 
 CLASSES = ["class_0", "class_1", "class_2"]
 
@@ -34,7 +36,7 @@ def trained_longer(image_folder, tmp_path_factory):
     """The test suite's tiny training run, for 6 epochs instead of 2: after 2 one class's activations are
     tens of times larger than the others', so one int8 range per tensor (set by that class) rounds the
     others' features to almost nothing and their top-1 to chance; a trained model has no such gap."""
-    from mobilenetv3.trainer import train
+    from mobilenetv3.training.trainer import train
     config = build_config(overrides=dict(
         device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=6, resize=32,
         num_parallel_workers=2, bn_momentum=0.9, max_lr=0.05, decay_epoch=6, dataset_sink_mode=False,
@@ -54,7 +56,7 @@ def quantized(trained_longer, image_folder, tmp_path_factory):
 
 def test_int8_file_carries_the_float_meta_and_is_quantized(quantized):
     float_path, int8_path = quantized
-    float_meta, int8_meta = onnx_backend.read_meta(float_path), onnx_backend.read_meta(int8_path)
+    float_meta, int8_meta = read_meta(float_path), read_meta(int8_path)
     assert int8_meta.pop("quantization") == dict(format="QDQ", activations="uint8", weights="int8 per channel",
                                                  calibration="minmax", calibration_images=24)
     assert int8_meta == float_meta and int8_meta["classes"] == CLASSES and int8_meta["image_size"] == 32
@@ -68,7 +70,7 @@ def test_int8_file_carries_the_float_meta_and_is_quantized(quantized):
     # one op. The other hard activations are written out, so that ONNX Runtime's int8 Add and Mul run them.
     float_graph = onnx.load(str(float_path)).graph
     float_ops = {node.name: node.op_type for node in float_graph.node}
-    left_float = export.float_nodes(onnx.load(str(float_path)))
+    left_float = quantize.float_nodes(onnx.load(str(float_path)))
     stem = next(node for node in graph.node if export.INPUT_NAME in node.input)
     assert stem.op_type == "Conv" and left_float[:2] == [stem.name, next(
         node.name for node in float_graph.node if stem.output[0] in node.input)]
@@ -80,13 +82,21 @@ def test_int8_file_carries_the_float_meta_and_is_quantized(quantized):
         name for name in left_float if float_ops[name] in ("HardSwish", "HardSigmoid")) != []
 
 
+def predictor_of(values):
+    """(predict, class names) of the model loaded as with `values` as flags."""
+    config = build_config(overrides=values)
+    predict, meta = load_model(config.pretrained, config.backend, config.threads, config.use_ema,
+                               config.subset(MODEL_FILE_KEYS), config.flags)
+    return predict, class_names_of(meta)
+
+
 def test_int8_agrees_with_float32_on_the_images(quantized, image_folder):
     """Top-1 of the int8 file against the float32 export on every image of the synthetic folder (66), and the
     logits' distance. Measured: agreement 1.0 (66 of 66) and logits within 0.03, where the top-2 margins are
     0.06 and more; the bounds allow 3 flips and 3x that distance."""
     settings = dict(device_target="CPU", backend="onnxruntime", resize=32, num_classes=3)
-    (float_predict, _, _), (int8_predict, names, _) = (
-        load_predictor(build_config(overrides=dict(settings, pretrained=str(path)))) for path in quantized)
+    (float_predict, _), (int8_predict, names) = (predictor_of(dict(settings, pretrained=str(path)))
+                                                 for path in quantized)
     assert names == CLASSES
     images = reference_eval_input(sorted(Path(image_folder).glob("*/*/*.jpg")))
     assert len(images) == 66
@@ -146,7 +156,7 @@ def test_written_out_hard_activations_compute_the_fused_ones(quantized, tmp_path
     float_path, _ = quantized
     model = onnx.load(str(float_path))
     fused = {op: sum(node.op_type == op for node in model.graph.node) for op in ("HardSwish", "HardSigmoid")}
-    export.write_out_hard_activations(model)
+    quantize.write_out_hard_activations(model)
     ops = [node.op_type for node in model.graph.node]
     assert fused["HardSwish"] > 0 and fused["HardSigmoid"] == 9 and "HardSwish" not in ops
     assert ops.count("Clip") == fused["HardSwish"] + fused["HardSigmoid"]
@@ -178,7 +188,7 @@ def test_hard_activations_whose_scale_cannot_move_keep_the_division(tmp_path):
         [helper.make_tensor_value_info("gate", TensorProto.FLOAT, [1, 2, 3, 3])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(tmp_path / "fused.onnx"))
-    export.write_out_hard_activations(model)
+    quantize.write_out_hard_activations(model)
     divisions = [node.name for node in model.graph.node if "hard_activation.sixth" in node.input]
     assert sorted(divisions) == ["sigmoid_out.div", "swish_into_add.div"]
     onnx.save(model, str(tmp_path / "written_out.onnx"))
@@ -195,10 +205,10 @@ def test_calibration_ranges_cover_every_batch(quantized, tmp_path):
     import onnx
     from onnx import helper, numpy_helper
     float_path, _ = quantized
-    images = np.random.default_rng(0).uniform(-1.0, 1.0, (5 * export.CALIBRATION_BATCH, 3, 32, 32)).astype(np.float32)
+    images = np.random.default_rng(0).uniform(-1.0, 1.0, (5 * quantize.CALIBRATION_BATCH, 3, 32, 32)).astype(np.float32)
     images[0] *= 8  # the extremes, in the first batch only
     model = onnx.load(str(float_path))
-    stem_output = next(node for node in model.graph.node if node.name == export.float_nodes(model)[1]).output[0]
+    stem_output = next(node for node in model.graph.node if node.name == quantize.float_nodes(model)[1]).output[0]
     model.graph.output.append(helper.make_value_info(stem_output, helper.make_empty_tensor_value_info("").type))
     onnx.save(model, str(tmp_path / "with_stem_output.onnx"))
     session = onnx_backend.make_session(tmp_path / "with_stem_output.onnx", 1)
@@ -207,7 +217,7 @@ def test_calibration_ranges_cover_every_batch(quantized, tmp_path):
     low, high = min(0.0, min(map(np.min, outputs))), max(0.0, max(map(np.max, outputs)))
     assert high > max(map(np.max, outputs[1:]))  # so a range without the first batch would differ
 
-    written = export.quantize_onnx(float_path, tmp_path / "model.int8.onnx", images, {"classes": CLASSES})
+    written = quantize.quantize_onnx(float_path, tmp_path / "model.int8.onnx", images, {"classes": CLASSES})
     model = onnx.load(str(written))
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
     quantize_stem = next(node for node in model.graph.node
@@ -215,4 +225,4 @@ def test_calibration_ranges_cover_every_batch(quantized, tmp_path):
     scale = (high - low) / 255
     assert float(constants[quantize_stem.input[1]]) == pytest.approx(scale, rel=1e-6)
     assert int(constants[quantize_stem.input[2]]) == round(-low / scale)
-    assert onnx_backend.read_meta(written)["quantization"]["calibration_images"] == 80
+    assert read_meta(written)["quantization"]["calibration_images"] == 80

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, STEP_LINE
 from mobilenetv3.errors import UserError
-from mobilenetv3.fashion_mnist import CLASS_NAMES, find_idx_files
+from fashion_mnist import CLASS_NAMES, find_idx_files  # scripts/fashion_mnist.py (conftest puts scripts/ on sys.path)
 
 SCRIPT = REPO / "scripts" / "quickstart.sh"
 ACCURACY_LINE = re.compile(r"^\{'Top_1_Accuracy': [0-9.]+, 'Top_5_Accuracy': [0-9.]+\}$", re.M)

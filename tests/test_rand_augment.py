@@ -3,10 +3,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from mobilenetv3 import data, rand_augment
 from mobilenetv3.config import ConfigError, build_config
-from mobilenetv3.data import random_resized_crop_box
-from mobilenetv3.rand_augment import GEOMETRIC_RESAMPLING, OPS, RandAugment, apply, parse
+from mobilenetv3.data import rand_augment, transforms
+from mobilenetv3.data.pipeline import DecodedImages
+from mobilenetv3.data.preprocessing import Preprocessing
+from mobilenetv3.data.rand_augment import GEOMETRIC_RESAMPLING, OPS, RandAugment, apply, parse
+from mobilenetv3.data.transforms import Augmentation, random_resized_crop_box
 
 FILL = (124, 116, 104)  # ImageNet's mean colour, timm's fill
 
@@ -89,17 +91,16 @@ def test_training_images_get_it_after_the_flip_from_their_own_generator(tmp_path
     pixels = np.random.default_rng(3).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     path = tmp_path / "a.png"
     Image.fromarray(pixels).save(path)
-    settings = build_config(overrides=dict(device_target="CPU", seed=4, resize=32, rand_augment="rand-m9-mstd0.5",
-                                           random_erase=0.5))
-    images, _ = data.DecodedImages([(str(path), 0)], settings, True, epoch=1)(np.arange(12))
+    augmentation = Augmentation(rand_augment="rand-m9-mstd0.5", random_erase=0.5)
+    images, _ = DecodedImages([(str(path), 0)], Preprocessing(resize=32), augmentation, seed=4, epoch=1)(np.arange(12))
     erased = 0
     for key, image in enumerate(images):
         rng = np.random.default_rng([4, 1, key])
         top, left, h, w = random_resized_crop_box(60, 80, rng)
-        expected = data.resize(np.ascontiguousarray(pixels[top:top + h, left:left + w]), (32, 32), "bilinear")
+        expected = transforms.resize(np.ascontiguousarray(pixels[top:top + h, left:left + w]), (32, 32), "bilinear")
         expected = np.ascontiguousarray(expected[:, ::-1]) if rng.random() < 0.5 else expected
         expected = rand_augment.apply(expected, parse("rand-m9-mstd0.5"), FILL, rng)
-        if rng.random() < 0.5 and (box := data.random_erasing_box(32, 32, rng)) is not None:
+        if rng.random() < 0.5 and (box := transforms.random_erasing_box(32, 32, rng)) is not None:
             top, left, h, w = box
             expected[top:top + h, left:left + w] = FILL
             erased += 1

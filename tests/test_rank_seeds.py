@@ -1,8 +1,8 @@
 """MindSpore's own random augmentations get one seed per (epoch, rank)."""
 import mindspore as ms
 
-from mobilenetv3.distributed import DistInfo
-from mobilenetv3.trainer import augment_seed, train
+from mobilenetv3.cluster.distributed import DistInfo
+from mobilenetv3.training.trainer import augment_seed, train
 
 
 def test_augment_seeds_differ_between_ranks_and_epochs():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from mobilenetv3.trainer import LOG_FORMAT, LossGuard, NonFiniteLoss, StepLog, run_epoch, sink_size
+from mobilenetv3.training.step_log import LOG_FORMAT, LossGuard, NonFiniteLoss, StepLog, run_epoch, sink_size
 from conftest import STEP_LINE
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilenetv3 import checkpoint
+from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.errors import UserError
-from mobilenetv3.trainer import NonFiniteLoss, train
+from mobilenetv3.training.step_log import NonFiniteLoss
+from mobilenetv3.training.trainer import train
 from conftest import STEP_LINE, run_script
 
 def weights(path):
@@ -83,7 +84,7 @@ def test_pretrained_with_other_classes_fine_tunes(small_config, image_folder, tm
     capsys.readouterr()
     tuned = train(small_config(data_url=str(two_classes), pretrained=source, num_classes=2, epoch_size=1,
                                max_lr=1e-12, min_lr=0.0, ckpt_save_dir=str(tmp_path / "tuned")))
-    assert f"{source} has 3 classes, the model 2: loaded all but the last Linear layer" in capsys.readouterr().out
+    assert f"{source} has 3 classes, the model 2: loaded all but the last Linear layer" in capsys.readouterr().err  # a logged note: stderr
     before, after = weights(source), weights(tuned)
     # Learning rate 1e-12: the loaded weights come through (BN running statistics do move).
     np.testing.assert_allclose(before["features.5.block.0.0.weight"], after["features.5.block.0.0.weight"], atol=1e-9)

@@ -1,0 +1,145 @@
+"""Checkpoint files: atomic writes, checked loading into a network, and listing a folder's checkpoints.
+
+A checkpoint holds the network's parameters under their own names, optional optimiser state under
+"opt.<name>" and EMA weights under "ema.<name>", plus its meta (meta.py) as one JSON string "meta". Files
+are named <prefix>-<epoch>_<step>.ckpt as MindSpore's ModelCheckpoint does.
+"""
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import mindspore as ms
+
+from ..errors import UserError
+from .meta import META_KEY, parse_meta
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_PREFIX, EMA_PREFIX = "opt.", "ema."
+
+RUNNING_STATS = ("moving_mean", "moving_variance")  # BatchNorm's, not trained by gradients
+
+CLASSIFIER_OUT = ("classifier.3.weight", "classifier.3.bias")
+
+NAME_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
+
+
+def save(path, tensors: Dict[str, ms.Tensor], meta: dict):
+    """Write `tensors` and `meta` to `path` atomically: a crash leaves the old file or the new, never half.
+
+    MindSpore only writes names ending in .ckpt, so the temporary file is a hidden
+    ".<name>.<pid>.partial.ckpt" that checkpoint listings never match, one per process; MindSpore itself
+    writes it as ".<name>.<pid>.partial.tmp" first. A failed write removes both.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.ckpt")
+    entries = [{"name": name, "data": value} for name, value in tensors.items()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError, ValueError) as err:
+        for partial in (tmp, tmp.with_suffix(".tmp")):
+            partial.unlink(missing_ok=True)
+        raise UserError(f"could not write checkpoint {path} ({err}); check that {path.parent} is writable "
+                        "and has free space. Earlier checkpoints are untouched.") from None
+
+
+def require_file(path, kind: str = "checkpoint") -> Path:
+    """`path` if it is a file; else one clear line: not found, or a directory (naming a checkpoint in it)."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest(path)
+        inside = f" (the latest checkpoint in it is {found})" if found else ""
+        raise UserError(f"{kind} {path} is a directory{inside}; pass the file itself")
+    if not path.is_file():
+        raise UserError(f"{kind} {path} not found")
+    return path
+
+
+def load(path) -> Tuple[Dict[str, ms.Parameter], dict]:
+    """Read a checkpoint into ({name: Parameter}, meta); meta is {} for checkpoints from elsewhere."""
+    path = require_file(path)
+    try:
+        params = ms.load_checkpoint(str(path), crc_check=True)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise UserError(f"checkpoint {path} is truncated, corrupt or not a MindSpore checkpoint ({err})") from None
+    meta = params.pop(META_KEY, None)
+    return params, parse_meta(str(meta), f"the meta of checkpoint {path}") if meta is not None else {}
+
+
+def listing(names, most=8) -> str:
+    """The first `most` names, comma-separated, and how many more there are."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def mismatch(missing, unexpected, wrong_shape, missing_label="missing from checkpoint",
+             unexpected_label="not in the model") -> str:
+    """One line describing names that are missing, unexpected, or of the wrong shape ("" if none)."""
+    problems = [f"{label}: {listing(names)}" for label, names in
+                ((missing_label, missing), (unexpected_label, unexpected), ("shape differs", wrong_shape)) if names]
+    return "; ".join(problems)
+
+
+def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False, loaded=None) -> dict:
+    """Load a checkpoint's weights into `net` after checking every name and shape; returns its meta.
+    `loaded` is what load(path) returned, when the caller has read the file already.
+
+    With `new_classifier_ok`, a checkpoint for another number of classes loads everything but the
+    last Linear layer, which keeps its fresh initialisation (fine-tuning), and says so. Any other
+    mismatch is an error listing the names at fault.
+
+    With `use_ema`, the EMA weights ("ema.<name>") are loaded instead of the raw ones. BatchNorm running
+    statistics are the EMA of them where the checkpoint has it (the trainer averages them too), else the
+    raw ones (EMA weights from elsewhere that average trainable parameters only).
+    """
+    params, meta = loaded or load(path)
+    weights = {name: p for name, p in params.items() if not name.startswith((OPTIMIZER_PREFIX, EMA_PREFIX))}
+    if use_ema:
+        averaged = {name[len(EMA_PREFIX):]: p for name, p in params.items() if name.startswith(EMA_PREFIX)}
+        if not averaged:
+            raise UserError(f"--use_ema: checkpoint {path} has no EMA weights (its run trained without --ema_decay); "
+                            "drop --use_ema or pass a checkpoint of a run with --ema_decay > 0")
+        weights = {**{name: p for name, p in weights.items() if name.endswith(RUNNING_STATS)}, **averaged}
+    own = {p.name: p for p in net.get_parameters()}
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    wrong_shape = sorted(name for name in set(own) & set(weights) if own[name].shape != weights[name].shape)
+    if new_classifier_ok and wrong_shape and set(wrong_shape) <= set(CLASSIFIER_OUT) and not missing + unexpected:
+        classes = (weights[CLASSIFIER_OUT[1]].shape[0], own[CLASSIFIER_OUT[1]].shape[0])
+        logger.info(f"{path} has {classes[0]} classes, the model {classes[1]}: loaded all but the last Linear layer "
+                    "(classifier.3), which is freshly initialised for fine-tuning")
+        for name in wrong_shape:
+            del weights[name]
+    elif missing or unexpected or wrong_shape:
+        problems = mismatch(missing, unexpected, [f"{n} {tuple(weights[n].shape)} vs {tuple(own[n].shape)}"
+                                                  for n in wrong_shape])
+        saved = f" (it was saved for {meta.get('model')}, width {meta.get('width')}, {meta.get('num_classes')} classes)" \
+            if meta.get("model") else ""
+        raise UserError(f"checkpoint {path} does not fit this model{saved}: {problems}")
+    not_loaded, _ = ms.load_param_into_net(net, weights, strict_load=True)
+    if not_loaded and set(not_loaded) - set(CLASSIFIER_OUT):
+        raise UserError(f"checkpoint {path}: parameters not loaded: {', '.join(not_loaded)}")
+    return meta
+
+
+def checkpoint_name(prefix: str, epoch: int, step: int) -> str:
+    return f"{prefix}-{epoch}_{step}.ckpt"
+
+
+def list_checkpoints(directory, prefix: Optional[str] = None):
+    """Checkpoints in `directory` named <prefix>-<epoch>_<step>.ckpt, oldest first."""
+    found = []
+    for path in Path(directory).glob("*.ckpt"):
+        match = NAME_PATTERN.match(path.name)
+        if match and not path.name.startswith(".") and (prefix is None or match["prefix"] == prefix):
+            found.append((int(match["epoch"]), int(match["step"]), path))
+    return [path for _, _, path in sorted(found)]
+
+
+def latest(directory, prefix: Optional[str] = None) -> Optional[Path]:
+    found = list_checkpoints(directory, prefix)
+    return found[-1] if found else None

@@ -1,0 +1,102 @@
+"""Which launcher started this process, and the process settings each launcher needs.
+
+Launchers, told apart by the variables they export:
+- mpirun (OMPI_COMM_WORLD_SIZE): OpenMPI; on CPU the ranks join MindSpore's cluster through mpi_bridge.py.
+- msrun (MS_ROLE): msrun has exported everything MindSpore's `init()` needs. msrun also runs the script as
+  the scheduler (MS_ROLE=MS_SCHED), whose `init()` serves the cluster and exits without returning.
+- MPICH's or Intel MPI's mpiexec (PMI_SIZE) and Slurm's srun (SLURM_STEP_NUM_TASKS, which srun sets
+  and an sbatch script does not): refused when they start several processes, as MindSpore's mpirun
+  path needs OpenMPI and nothing here can gather the ranks otherwise.
+- none of these: one process, no collectives.
+
+Environment set here (a value the user exported wins): GLOG_v=3 on every rank but 0 and on the scheduler,
+MS_SUBMODULE_LOG_v=CLUSTER_CHATTER, and MS_TOPO_TIMEOUT and MS_NODE_TIMEOUT (CLUSTER_TIMEOUTS).
+"""
+import os
+from typing import Optional
+
+
+# MindSpore's dynamic-cluster timeouts in seconds, set unless the user exported them. Its defaults
+# (30 min to form the cluster, 30 s without heartbeat) leave a broken job hanging long after the cause.
+CLUSTER_TIMEOUTS = {
+    "MS_TOPO_TIMEOUT": "300",  # every rank must register with the scheduler within this window
+    "MS_NODE_TIMEOUT": "20",  # a rank silent this long is declared dead and the job stops
+}
+
+# Errors only from the submodules that narrate cluster start-up ("The worker node start sync start!",
+# "The group mccl_world_group has already existed", ...), on rank 0 too.
+CLUSTER_CHATTER = "{DISTRIBUTED:3,DEVICE:3}"
+
+# Launchers that start several processes this package cannot join: the variable holding their number.
+UNSUPPORTED_LAUNCHERS = {
+    "MPICH or Intel MPI mpiexec": "PMI_SIZE",
+    "Slurm srun": "SLURM_STEP_NUM_TASKS",
+}
+
+
+def _process_count(environ, variable) -> int:
+    try:
+        return int(environ.get(variable) or 1)
+    except ValueError:
+        return 1
+
+
+def detect_launcher(environ=None) -> str:
+    """'mpirun' (OpenMPI), 'msrun', a key of UNSUPPORTED_LAUNCHERS (several processes) or 'single'.
+
+    OpenMPI is checked first: its mpirun starts ranks through srun inside a Slurm allocation."""
+    environ = os.environ if environ is None else environ
+    if "OMPI_COMM_WORLD_SIZE" in environ:
+        return "mpirun"
+    if "MS_ROLE" in environ:
+        return "msrun"
+    for launcher, variable in UNSUPPORTED_LAUNCHERS.items():
+        if _process_count(environ, variable) > 1:
+            return launcher
+    return "single"
+
+
+def launcher_rank(environ=None) -> Optional[str]:
+    """This process's rank as the launcher set it (before init_distributed), or None outside mpirun/msrun."""
+    environ = os.environ if environ is None else environ
+    launcher = detect_launcher(environ)
+    return environ.get("OMPI_COMM_WORLD_RANK") if launcher == "mpirun" else environ.get("MS_NODE_ID")
+
+
+def apply_log_defaults(environ=None):
+    """Keep MindSpore's log to what rank 0 has to say; must run before MindSpore is imported.
+
+    Every other rank and the scheduler log errors only (GLOG_v=3); rank 0 keeps its warnings but not the
+    cluster's connection chatter. A value the user exported wins.
+    """
+    environ = os.environ if environ is None else environ
+    launcher = detect_launcher(environ)
+    if launcher not in ("mpirun", "msrun"):
+        return
+    if environ.get("MS_ROLE") == "MS_SCHED" or launcher_rank(environ) not in (None, "0"):
+        environ.setdefault("GLOG_v", "3")
+    environ.setdefault("MS_SUBMODULE_LOG_v", CLUSTER_CHATTER)
+
+
+def release_core_binding():
+    """Under mpirun, let every thread run on every CPU: mpirun binds each rank to one core by default,
+    which starves MindSpore's thread pools. Best before MindSpore starts them; each thread has its own
+    mask, so all threads started so far are released."""
+    if detect_launcher() != "mpirun":
+        return
+    all_cpus = set(range(os.cpu_count() or 1))
+    for thread_id in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread_id), all_cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+# How launchers tell a process how many processes of its job run on the same machine.
+LOCAL_RANKS_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE")
+
+
+def local_ranks(environ=None) -> int:
+    """Processes of this job on this machine (1 without a launcher that says)."""
+    environ = os.environ if environ is None else environ
+    return next((int(environ[name]) for name in LOCAL_RANKS_VARIABLES if environ.get(name, "").isdigit()), 1)

@@ -1,0 +1,114 @@
+"""Export an eval-mode model to MINDIR or ONNX for deployment.
+
+Both formats take any batch size: the batch dimension is exported as dynamic (named "batch" in ONNX,
+whose input is "images" and output "logits"); height and width are fixed at the exported image size.
+The checkpoint's meta (model, num_classes, width, bn_eps, classes, preprocessing...) and the image size
+travel with the file (inside an ONNX file, beside a MINDIR: checkpoints/meta.py), so the file alone is
+enough to predict. The ONNX graph is rewritten into the form ONNX Runtime runs fastest (onnx_graph.py).
+"""
+import json
+from pathlib import Path
+from typing import Optional
+
+import mindspore as ms
+import numpy as np
+
+from ..checkpoints.files import require_file
+from ..checkpoints.meta import ONNX_META_KEY, check_model_matches, read_meta, sidecar_path
+from ..errors import UserError
+from ..models.passes import written_out
+from .onnx_graph import fuse_onnx_graph
+
+
+EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
+
+INPUT_NAME, OUTPUT_NAME, BATCH_AXIS = "images", "logits", "batch"
+
+
+def with_extension(path, file_format: str) -> Path:
+    """`path` with the format's extension added unless it ends with it already."""
+    if file_format not in EXTENSIONS:
+        raise ValueError(f"file_format must be one of {', '.join(EXTENSIONS)}, got {file_format!r}")
+    path, extension = Path(path), EXTENSIONS[file_format]
+    return path if path.suffix == extension else path.with_name(path.name + extension)
+
+
+def export_path(checkpoint, file_format: str, file_name: Optional[str] = None, use_ema: bool = False) -> Path:
+    """Where to export: `file_name`, else next to the checkpoint under its name (with -ema added for its EMA
+    weights); with the format's extension."""
+    checkpoint = Path(checkpoint)
+    return with_extension(file_name or checkpoint.with_name(checkpoint.stem + ("-ema" if use_ema else "")), file_format)
+
+
+def checked_meta(path, file_format: str, num_classes: int, expected: Optional[dict] = None,
+                 embedded: Optional[str] = None) -> dict:
+    """The meta of an exported model (read_meta), checked like a checkpoint's against what the user insists
+    on (`expected`: model, num_classes, width or resize given as flags): the file fixes them, so only those
+    can contradict it (data.preprocessing.recorded takes the image size from it). `num_classes` is the
+    model's where the file has no meta."""
+    require_file(path, f"{file_format} file")
+    meta = read_meta(path, embedded)
+    expected = dict(expected or {})
+    resize = expected.pop("resize", None)
+    check_model_matches(meta, path, **expected)
+    image_size = meta.get("image_size")
+    if None not in (resize, image_size) and image_size != resize:
+        raise UserError(f"{path} was exported for {image_size}-pixel images, but --resize is {resize}; "
+                        f"pass --resize {image_size} or leave it out")
+    return dict(meta, num_classes=meta.get("num_classes", num_classes))
+
+
+def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = None) -> Path:
+    """Write `net` in eval mode for NCHW float32 images of `image_size`; returns the file written. `net`
+    is changed in place into ops every exporter knows (passes.written_out).
+
+    With `meta` (the checkpoint's), the file carries it with "image_size" (see the module docstring).
+    """
+    path = with_extension(path, file_format)
+    meta = None if meta is None else dict(meta, image_size=image_size)
+    net.set_train(False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written_out(net)  # ops both formats know
+        if file_format == "MINDIR":
+            ms.export(net, ms.Tensor(shape=[None, 3, image_size, image_size], dtype=ms.float32),
+                      file_name=str(path), file_format=file_format)
+        else:
+            _export_onnx(net, path, image_size, meta)
+        if not path.is_file():
+            raise UserError(f"MindSpore reported no error but wrote no {path}")
+        if file_format == "MINDIR" and meta is not None:
+            sidecar_path(path).write_text(json.dumps(meta, indent=1))
+        elif file_format == "ONNX":
+            sidecar_path(path).unlink(missing_ok=True)  # an older export's, which would contradict the file
+    except OSError as err:
+        raise UserError(f"could not write {path} ({err}); check that {path.parent} is writable") from None
+    return path
+
+
+def _export_onnx(net, path: Path, image_size: int, meta: Optional[dict]):
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("ONNX export needs the onnx package: pip install onnx (or pip install .[onnx])") from None
+    # ms.export(file_format="ONNX") rejects dynamic shapes; ms.onnx.export takes dynamic input axes.
+    example = ms.Tensor(np.zeros((1, 3, image_size, image_size), np.float32))
+    ms.onnx.export(net, example, file_name=str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                   dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}})
+    # The output keeps the example's batch of 1, and onnxruntime warns on every other batch size.
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        output.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
+    fuse_onnx_graph(model)
+    if meta is not None:
+        set_onnx_meta(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def set_onnx_meta(model, meta: dict):
+    """Put `meta` into the ONNX model's metadata_props as JSON under ONNX_META_KEY, in place."""
+    kept = [prop for prop in model.metadata_props if prop.key != ONNX_META_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=ONNX_META_KEY, value=json.dumps(meta))

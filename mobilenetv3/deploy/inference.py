@@ -1,0 +1,155 @@
+"""Top-k predictions for every image below a folder, from a checkpoint or an exported MINDIR or ONNX file,
+run by MindSpore or (onnx_backend.py) by ONNX Runtime.
+
+Images go through the eval transforms one by one (decoded with Pillow, so any mode or format
+works); files that cannot be read are skipped and reported with the reason, never fatal.
+"""
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Collection, List, Optional, Tuple
+
+import mindspore as ms
+import numpy as np
+
+from ..checkpoints.meta import NETWORK_KEYS, flagged
+from ..cluster.device import set_cpu_threads
+from ..data.decoding import READ_ERRORS, EncodedImage
+from ..data.folders import images_of_folder
+from ..data.imagenet import display_names, model_classes
+from ..data.preprocessing import Preprocessing
+from ..data.transforms import eval_image, normalize_batch
+from ..errors import UserError
+from ..evaluation import mindspore_predictor
+from ..models.factory import model_from_checkpoint
+from ..models.folding import fold_for_inference
+from ..progress import progress
+from . import export
+from .onnx_backend import onnx_model
+
+
+@dataclass
+class Prediction:
+    path: str
+    indices: List[int]
+    names: List[str]
+    probs: List[float]
+
+
+EXPORTED_FORMATS = {".mindir": ("MINDIR", "mindspore"), ".onnx": ("ONNX", "onnxruntime")}  # -> (name, backend)
+
+
+def load_model(path, backend: str = "mindspore", threads: int = 0, use_ema: bool = False,
+               stated: Optional[dict] = None, flags: Collection[str] = ()) -> Tuple[Callable, dict]:
+    """(batch of CHW float32 images -> logits, the model's meta) for the model file `path` on `backend`,
+    with `threads` CPU threads (0: one per physical core).
+
+    mindspore runs a .ckpt (with BatchNorm folded into the convolutions, see models/folding.py; logits agree
+    with the unfolded network to float32 rounding) or an exported .mindir, onnxruntime a .ckpt (exported to
+    ONNX once, see onnx_backend) or an exported .onnx; an exported file picks its own backend unless
+    --backend is a flag. The meta has "num_classes", and "classes" if the model carries its own class list.
+    `stated`: what the command line says of the model (model, num_classes, width, bn_momentum, bn_eps,
+    resize), used where the file's meta says nothing; `flags`: the keys given as flags, which the meta must
+    agree with (export.checked_meta).
+    """
+    stated = stated or {}
+    if not path:
+        raise UserError("no model given: pass --pretrained CKPT or an exported .mindir or .onnx")
+    file_format, own_backend = EXPORTED_FORMATS.get(Path(path).suffix.lower(), (None, backend))
+    if file_format and use_ema:
+        raise UserError(f"--use_ema picks a checkpoint's EMA weights, but {path} is an exported {file_format} model; "
+                        "drop --use_ema, or export the checkpoint with --use_ema")
+    if file_format and backend != own_backend:
+        if "backend" in flags:
+            raise UserError(f"{path} is an exported {file_format} model: run it with --backend {own_backend} "
+                            f"(or pass the checkpoint it was exported from)")
+        backend = own_backend  # the file says which engine runs it
+    if backend == "onnxruntime":
+        return onnx_model(path, threads, use_ema, stated, flags)
+    set_cpu_threads(threads)
+    if file_format is None:
+        expected = flagged(stated, flags)
+        net, meta = model_from_checkpoint(path, use_ema, expected, stated)
+        return mindspore_predictor(fold_for_inference(net)), dict(meta, num_classes=net.num_classes)
+    expected = flagged(stated, flags, (*NETWORK_KEYS, "resize"))
+    meta = export.checked_meta(path, file_format, stated.get("num_classes"), expected)
+    try:
+        graph = ms.load(str(path))
+    except RuntimeError as err:
+        raise UserError(f"{path} is truncated, corrupt or not a MINDIR file ({err})") from None
+    return mindspore_predictor(ms.nn.GraphCell(graph)), meta
+
+
+def class_names_of(meta: dict) -> List[str]:
+    """The display names of a model's classes: its own list, else ImageNet's for 1000, else indices."""
+    return display_names(model_classes(meta["num_classes"], meta.get("classes")))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def predict_folder(predict, folder, preprocessing: Preprocessing, class_names: List[str], top_k: int = 5,
+                   batch_size: int = 64):
+    """(predictions in folders.list_images order, [(path, reason)] of the files skipped)."""
+    paths = images_of_folder(folder, "data_url")
+    predictions, skipped = [], []
+    k = min(top_k, len(class_names))
+    for start in progress(range(0, len(paths), batch_size), -(-len(paths) // batch_size), "batch"):
+        batch, batch_paths = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                batch.append(eval_image(EncodedImage(path), preprocessing))
+                batch_paths.append(path)
+            except READ_ERRORS as err:
+                skipped.append((str(path), f"{type(err).__name__}: {err}"))
+        if not batch:
+            continue
+        logits = predict(normalize_batch(np.stack(batch), preprocessing))
+        if logits.shape[1] != len(class_names):  # a MINDIR without its meta and the wrong --num_classes
+            raise UserError(f"the model gives {logits.shape[1]} class scores, but num_classes is {len(class_names)}; "
+                            f"pass --num_classes {logits.shape[1]}")
+        for path, row in zip(batch_paths, softmax(logits.astype(np.float64))):
+            top = np.argsort(-row, kind="stable")[:k]
+            predictions.append(Prediction(str(path), top.tolist(), [class_names[i] for i in top],
+                                          [float(row[i]) for i in top]))
+    return predictions, skipped
+
+
+def format_prediction(prediction: Prediction) -> str:
+    return f"{prediction.path}: " + ", ".join(f"{name} ({prob:.4f})"
+                                              for name, prob in zip(prediction.names, prediction.probs))
+
+
+OUTPUT_FORMATS = (".json", ".csv")
+
+
+def output_format(path) -> str:
+    """".json" or ".csv" from the file name; checked before predicting so a typo fails at once."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UserError(f"--output {path}: use a file name ending in {' or '.join(OUTPUT_FORMATS)}, got {suffix!r}")
+    return suffix
+
+
+def write_predictions(predictions: List[Prediction], path):
+    """JSON (a list of records with path, indices, names, probs) or CSV (path, then index/name/prob for
+    each rank), by the file's suffix.
+
+    File names that are not valid UTF-8 (Python holds their bytes as surrogates) are kept exactly: the CSV
+    has the name's own bytes, the JSON its \\udcXX escapes, which json.loads and os.fsencode turn back
+    into those bytes."""
+    path = Path(path)
+    file_format = output_format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if file_format == ".json":
+        path.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
+        return
+    k = max((len(p.indices) for p in predictions), default=0)
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+        writer = csv.writer(out)
+        writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
+        for p in predictions:
+            writer.writerow([p.path] + [v for r in zip(p.indices, p.names, p.probs) for v in r])

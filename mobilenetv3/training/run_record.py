@@ -1,0 +1,120 @@
+"""What a training run leaves besides checkpoints, in its ckpt_save_dir (written by rank 0):
+
+    run.yaml        the resolved config, loadable again with --config; how, where and with what it ran
+                    (command line, world size, versions, git commit, device, CPU) in comments above it
+    metrics.jsonl   one JSON object per finished epoch: loss, learning rate, speed, memory, validation
+    train.log       what the run logged (the step log, the epoch lines, notes and warnings), appended across
+                    resumes
+"""
+import contextlib
+import json
+import logging
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .. import log
+from ..native.cpu_info import cpu_model
+
+RUN_FILE, METRICS_FILE, LOG_FILE = "run.yaml", "metrics.jsonl", "train.log"
+
+
+def git_commit(directory: Path) -> str:
+    """The commit of the checkout `directory` is in (with "+ uncommitted changes"), or "" outside one."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return ""
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def write_run_file(config_values: dict, world_size: int, directory) -> Path:
+    """run.yaml in `directory`: `config_values` (every key of the run's config), and how it ran."""
+    import mindspore
+    package_dir = Path(__file__).resolve().parents[1]
+    facts = {
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "world size": world_size,
+        "python": platform.python_version(),
+        "mindspore": mindspore.__version__,
+        "mobilenetv3": str(package_dir),
+        "git commit": git_commit(package_dir) or "(not a git checkout)",
+        "device": config_values["device_target"],
+        "cpu": cpu_model(),
+    }
+    header = "".join(f"# {name}: {value}\n" for name, value in facts.items())
+    path = Path(directory) / RUN_FILE
+    path.write_text("# The resolved config of this run: python scripts/train.py --config " + RUN_FILE + " repeats it.\n"
+                    + header + yaml.safe_dump(config_values, sort_keys=False))
+    return path
+
+
+class MetricsFile:
+    """ckpt_save_dir/metrics.jsonl, one line per finished epoch. A run resumed from epoch e first drops the
+    lines of epochs after e (they are run again), so no epoch appears twice."""
+
+    def __init__(self, directory, resumed_epoch: int):
+        self.path = Path(directory) / METRICS_FILE
+        kept = [line for line in read_metrics(self.path) if line["epoch"] <= resumed_epoch]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
+        tmp.replace(self.path)
+
+    def append(self, record: dict):
+        with self.path.open("a") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path) -> list:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def epoch_record(summary: dict, epoch: int, world_size: int, wall_seconds: float, validation=None) -> dict:
+    """One line of metrics.jsonl; wall_seconds counts from the start of this process's training loop."""
+    record = dict(epoch=epoch, **summary, images_per_second_total=round(summary["images_per_second"] * world_size, 2),
+                  wall_seconds=round(wall_seconds, 3), peak_rss_mb=round(peak_rss_mb(), 1))
+    if validation is not None:
+        record.update(val_top1=validation.top1, val_top5=validation.top5, val_loss=validation.loss)
+    return record
+
+
+def peak_rss_mb() -> float:
+    """High-water resident set size of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def log_file(directory):
+    """While open, what the package logs (INFO and above) is also appended to ckpt_save_dir/train.log, as
+    the scripts print it; the package's logger passes INFO meanwhile even where nobody configured logging."""
+    handler = log.to_file(Path(directory) / LOG_FILE)
+    package = logging.getLogger(log.PACKAGE)
+    level = package.level
+    if not package.isEnabledFor(logging.INFO):
+        package.setLevel(logging.INFO)
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+        handler.close()
