@@ -21,11 +21,27 @@ from . import log
 from .cluster.device import usable_device_target
 from .cluster.launchers import apply_log_defaults, launcher_rank, release_core_binding
 from .cluster.mpi_bridge import abort_job, in_mpi_job
-from .config import Config, from_command_line
+from .config import FIELDS, Config, from_command_line
 from .errors import EveryRankError, UserError
 from .native.cpu_info import cap_onednn_isa
 
 logger = logging.getLogger(__name__)
+
+# The keys each script offers as flags (a YAML file may carry any key; the others are ignored there).
+MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
+PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
+EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "use_ema", "batch_size",
+                  "num_parallel_workers", "resize", *PREPROCESSING_KEYS, "seed"]
+TRAIN_KEYS = [name for name in FIELDS if name not in ("use_ema", "top_k", "output", "json", "val_labels", "val_synsets",
+                                                     "backend", "threads", "file_format", "file_name", "quantize",
+                                                     "calib_data", "calib_images", "source", "input", "preset")]
+EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json", "val_labels", "val_synsets"]
+INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
+EXPORT_KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
+               "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images"]
+CONVERT_KEYS = ["source", "input", "model", "width", "output", "preset"]
+# What the command line says of a model file to run, where the file's meta is silent (deploy.inference.load_model).
+MODEL_FILE_KEYS = ("model", "num_classes", "width", "bn_momentum", "bn_eps", "resize")
 
 
 def apply_process_defaults():

@@ -49,7 +49,8 @@ class Config:
     run_distribute: bool = key(True, "Data-parallel when launched with more than one process")
     num_parallel_workers: int = key(0, "Data pipeline workers per process; 0: its share of the CPUs (those "
                                        "available / processes on this machine), also the most used", minimum=0)
-    dataset_sink_mode: bool = key(True, "Sink the dataset into the device graph (faster)")
+    dataset_sink_mode: bool = key(True, "Sink the dataset into the device graph (GPU, Ascend; the CPU never sinks): "
+                                        "the device runs sink_size steps between returns to the host")
     num_classes: int = key(MODEL_DEFAULTS["num_classes"], "Number of classes", minimum=1)
     batch_size: int = key(64, "Batch size per process", minimum=1)
     repeat_num: int = key(1, "Repeat the training set this many times per epoch", minimum=1)
@@ -114,7 +115,12 @@ class Config:
     std: List[float] = key(PREPROCESSING.std, "Per-channel (R, G, B) standard deviation images are divided by "
                            "(default ImageNet's)")
     seed: int = key(1, "Random seed", minimum=0)
-    log_interval: int = key(1, "Print the step log every this many steps", minimum=1)
+    log_interval: int = key(0, "Print the step line every this many steps; 0: every step, or in sink mode at every "
+                            "sink's end. In sink mode N also makes sinks of at most N steps, a return to the host "
+                            "each", minimum=0)
+    sink_size: int = key(0, "Steps per sink in dataset sink mode, a divisor of an epoch's steps; 0: the largest "
+                         "divisor not above log_interval if that is set, else the smallest of at least 100, else the "
+                         "whole epoch", minimum=0)
     eval_interval: int = key(0, "Validate every this many epochs (0: never)", minimum=0)
     resume: Optional[str] = key(None, "Checkpoint to resume from, or 'auto' for the latest in ckpt_save_dir")
     # Evaluation, inference and export.
@@ -173,21 +179,6 @@ class Config:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.metadata.get("key")}
 
-# The keys each script offers as flags (a YAML file may carry any key; the others are ignored there).
-MODEL_KEYS = ["model", "num_classes", "width", "dropout_rate", "bn_momentum", "bn_eps"]
-PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
-EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "use_ema", "batch_size",
-                  "num_parallel_workers", "resize", *PREPROCESSING_KEYS, "seed"]
-TRAIN_KEYS = [name for name in FIELDS if name not in ("use_ema", "top_k", "output", "json", "val_labels", "val_synsets",
-                                                     "backend", "threads", "file_format", "file_name", "quantize",
-                                                     "calib_data", "calib_images", "source", "input", "preset")]
-EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json", "val_labels", "val_synsets"]
-INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
-EXPORT_KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
-               "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images"]
-CONVERT_KEYS = ["source", "input", "model", "width", "output", "preset"]
-# What the command line says of a model file to run, where the file's meta is silent (inference.load_model).
-MODEL_FILE_KEYS = ("model", "num_classes", "width", "bn_momentum", "bn_eps", "resize")
 FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"}
 NONE_WORDS = {"", "none", "null", "false"}
 

@@ -21,8 +21,7 @@ below; the README gives their accuracy).
 """
 from pathlib import Path
 
-from mobilenetv3.cli import parse_args, run_cli
-from mobilenetv3.config import CONVERT_KEYS
+from mobilenetv3.cli import CONVERT_KEYS, parse_args, run_cli
 from mobilenetv3.deploy.presets import PRESETS, preset
 from mobilenetv3.errors import UserError
 

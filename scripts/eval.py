@@ -27,8 +27,7 @@ the checkpoint to ONNX once (cached next to it as <name>-<resize>px.onnx) and ru
 import json
 import sys
 
-from mobilenetv3.cli import parse_args, run_cli
-from mobilenetv3.config import EVAL_KEYS, MODEL_FILE_KEYS
+from mobilenetv3.cli import EVAL_KEYS, MODEL_FILE_KEYS, parse_args, run_cli
 
 
 def main(argv=None):

@@ -28,8 +28,7 @@ import importlib.util
 import sys
 
 from mobilenetv3.checkpoints.meta import flagged
-from mobilenetv3.cli import parse_args, run_cli
-from mobilenetv3.config import EXPORT_KEYS, MODEL_FILE_KEYS
+from mobilenetv3.cli import EXPORT_KEYS, MODEL_FILE_KEYS, parse_args, run_cli
 from mobilenetv3.errors import UserError
 
 

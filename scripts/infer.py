@@ -21,8 +21,7 @@ with ONNX Runtime: the same predictions, several times faster on CPU.
 """
 import sys
 
-from mobilenetv3.cli import parse_args, run_cli
-from mobilenetv3.config import INFER_KEYS, MODEL_FILE_KEYS
+from mobilenetv3.cli import INFER_KEYS, MODEL_FILE_KEYS, parse_args, run_cli
 from mobilenetv3.errors import UserError
 
 

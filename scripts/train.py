@@ -11,8 +11,7 @@ Examples:
   python scripts/train.py --config my.yaml --resume auto
   python scripts/train.py --data_url DIR --num_classes 37 --pretrained imagenet.ckpt --max_lr 0.01
 """
-from mobilenetv3.cli import parse_args, run_cli
-from mobilenetv3.config import TRAIN_KEYS
+from mobilenetv3.cli import TRAIN_KEYS, parse_args, run_cli
 
 
 def main(argv=None):

@@ -12,7 +12,8 @@ import mindspore as ms  # noqa: E402
 from conftest import run_script  # noqa: E402
 from mobilenetv3.checkpoints import files as checkpoint  # noqa: E402
 from mobilenetv3.checkpoints.meta import flagged  # noqa: E402
-from mobilenetv3.config import MODEL_FILE_KEYS, build_config  # noqa: E402
+from mobilenetv3.cli import MODEL_FILE_KEYS
+from mobilenetv3.config import build_config  # noqa: E402
 from mobilenetv3.deploy.convert import (TIMM_STAGE_SIZES, convert_state_dict, read_torch_state_dict,  # noqa: E402
                                         torchvision_to_timm)
 from mobilenetv3.errors import UserError  # noqa: E402

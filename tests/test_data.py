@@ -10,12 +10,18 @@ from mobilenetv3.data import decoding, folders, pipeline, rand_augment, transfor
 from mobilenetv3.data.decoding import EncodedImage
 from mobilenetv3.data.pipeline import UNREADABLE, DecodedImages, create_dataset
 from mobilenetv3.data.preprocessing import Preprocessing
-from mobilenetv3.data.sampler import EpochSampler
+from mobilenetv3.data.sampler import EpochSampler, RunKeys
 from mobilenetv3.data.transforms import Augmentation, random_resized_crop_box
 from mobilenetv3.errors import UserError
 from mobilenetv3.native import cpu_info, jpeg_crop
 
 SEED = 1  # Config's default seed, which these tests drew from before the data functions took value objects
+
+
+def rows(epoch, keys):
+    """A batch of the pipeline's (epoch, key) rows."""
+    keys = np.asarray(list(keys))
+    return np.stack([np.full_like(keys, epoch), keys], axis=1)
 
 
 def read_rgb(path, shrink=1.0):
@@ -75,7 +81,7 @@ def test_unreadable_images_are_replaced_and_named(tmp_path, capsys):
     bad.write_bytes(b"\xff\xd8\xff\xe0 garbage")
     source = DecodedImages([(str(bad), 0), (str(good), 1)], Preprocessing(resize=8), Augmentation(),
                            seed=SEED)  # training: replaced
-    image, label = source[0]
+    image, label = source.view(0, 0)
     assert label == 1 and np.all(image == (5, 6, 7))
     assert f"warning: skipping unreadable image {bad}" in capsys.readouterr().err
 
@@ -170,13 +176,43 @@ def test_training_batches_are_reproducible_and_sharded(image_folder):
 
     def batches(batch_size=8, **kw):
         dataset = create_dataset(folder, Preprocessing(resize=32), batch_size, workers=2, augmentation=Augmentation(),
-                                 seed=SEED, epoch=1, **kw)
+                                 seed=SEED, first_epoch=1, **kw)
         return [b for b, _ in dataset.create_tuple_iterator(output_numpy=True)]
     once, again = batches(), batches()
     assert len(once) == 48 // 8 and all(np.array_equal(a, b) for a, b in zip(once, again))
     ranks = [batches(8 // 2, num_shards=2, shard_id=r) for r in range(2)]
     # Rank r's batch k holds every other image of the one-process batch k: same crops, same flips.
     assert np.array_equal(ranks[0][0], once[0][0::2]) and np.array_equal(ranks[1][0], once[0][1::2])
+
+
+def test_run_keys_are_each_epochs_order_in_whole_batches_after_the_skipped_steps():
+    keys = RunKeys(10, 2, first_epoch=2, epochs=3, skip_steps=1, seed=5, num_shards=2, shard_id=1)
+    assert keys.steps_per_epoch == 5 // 2 == 2 and len(keys) == 3 * 4 - 2
+    orders = {epoch: EpochSampler(10, True, 5, epoch, num_shards=2, shard_id=1).indices()[:4] for epoch in (2, 3, 4)}
+    expected = [(2, k) for k in orders[2][2:]] + [(e, k) for e in (3, 4) for k in orders[e]]
+    assert [tuple(keys[i]) for i in range(len(keys))] == expected
+    assert [tuple(keys[i]) for i in (9, 0, 5)] == [expected[9], expected[0], expected[5]]  # in any order
+    with pytest.raises(IndexError):
+        keys[len(keys)]
+    with pytest.raises(ValueError, match="skip_steps"):
+        RunKeys(10, 2, skip_steps=5)  # five steps per epoch: at most four of them can be done
+
+
+def test_a_runs_pipeline_is_its_epochs_pipelines_one_after_the_other(image_folder):
+    """The batches of one pipeline over epochs 1-2, resumed 2 steps into epoch 1, are those of the
+    one-epoch pipelines of epochs 1 and 2 (each drawn from (seed, epoch, key) alone) without its first 2."""
+    folder = folders.scan_image_folder(image_folder / "train")
+
+    def batches(first_epoch, epochs=1, skip_steps=0):
+        dataset = create_dataset(folder, Preprocessing(resize=16), 8, workers=2, augmentation=Augmentation(),
+                                 seed=SEED, first_epoch=first_epoch, epochs=epochs, skip_steps=skip_steps)
+        assert dataset.get_batch_size() == 8  # GPU sink mode sets its device queue up with it
+        return list(dataset.create_tuple_iterator(output_numpy=True))
+    run = batches(1, epochs=2, skip_steps=2)
+    expected = batches(1)[2:] + batches(2)
+    assert len(run) == len(expected) == 4 + 6
+    for (images, labels), (images_1, labels_1) in zip(run, expected):
+        assert np.array_equal(images, images_1) and np.array_equal(labels, labels_1)
 
 
 def test_batch_larger_than_data(image_folder):
@@ -232,15 +268,15 @@ def test_min_crop_area_one_keeps_the_whole_image_and_only_flips(tmp_path):
     whole = DecodedImages([(str(path), 0)] * 64, Preprocessing(resize=28), Augmentation(min_crop_area=1.0), seed=SEED)
     flips = 0
     for key in range(64):
-        image = whole[key][0][:, :, 0]
+        image = whole.view(0, key)[0][:, :, 0]
         flipped = np.array_equal(image, pixels[:, ::-1])
         assert flipped or np.array_equal(image, pixels), key
         flips += flipped
     assert 16 < flips < 48  # about half flipped
     cropped = DecodedImages([(str(path), 0)] * 8, Preprocessing(resize=28), Augmentation(),
                             seed=SEED)  # default 0.08: real crops
-    assert all(cropped[key][0].shape == (28, 28, 3) for key in range(8))
-    assert sum(np.array_equal(cropped[key][0][:, :, 0], pixels) for key in range(8)) <= 1
+    assert all(cropped.view(0, key)[0].shape == (28, 28, 3) for key in range(8))
+    assert sum(np.array_equal(cropped.view(0, key)[0][:, :, 0], pixels) for key in range(8)) <= 1
 
 
 def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
@@ -249,7 +285,7 @@ def test_unreadable_eval_images_are_left_out_not_replaced(tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"")
     source = DecodedImages([(str(bad), 0), (str(good), 1)], Preprocessing(resize=8))  # no augmentation: evaluation
-    assert source[0][1] == UNREADABLE and source[1][1] == 1
+    assert source.view(0, 0)[1] == UNREADABLE and source.view(0, 1)[1] == 1
     assert f"skipping unreadable image {bad}" in capsys.readouterr().err
     logits = np.array([[0.0, 1.0], [1.0, 0.0]])
     counts = count_correct(logits, np.array([UNREADABLE, 1]))
@@ -261,7 +297,7 @@ def test_training_batches_are_the_same_for_any_worker_count(image_folder):
 
     def batches(workers):
         dataset = create_dataset(folder, Preprocessing(resize=32), 8, workers=workers, augmentation=Augmentation(),
-                                 seed=SEED, epoch=3)
+                                 seed=SEED, first_epoch=3)
         return list(dataset.create_tuple_iterator(output_numpy=True))
     one, two = batches(1), batches(2)  # two: worker processes
     assert len(one) == len(two) == 48 // 8
@@ -275,7 +311,7 @@ def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     path = save(tmp_path / "a.png", Image.fromarray(pixels))
     settings = Preprocessing(resize=24)
-    source = DecodedImages([(str(path), 0)], settings, Augmentation(random_erase=0.5), seed=7, epoch=2)
+    source = DecodedImages([(str(path), 0)], settings, Augmentation(random_erase=0.5), seed=7)
     mean_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
     erased, expected_images = 0, []
     for key in range(20):
@@ -291,7 +327,7 @@ def test_crop_flip_and_erasing_come_from_seed_epoch_and_key(tmp_path):
                 assert 0.02 * 576 - 24 <= h * w <= 576 / 3 + 24 and h < 24 and w < 24
                 erased += 1
         expected_images.append(expected)
-    images, labels = source(np.arange(20))  # one batch
+    images, labels = source(rows(2, range(20)))  # one batch of epoch 2
     assert images.shape == (20, 24, 24, 3) and labels.tolist() == [0] * 20
     for key, (image, expected) in enumerate(zip(images, expected_images)):
         assert np.array_equal(image, expected), key
@@ -346,7 +382,7 @@ def test_large_jpegs_decode_reduced_but_crop_the_same_region(tmp_path):
         flip = rng.random() < 0.5
         expected = transforms.resize(np.ascontiguousarray(full[top:top + h, left:left + w]), (100, 100), "bilinear")
         expected = expected[:, ::-1] if flip else expected
-        assert np.abs(source[key][0].astype(int) - expected).mean() < 3, key
+        assert np.abs(source.view(0, key)[0].astype(int) - expected).mean() < 3, key
         reduced += decoding.reduction(min(h, w) / 100) > 1
     assert reduced >= 6
     for shrink, shape in ((1.9, (1200, 1600, 3)), (2, (600, 800, 3)), (4.7, (300, 400, 3)), (50, (150, 200, 3))):
@@ -526,7 +562,7 @@ def test_pixel_erasing_fills_normal_noise_once_normalised(tmp_path):
     settings = Preprocessing(resize=64)
     for mode in ("const", "pixel"):
         augmentation = Augmentation(random_erase=1.0, random_erase_mode=mode)
-        images[mode] = DecodedImages([(str(path), 0)], settings, augmentation, seed=9, epoch=0)(np.arange(8))[0]
+        images[mode] = DecodedImages([(str(path), 0)], settings, augmentation, seed=9)(rows(0, range(8)))[0]
     const_colour = np.round(255 * np.asarray(settings.mean)).astype(np.uint8)
     erased = np.all(images["const"] == const_colour, axis=-1)
     assert erased.sum() > 8 * 0.02 * 64 * 64  # every image erased
@@ -546,7 +582,7 @@ def test_an_augmentation_error_is_not_taken_for_an_unreadable_file(tmp_path, mon
         raise ValueError("augmentation bug")
     monkeypatch.setattr(rand_augment, "apply", broken)
     source = DecodedImages([(str(path), 0)], Preprocessing(resize=16), Augmentation(rand_augment="rand-m9"),
-                           seed=SEED, epoch=0)
+                           seed=SEED)
     with pytest.raises(ValueError, match="augmentation bug"):
-        source(np.arange(2))
+        source(rows(0, range(2)))
     assert "unreadable" not in capsys.readouterr().err

@@ -115,7 +115,7 @@ def test_an_explicit_gpu_without_one_is_one_line_naming_the_cause_and_the_fix(tm
                                                    (["--device_target", "CPU"], "NVIDIA driver: missing", "CPU")])
 def test_the_device_is_chosen_from_the_flag_and_what_the_machine_has(monkeypatch, capsys, argv, problem, device):
     from mobilenetv3.cli import parse_args
-    from mobilenetv3.config import TRAIN_KEYS
+    from mobilenetv3.cli import TRAIN_KEYS
     monkeypatch.setattr(gpu_env, "start_up_problem", lambda environ=None: problem)
     assert parse_args(argv, keys=TRAIN_KEYS).device_target == device
     said = capsys.readouterr().err.splitlines()
@@ -159,7 +159,8 @@ def test_mindspore_cause_keeps_the_detail_lines_not_the_call_stack():
 
 def test_device_id_flag_is_parsed_and_checked():
     from mobilenetv3.cli import parse_args
-    from mobilenetv3.config import EVAL_KEYS, INFER_KEYS, TRAIN_KEYS, ConfigError
+    from mobilenetv3.cli import EVAL_KEYS, INFER_KEYS, TRAIN_KEYS
+    from mobilenetv3.config import ConfigError
     assert parse_args(["--device_id", "3"], keys=TRAIN_KEYS).device_id == 3
     assert parse_args([], keys=TRAIN_KEYS).device_id == 0
     assert "device_id" in EVAL_KEYS and "device_id" in INFER_KEYS

@@ -14,7 +14,8 @@ from conftest import REPO, reference_eval_input, run_script
 from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.checkpoints.meta import sidecar_path
 from mobilenetv3.cli import run_cli
-from mobilenetv3.config import MODEL_FILE_KEYS, build_config
+from mobilenetv3.cli import MODEL_FILE_KEYS
+from mobilenetv3.config import build_config
 from mobilenetv3.data.imagenet import display_names, model_classes
 from mobilenetv3.deploy.inference import Prediction, class_names_of, load_model, predict_folder, write_predictions
 from mobilenetv3.models.factory import create_model

@@ -20,7 +20,8 @@ from mobilenetv3.checkpoints import files as checkpoint  # noqa: E402
 from mobilenetv3.checkpoints.meta import read_meta  # noqa: E402
 from mobilenetv3.cli import run_cli  # noqa: E402
 from mobilenetv3.cluster import device  # noqa: E402
-from mobilenetv3.config import MODEL_FILE_KEYS, build_config  # noqa: E402
+from mobilenetv3.cli import MODEL_FILE_KEYS
+from mobilenetv3.config import build_config  # noqa: E402
 from mobilenetv3.deploy import export, onnx_backend  # noqa: E402
 from mobilenetv3.deploy.inference import class_names_of, load_model  # noqa: E402
 from mobilenetv3.deploy.onnx_graph import ONNX_OPSET  # noqa: E402

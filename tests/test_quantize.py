@@ -15,7 +15,8 @@ pytest.importorskip("onnx")
 from conftest import REPO, reference_eval_input  # noqa: E402
 from mobilenetv3.checkpoints.meta import read_meta  # noqa: E402
 from mobilenetv3.cli import run_cli  # noqa: E402
-from mobilenetv3.config import MODEL_FILE_KEYS, build_config  # noqa: E402
+from mobilenetv3.cli import MODEL_FILE_KEYS
+from mobilenetv3.config import build_config  # noqa: E402
 from mobilenetv3.deploy import export, onnx_backend, quantize  # noqa: E402
 from mobilenetv3.deploy.inference import class_names_of, load_model  # noqa: E402
 

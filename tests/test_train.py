@@ -1,3 +1,4 @@
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -35,6 +36,20 @@ def test_loss_falls_log_lines_and_checkpoint_rotation(small_config, capsys):
     assert meta["config"]["batch_size"] == 8
     # The learning rate printed is the schedule's: cosine over 4 epochs, constant within an epoch.
     assert lines[6].endswith("lr:0.04268") and lines[0].endswith("lr:0.05000")
+
+
+def test_a_run_builds_one_pipeline_for_all_its_epochs(small_config, monkeypatch):
+    """One dataset per start or resume (its workers start once; in sink mode one sink graph): it holds every
+    remaining epoch, from where the checkpoint left off."""
+    from mobilenetv3.training import trainer
+    built = []
+    real = trainer.create_dataset
+    monkeypatch.setattr(trainer, "create_dataset", lambda *a, **kw: built.append(kw) or real(*a, **kw))
+    config = small_config(epoch_size=2, decay_epoch=3, log_interval=100)
+    train(config)
+    assert [(kw["first_epoch"], kw["epochs"], kw["skip_steps"]) for kw in built] == [(0, 2, 0)]
+    train(dataclasses.replace(config, epoch_size=3, resume="auto"))
+    assert [(kw["first_epoch"], kw["epochs"], kw["skip_steps"]) for kw in built[1:]] == [(2, 1, 0)]
 
 
 # CI time: all with --runslow; test_hardening's resumes after a signal check the same exactness by default.
@@ -131,3 +146,20 @@ def test_eval_interval_validates_on_val(small_config, capsys):
     train(small_config(epoch_size=1, eval_interval=1))
     assert re.search(r"^validation after epoch 1: \{'Top_1_Accuracy': [\d.]+, 'Top_5_Accuracy': 1.0\}$",
                      capsys.readouterr().out, re.M)
+
+
+def test_the_sink_plan_is_said_once_at_start_and_the_cpu_never_sinks(small_config, caplog):
+    from mobilenetv3.training.trainer import sink_plan
+    config = small_config(dataset_sink_mode=True, log_interval=0)
+    assert sink_plan(config, 2502, 0, True) == 0  # CPU: MindSpore never sinks
+    gpu = dataclasses.replace(config, device_target="GPU")
+    with caplog.at_level("INFO", logger="mobilenetv3"):
+        assert sink_plan(gpu, 2502, 0, True) == 139
+        assert sink_plan(dataclasses.replace(gpu, log_interval=100), 2502, 0, False) == 18  # rank 1 says nothing
+        assert sink_plan(dataclasses.replace(gpu, sink_size=278), 2502, 139, True) == 139
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "dataset sink mode: 139 steps per sink (the smallest divisor of at least 100, else the whole epoch, of the "
+        "epoch's 2502 steps)",
+        "dataset sink mode: 139 steps per sink (--sink_size, of the epoch's 2502 steps, and of the 139 steps done "
+        "before the resume)"]
+    assert sink_plan(dataclasses.replace(gpu, dataset_sink_mode=False), 2502, 0, True) == 0

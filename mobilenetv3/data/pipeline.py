@@ -1,7 +1,10 @@
 """Image folders -> batched MindSpore datasets of (uint8 NHWC images, int32 labels), training or evaluation.
 
-The pipeline: the sample keys of one epoch (sampler.EpochSampler), batched -> the whole batch decoded,
-cropped, flipped and resized (DecodedImages) by one of the data workers. A row per batch, not per image:
+The pipeline: sample keys as (epoch, key) rows (sampler.RunKeys: every remaining epoch of a training run
+in one pipeline; one epoch's in order for evaluation), batched -> the whole batch decoded, cropped,
+flipped and resized (DecodedImages) by one of the data workers. One pipeline per run, not per epoch:
+its worker processes start once, and in GPU/Ascend sink mode MindSpore keeps the sink network on the
+dataset object, so one dataset is one graph compiled. A row per batch, not per image:
 MindSpore's Python map costs a fixed time per row (thread hand-overs, queues, shared memory), which per
 image was a sizeable share of the image's own work. The keys are batched before the map, so the dataset
 reports its batch size (GPU sink mode sets up its queue with it). They come from a one-worker source and
@@ -17,6 +20,7 @@ quarter of the bytes crosses to the device, and the pipeline's CPUs are spared t
 """
 import functools
 import logging
+import math
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -29,7 +33,7 @@ from ..native.cpu_info import available_cpus
 from .decoding import READ_ERRORS, EncodedImage
 from .folders import ImageFolder
 from .preprocessing import Preprocessing
-from .sampler import EpochSampler
+from .sampler import EpochSampler, RunKeys, epoch_steps
 from .transforms import Augmentation, augmented, cropped, eval_image
 
 logger = logging.getLogger(__name__)
@@ -37,8 +41,8 @@ UNREADABLE = -1  # label of an evaluation sample whose file could not be read
 
 
 class DecodedImages:
-    """Key -> (uint8 HWC image at the network's size, label); called with a batch of keys, the map
-    function of the pipeline.
+    """(epoch, key) -> (uint8 HWC image at the network's size, label); called with a batch of such rows, the
+    map function of the pipeline.
 
     Training (with `augmentation`): the random-resized crop, horizontal flip, RandAugment and erased
     rectangle of each sample are drawn from (seed, epoch, key) alone: MindSpore's random ops draw from
@@ -54,28 +58,28 @@ class DecodedImages:
     """
 
     def __init__(self, samples: List[Tuple[str, int]], preprocessing: Preprocessing,
-                 augmentation: Optional[Augmentation] = None, seed: int = 0, epoch: int = 0):
-        self.samples, self.preprocessing, self.augmentation = samples, preprocessing, augmentation
-        self.seed, self.epoch = seed, epoch
+                 augmentation: Optional[Augmentation] = None, seed: int = 0):
+        self.samples, self.preprocessing, self.augmentation, self.seed = samples, preprocessing, augmentation, seed
         self.rand_augment = rand_augment.parse(augmentation.rand_augment) \
             if augmentation is not None and augmentation.rand_augment else None
 
     def __len__(self):
         return len(self.samples)
 
-    def __call__(self, keys: np.ndarray):
-        """(uint8 NHWC images, int32 labels) of the samples `keys`: one batch."""
+    def __call__(self, rows: np.ndarray):
+        """(uint8 NHWC images, int32 labels) of the (epoch, key) `rows`: one batch."""
         size = self.preprocessing.resize
-        images, labels = np.empty((len(keys), size, size, 3), np.uint8), np.empty(len(keys), np.int32)
-        for row, key in enumerate(keys.tolist()):
-            images[row], labels[row] = self[key]
+        images, labels = np.empty((len(rows), size, size, 3), np.uint8), np.empty(len(rows), np.int32)
+        for index, (epoch, key) in enumerate(rows.tolist()):
+            images[index], labels[index] = self.view(epoch, key)
         return images, labels
 
-    def __getitem__(self, key):
+    def view(self, epoch: int, key: int):
+        """(image, label) of sample `key` in `epoch`."""
         training = self.augmentation is not None
         for offset in range(len(self.samples)):
             path, label = self.samples[(key + offset) % len(self.samples)]
-            rng = np.random.default_rng([self.seed, self.epoch, key]) if training else None
+            rng = np.random.default_rng([self.seed, epoch, key]) if training else None
             try:  # only reading and decoding: an error in the augmentation below is not the file's fault
                 image = EncodedImage(path)
                 decoded = cropped(image, self.preprocessing.resize, self.augmentation.min_crop_area, rng) \
@@ -113,24 +117,41 @@ def data_workers(requested: int) -> int:
     return min(requested, share) or share
 
 
+def training_steps(folder: ImageFolder, batch_size: int, repeats: int = 1, num_shards: int = 1) -> int:
+    """Steps of a training epoch over `folder` (sampler.epoch_steps); a UserError if not one batch fits."""
+    steps = epoch_steps(len(folder.samples), batch_size, repeats, num_shards)
+    if steps == 0:
+        per_process = math.ceil(len(folder.samples) * repeats / num_shards)
+        raise UserError(f"batch_size {batch_size} is larger than the {per_process} training images per process in "
+                        f"{folder.root}; lower --batch_size")
+    return steps
+
+
 def create_dataset(folder: ImageFolder, preprocessing: Preprocessing, batch_size: int, workers: int = 0,
-                   augmentation: Optional[Augmentation] = None, seed: int = 0, epoch: int = 0, repeats: int = 1,
-                   num_shards: int = 1, shard_id: int = 0):
-    """Batched dataset of (uint8 NHWC images, int32 labels) of `folder` for one rank and one epoch, with
-    data_workers(workers) workers. With `augmentation` a training epoch: `repeats` passes shuffled by
-    (seed, epoch), shards padded to the same length, the last short batch dropped, random views drawn
-    from (seed, epoch, key). Without, an evaluation: every image once, in order, eval views."""
+                   augmentation: Optional[Augmentation] = None, seed: int = 0, first_epoch: int = 0, epochs: int = 1,
+                   skip_steps: int = 0, repeats: int = 1, num_shards: int = 1, shard_id: int = 0):
+    """Batched dataset of (uint8 NHWC images, int32 labels) of `folder` for one rank, with data_workers(workers)
+    workers.
+
+    With `augmentation`, training: `epochs` epochs from `first_epoch` (counted from 0) in one pipeline, the
+    first one's first `skip_steps` batches left out; each epoch `repeats` passes shuffled by (seed, epoch),
+    shards padded to the same length, its last short batch dropped, random views drawn from (seed, epoch,
+    key) (sampler.RunKeys). Without, an evaluation: every image once, in order, eval views."""
     import mindspore.dataset as ds
     training = augmentation is not None
-    sampler = EpochSampler(len(folder.samples), shuffle=training, seed=seed, epoch=epoch,
-                           repeats=repeats if training else 1, num_shards=num_shards, shard_id=shard_id, pad=training)
-    if training and len(sampler) < batch_size:
-        raise UserError(f"batch_size {batch_size} is larger than the {len(sampler)} training images per "
-                        f"process in {folder.root}; lower --batch_size")
+    if training:
+        training_steps(folder, batch_size, repeats, num_shards)
+        source = RunKeys(len(folder.samples), batch_size, first_epoch, epochs, skip_steps, seed, repeats, num_shards,
+                         shard_id)
+        keys = ds.GeneratorDataset(source, column_names=["keys"], shuffle=False, num_parallel_workers=1,
+                                   python_multiprocessing=False)
+    else:
+        order = EpochSampler(len(folder.samples), False, num_shards=num_shards, shard_id=shard_id, pad=False).indices()
+        keys = ds.NumpySlicesDataset({"keys": np.stack([np.zeros_like(order), order], axis=1)}, shuffle=False)
     workers = data_workers(workers)
     if training and folder.has_jpegs:
         jpeg_crop.library(say_why=is_main_process())  # decided before the workers start: they inherit it
-    decode = DecodedImages(folder.samples, preprocessing, augmentation, seed, epoch)
-    keys = ds.NumpySlicesDataset({"keys": sampler.indices()}, shuffle=False).batch(batch_size, drop_remainder=training)
-    return keys.map(decode, input_columns="keys", output_columns=["image", "label"], num_parallel_workers=workers,
-                    python_multiprocessing=workers > 1)
+    decode = DecodedImages(folder.samples, preprocessing, augmentation, seed)
+    return keys.batch(batch_size, drop_remainder=training).map(
+        decode, input_columns="keys", output_columns=["image", "label"], num_parallel_workers=workers,
+        python_multiprocessing=workers > 1)

@@ -8,7 +8,7 @@ generators. Resizing, AutoAugment and colour jitter run in MindSpore's C++ visio
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 

@@ -1,6 +1,7 @@
-"""The seed's step line every `log_interval` steps, a summary per epoch, the guard against a loss gone
-bad, and how an epoch is cut into sinks in dataset sink mode. The lines are logged (logger
-mobilenetv3.training.step_log); the scripts print them on stdout, and train.log keeps them."""
+"""The seed's step line, a summary per epoch, the epoch-end work and the guard against a loss gone bad,
+as callbacks of the one Model.train call that runs a training run; and how the run is cut into sinks in
+dataset sink mode. The lines are logged (logger mobilenetv3.training.step_log); the scripts print them on
+stdout, and train.log keeps them."""
 import logging
 import math
 import time
@@ -22,25 +23,46 @@ class NonFiniteLoss(UserError):
     pass
 
 
-def sink_size(steps: int, skip_steps: int, log_interval: int) -> int:
-    """Steps per sink in dataset sink mode for an epoch of `steps` of which `skip_steps` are done.
+# Sinks of at least this many steps, where the epoch's steps allow: each sink ends with a return to the
+# host (the loss read back, the callbacks), a fixed cost that a step of tens of milliseconds must not pay
+# often (docs/performance.md, Feeding GPUs).
+MIN_SINK_STEPS = 100
 
-    Callbacks run only between sinks, so every sink must end on a step the log prints (the multiples
-    of log_interval and the epoch's last step), and none may run past the epoch's end: MindSpore would
-    repeat this epoch's pipeline instead of starting the next one's.
+
+def divisors(number: int) -> list:
+    return [d for d in range(1, number + 1) if number % d == 0]
+
+
+def sink_size(steps: int, skip_steps: int = 0, log_interval: int = 0, requested: int = 0) -> int:
+    """Steps per sink in dataset sink mode, for epochs of `steps` steps of which the first epoch's first
+    `skip_steps` ran before a resume.
+
+    Callbacks (the step line, the epoch-end work, the stop signals) run only between sinks, and one
+    Model.train call has one sink size, so it divides an epoch's steps and, resuming, the steps done of the
+    first epoch. `requested` (--sink_size) is taken as it is; else the largest divisor not above
+    `log_interval` (the user asked to see steps that often); else the smallest divisor of at least
+    MIN_SINK_STEPS, or the whole epoch. A resume from a step the size does not divide sinks in their
+    greatest common divisor.
     """
-    return math.gcd(log_interval, steps, skip_steps)
+    if requested:
+        if steps % requested:
+            raise UserError(f"sink_size {requested} does not divide the {steps} steps of an epoch; use one of "
+                            f"{', '.join(map(str, divisors(steps)))}, or 0 to have one chosen")
+        size = requested
+    elif log_interval:
+        size = max(d for d in divisors(steps) if d <= log_interval)
+    else:
+        size = min((d for d in divisors(steps) if d >= MIN_SINK_STEPS), default=steps)
+    return math.gcd(size, skip_steps) if skip_steps else size
 
 
-def run_epoch(model, dataset, log, steps, skip_steps, log_interval, sink):
-    """One epoch of `model.train` on `dataset` (its `steps - skip_steps` batches), sunk in
-    sink_size(...) chunks when `sink`: each chunk is one of Model.train's epochs."""
+def run(model, dataset, log, steps: int, sink: int = 0):
+    """The rest of a training run: `steps` batches of `dataset` through `model`, in sinks of `sink` steps
+    (dataset sink mode; each sink one of Model.train's epochs), else unsunk, with `log` (a StepLog)."""
     if not sink:
         model.train(1, dataset, callbacks=[log], dataset_sink_mode=False)
         return
-    per_sink = sink_size(steps, skip_steps, log_interval)
-    model.train((steps - skip_steps) // per_sink, dataset, callbacks=[log], dataset_sink_mode=True,
-                sink_size=per_sink)
+    model.train(steps // sink, dataset, callbacks=[log], dataset_sink_mode=True, sink_size=sink)
 
 
 def step_outputs(outputs):
@@ -85,28 +107,37 @@ class LossGuard:
 
 
 class StepLog(Callback):
-    """The seed's step line every `log_interval` steps, a summary per epoch, and the LossGuard.
+    """What happens between the steps of a training run: the seed's step line, the LossGuard, a summary at
+    each epoch's end followed by `on_epoch_end(epoch, summary)` (the trainer's checkpoint, validation and
+    metrics), and a stop at the next step (or sink) once a stop signal was received.
 
-    One Model.train call runs one epoch, whether unsunk or in several sinks. In sink mode the callbacks
-    see the last step of each sink: its loss, and the time of the sink divided by its steps. The
-    learning rate printed is the one the optimiser last applied, read from its step counter, which a
-    step skipped on overflow does not advance.
+    One Model.train call runs the rest of the run, starting `skipped` steps into `epoch`. Unsunk, the
+    callbacks see every step and the line is printed every `log_interval` steps and at each epoch's end;
+    sunk, they see the last step of each sink, its loss, and the time of the sink divided by its steps, and
+    the line is printed at every sink's end (log_interval 0). The learning rate printed is the one the
+    optimiser last applied, read from its step counter, which a step skipped on overflow does not advance.
     """
 
-    def __init__(self, lr, epochs, steps, batch_size, log_interval, global_step, printing=True, stop_signals=None):
+    def __init__(self, lr, epochs, steps, batch_size, log_interval, global_step, epoch=1, skipped=0, printing=True,
+                 stop_signals=None, on_epoch_end=None):
         self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
         self.log_interval, self.printing, self.stop_signals = log_interval, printing, stop_signals
+        self.on_epoch_end = on_epoch_end
         self.global_step = global_step  # the optimiser's count of applied steps (a Parameter)
-        self.epoch, self.skipped = 0, 0  # skipped: steps of this epoch done before a resume
-        self.steps_done = 0
+        self.epoch, self.skipped = epoch, skipped  # skipped: steps of this epoch done before a resume
+        self.steps_done = skipped  # of this epoch
+        self.run_steps = 0  # of this Model.train call
         self.guard = LossGuard()
 
     def applied_steps(self) -> int:
         return int(self.global_step.asnumpy().reshape(-1)[0])
 
+    def start_epoch(self):
+        self.losses, self.epoch_start, self.scale = [], time.time(), None
+        self.applied_at_start = self.applied_steps()
+
     def on_train_begin(self, run_context):
-        self.losses, self.epoch_start, self.steps_done = [], time.time(), self.skipped
-        self.applied_at_start, self.scale = self.applied_steps(), None
+        self.start_epoch()
 
     def on_train_step_begin(self, run_context):
         self.step_start = time.time()
@@ -114,35 +145,43 @@ class StepLog(Callback):
     def on_train_step_end(self, run_context):
         params = run_context.original_args()
         loss, overflow, self.scale = step_outputs(params.net_outputs)
-        # cur_step_num counts the steps of this Model.train call; in sink mode several pass per callback.
-        step = self.skipped + params.cur_step_num
-        steps_run, self.steps_done = step - self.steps_done, step
+        # cur_step_num counts the steps of this Model.train call; in sink mode a sink's pass per callback.
+        steps_run, self.run_steps = params.cur_step_num - self.run_steps, params.cur_step_num
+        self.steps_done += steps_run
+        step = self.steps_done
         self.guard.check(loss, overflow, self.scale, self.epoch, step)
         if math.isfinite(loss):
             self.losses.append(loss)
-        if self.printing and (step % self.log_interval == 0 or step == self.steps):
+        if self.printing and (not self.log_interval or step % self.log_interval == 0 or step == self.steps):
             applied = min(max(self.applied_steps() - 1, 0), len(self.lr) - 1)
             logger.info(LOG_FORMAT.format(epoch=self.epoch, epochs=self.epochs, step=step, steps=self.steps, loss=loss,
                                           mean=float(np.mean(self.losses)) if self.losses else loss,
                                           ms=1000 * (time.time() - self.step_start) / steps_run,
                                           lr=float(self.lr[applied])))
+        if step == self.steps:
+            self.end_epoch()
         if self.stop_signals is not None and self.stop_signals.received is not None:
             run_context.request_stop()
 
-    def on_train_end(self, run_context):
+    def end_epoch(self):
+        """The epoch's summary (what metrics.jsonl records), its line, on_epoch_end, then the next epoch."""
         seconds = time.time() - self.epoch_start
         steps = self.steps_done - self.skipped
         skipped = steps - (self.applied_steps() - self.applied_at_start)
         applied = min(max(self.applied_steps() - 1, 0), len(self.lr) - 1)
-        self.summary = dict(global_step=(self.epoch - 1) * self.steps + self.steps_done,
-                            loss=float(np.mean(self.losses)) if self.losses else float("nan"),
-                            lr=float(self.lr[applied]), steps=steps, seconds=round(seconds, 3),
-                            images_per_second=round(steps * self.batch_size / seconds, 2))
+        summary = dict(global_step=self.epoch * self.steps,
+                       loss=float(np.mean(self.losses)) if self.losses else float("nan"),
+                       lr=float(self.lr[applied]), steps=steps, seconds=round(seconds, 3),
+                       images_per_second=round(steps * self.batch_size / seconds, 2))
         if self.scale is not None:
-            self.summary.update(loss_scale=self.scale, overflow_steps=skipped)
+            summary.update(loss_scale=self.scale, overflow_steps=skipped)
         if self.printing:
             scaling = "" if self.scale is None else \
                 f", loss scale {self.scale:g}, {skipped} steps skipped on fp16 overflow"
             logger.info(f"Epoch {self.epoch} finished: {steps} steps in {seconds:.1f} s, "
-                        f"{self.summary['images_per_second']:.1f} img/s per process, "
-                        f"mean loss {self.summary['loss']:.4f}{scaling}")
+                        f"{summary['images_per_second']:.1f} img/s per process, "
+                        f"mean loss {summary['loss']:.4f}{scaling}")
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self.epoch, summary)
+        self.epoch, self.skipped, self.steps_done = self.epoch + 1, 0, 0
+        self.start_epoch()

@@ -1,12 +1,14 @@
 """The training run: train(config, dist) reads the config, builds the model, data, schedule and train step,
 and runs the epochs with their checkpoints, validation and run record.
 
-Each epoch builds its data pipeline afresh, seeded by (seed, epoch), and runs one `Model.train`
-epoch on it (the compiled graph is reused). The batches and augmentations of epoch e therefore do
-not depend on what ran before, and dropout masks follow (seed, rank, global step) (models/dropout.py),
-so a run resumed from a checkpoint ends with exactly the parameters of an uninterrupted one, with
-Momentum and with RMSProp (optim.py's, written with element-wise ops: nn.RMSProp's CPU kernel is not
-deterministic).
+A run (a start, or a resume) is one data pipeline over all its remaining epochs and one `Model.train`
+call: its worker processes start once, and in sink mode (GPU, Ascend) MindSpore compiles the sink graph
+once, as it keeps it on the dataset object. The epoch-end work (checkpoint, validation, metrics.jsonl)
+runs from the step log's callback at each epoch's last step. The batches and augmentations of epoch e
+are drawn from (seed, epoch, key) and do not depend on what ran before, and dropout masks follow (seed,
+rank, global step) (models/dropout.py), so a run resumed from a checkpoint ends with exactly the
+parameters of an uninterrupted one, with Momentum and with RMSProp (optim.py's, written with
+element-wise ops: nn.RMSProp's CPU kernel is not deterministic).
 """
 import contextlib
 import dataclasses
@@ -21,7 +23,7 @@ from mindspore.train import Model
 from ..checkpoints.files import checkpoint_name, latest, load, load_weights
 from ..checkpoints.meta import check_model_matches
 from ..data.folders import scan_image_folder, split_dir
-from ..data.pipeline import create_dataset
+from ..data.pipeline import create_dataset, training_steps
 from ..data.preprocessing import resolve
 from ..data.transforms import Augmentation
 from ..errors import UserError
@@ -34,7 +36,7 @@ from .optim import build_optimizer
 from .run_folder import RunFolder
 from .signals import StopSignals, TrainingInterrupted
 from .state import restore_training_state, training_state
-from .step_log import StepLog, run_epoch, sink_size
+from .step_log import StepLog, run, sink_size
 from .train_step import amp_level, build_train_step
 
 logger = logging.getLogger(__name__)
@@ -101,9 +103,9 @@ def check_validation_folder(data_url, eval_interval: int, train_folder):
 
 
 def augment_seed(seed: int, epoch: int, rank: int, size: int) -> int:
-    """The seed of MindSpore's own random ops in the pipeline (AutoAugment, colour jitter) for `epoch` on
-    `rank` of `size`: one per (epoch, rank), so ranks draw different streams; a single process keeps the
-    seed it always had."""
+    """The seed of MindSpore's own random ops in the pipeline (AutoAugment, colour jitter) of a run starting
+    at `epoch` on `rank` of `size`: one per (epoch, rank), so ranks draw different streams; a single process
+    keeps the seed it always had."""
     return ((seed * 100003 + epoch) * size + rank) % 2**32
 
 
@@ -126,16 +128,7 @@ def _train(config, dist, folder):
         config = dataclasses.replace(config, **preprocessing.as_meta())  # what run.yaml and the meta record
         if main_process:
             logger.info(line)
-    augmentation = augmentation_of(config)
-
-    def dataset_for(epoch, skip_steps=0):  # epoch counts from 0
-        ms.dataset.config.set_seed(augment_seed(config.seed, epoch, rank, size))
-        dataset = create_dataset(train_folder, preprocessing, config.batch_size, config.num_parallel_workers,
-                                 augmentation, seed=config.seed, epoch=epoch, repeats=config.repeat_num,
-                                 num_shards=size, shard_id=rank)
-        return dataset.skip(skip_steps) if skip_steps else dataset
-
-    steps = dataset_for(0).get_dataset_size()
+    steps = training_steps(train_folder, config.batch_size, config.repeat_num, size)
     lr = learning_rates(schedule_of(config), steps)
     optimizer = build_optimizer(net, lr, config.optimizer, config.momentum, config.weight_decay)
     train_step = build_train_step(net, optimizer, preprocessing, amp_level(config.amp_level, config.device_target),
@@ -159,47 +152,65 @@ def _train(config, dist, folder):
         logger.info(f"nothing to do: the checkpoint is at epoch {start_epoch} of {config.epoch_size}")
         return resume_path
 
-    # Several processes cannot agree on the step to stop at, so only a single process catches signals.
-    stop_signals = StopSignals() if size == 1 else None
-    model = Model(train_step)
-    log = StepLog(lr, config.epoch_size, steps, config.batch_size, config.log_interval,
-                  train_step.optimizer.global_step, main_process, stop_signals)
-    sink = config.dataset_sink_mode and config.device_target != "CPU"  # MindSpore never sinks on CPU
-    if sink and main_process and sink_size(steps, 0, config.log_interval) < config.log_interval:
-        logger.info(f"dataset sink: {sink_size(steps, 0, config.log_interval)} steps per sink, as log_interval "
-                    f"{config.log_interval} does not divide the {steps} steps of an epoch")
+    ms.dataset.config.set_seed(augment_seed(config.seed, start_epoch, rank, size))
+    dataset = create_dataset(train_folder, preprocessing, config.batch_size, config.num_parallel_workers,
+                             augmentation_of(config), seed=config.seed, first_epoch=start_epoch,
+                             epochs=config.epoch_size - start_epoch, skip_steps=skip_steps, repeats=config.repeat_num,
+                             num_shards=size, shard_id=rank)
+    sink = sink_plan(config, steps, skip_steps, main_process)
     meta = dict(model_meta(config, train_folder.classes, preprocessing), config=config.values())
     metrics_file = None
     if main_process:  # after the checks above: a refused run leaves no record in another run's folder
         run_record.write_run_file(config.values(), size, config.ckpt_save_dir)
         metrics_file = run_record.MetricsFile(config.ckpt_save_dir, start_epoch)
-    last = None
+    # Several processes cannot agree on the step to stop at, so only a single process catches signals.
+    stop_signals = StopSignals() if size == 1 else None
+    saved_last = [None]
     started = time.time()
-    with stop_signals or contextlib.nullcontext():
-        for epoch in range(start_epoch + 1, config.epoch_size + 1):
-            log.epoch, log.skipped = epoch, skip_steps
-            run_epoch(model, dataset_for(epoch - 1, skip_steps), log, steps, skip_steps, config.log_interval, sink)
-            skip_steps = 0
-            finished = log.steps_done == steps
+
+    def end_of_epoch(epoch, summary):
+        if main_process:
+            saved_last[0] = save(folder, config.model, train_step, meta, epoch, 0, steps)
+        validation = None
+        stopping = stop_signals is not None and stop_signals.received is not None
+        if config.eval_interval and epoch % config.eval_interval == 0 and not stopping:
+            validation = evaluate_folder(mindspore_predictor(net), net.num_classes, config.data_url, preprocessing,
+                                         config.batch_size, config.num_parallel_workers, train_folder.classes, dist)
+            net.set_train(True)  # mindspore_predictor switched it to eval mode
             if main_process:
-                done = (epoch, 0) if finished else (epoch - 1, log.steps_done)
-                last = save(folder, config.model, train_step, meta, *done, steps)
-            if stop_signals is not None and stop_signals.received is not None:
-                name = signal.Signals(stop_signals.received).name
-                raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {log.steps_done}/{steps}; saved "
-                                          f"{last}. Continue with --resume auto", stop_signals.received)
-            validation = None
-            if config.eval_interval and epoch % config.eval_interval == 0:
-                validation = evaluate_folder(mindspore_predictor(net), net.num_classes, config.data_url, preprocessing,
-                                             config.batch_size, config.num_parallel_workers, train_folder.classes,
-                                             dist)
-                net.set_train(True)  # mindspore_predictor switched it to eval mode
-                if main_process:
-                    logger.info(f"validation after epoch {epoch}: {validation.seed_dict()}")
-            if main_process and finished:
-                metrics_file.append(run_record.epoch_record(log.summary, epoch, size, time.time() - started,
-                                                            validation))
-    return last
+                logger.info(f"validation after epoch {epoch}: {validation.seed_dict()}")
+        if main_process:
+            metrics_file.append(run_record.epoch_record(summary, epoch, size, time.time() - started, validation))
+
+    log = StepLog(lr, config.epoch_size, steps, config.batch_size, 0 if sink else config.log_interval,
+                  train_step.optimizer.global_step, start_epoch + 1, skip_steps, main_process, stop_signals,
+                  end_of_epoch)
+    with stop_signals or contextlib.nullcontext():
+        run(Model(train_step), dataset, log, (config.epoch_size - start_epoch) * steps - skip_steps, sink)
+    if stop_signals is not None and stop_signals.received is not None and log.epoch <= config.epoch_size:
+        if log.steps_done and main_process:  # stopped within an epoch
+            saved_last[0] = save(folder, config.model, train_step, meta, log.epoch - 1, log.steps_done, steps)
+        epoch, step = (log.epoch, log.steps_done) if log.steps_done else (log.epoch - 1, steps)
+        name = signal.Signals(stop_signals.received).name
+        raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {step}/{steps}; saved {saved_last[0]}. "
+                                  "Continue with --resume auto", stop_signals.received)
+    return saved_last[0]
+
+
+def sink_plan(config, steps: int, skip_steps: int, main_process: bool) -> int:
+    """Steps per sink (step_log.sink_size), or 0 where the run does not sink: on CPU MindSpore never does.
+    Rank 0 says the size chosen and why, in one line."""
+    if not (config.dataset_sink_mode and config.device_target != "CPU"):
+        return 0
+    size = sink_size(steps, skip_steps, config.log_interval, config.sink_size)
+    if main_process:
+        why = ("--sink_size" if config.sink_size else f"the largest divisor not above log_interval {config.log_interval}"
+               if config.log_interval else "the smallest divisor of at least 100, else the whole epoch")
+        resumed = f", and of the {skip_steps} steps done before the resume" if skip_steps else ""
+        logger.info(f"dataset sink mode: {size} steps per sink ({why}, of the epoch's {steps} steps{resumed}); "
+                    "each sink ends with a return to the host and a step line: --log_interval N for finer logging "
+                    "costs one more per N steps")
+    return size
 
 
 def save(folder, model_name: str, train_step, meta, epochs_done, epoch_step, steps):
