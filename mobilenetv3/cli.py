@@ -82,7 +82,8 @@ def run_cli(main, argv=None):
     try:
         return main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if getattr(err, "every_rank_says_it", True) or launcher_rank() in (None, "0"):
+            print(f"error: {err}", file=sys.stderr)
         status = getattr(err, "exit_code", 2)
         if not isinstance(err, EveryRankError) and in_mpi_job():
             abort_job(status)

@@ -8,7 +8,9 @@ class UserError(Exception):
 
 class EveryRankError(UserError):
     """A UserError every rank of a distributed job raises alike (its cause was shared by a collective):
-    each rank can exit normally, none waits for another."""
+    each rank can exit normally, none waits for another. `every_rank_says_it`: each rank prints its own
+    message (they name different ranks' views), else rank 0 alone."""
+    every_rank_says_it = True
 
 
 def mindspore_cause(err: BaseException) -> str:

@@ -10,14 +10,17 @@ import ast
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, write_image_folder
+from mobilenetv3.checkpoints import files as checkpoint
 
 MPIRUN = shutil.which("mpirun")
 MSRUN = shutil.which("msrun")
@@ -135,12 +138,16 @@ def environment():
     return env
 
 
-def mpirun(hosts, script, *args, exported=(), timeout=300):
-    """`mpirun -H nodea:1,nodeb:1 ...` on nodea; `exported` are NAME=VALUE pairs given to every rank with -x."""
+def mpirun_command(hosts, script, *args, exported=()):
+    """`mpirun -H nodea:1,nodeb:1 ...`; `exported` are NAME=VALUE pairs given to every rank with -x."""
     exports = [part for pair in exported for part in ("-x", pair)]
-    command = [MPIRUN, "--allow-run-as-root", "--bind-to", "none", "-H", "nodea:1,nodeb:1", "--mca", "plm_rsh_agent",
-               hosts.agent, "-x", "PYTHONPATH", *exports, sys.executable, script, *args]
-    return hosts.run("nodea", command, environment(), timeout)
+    return [MPIRUN, "--allow-run-as-root", "--bind-to", "none", "-H", "nodea:1,nodeb:1", "--mca", "plm_rsh_agent",
+            hosts.agent, "-x", "PYTHONPATH", *exports, sys.executable, script, *args]
+
+
+def mpirun(hosts, script, *args, exported=(), timeout=300):
+    """mpirun_command(...) run on nodea; returns (exit status, output, seconds)."""
+    return hosts.run("nodea", mpirun_command(hosts, script, *args, exported=exported), environment(), timeout)
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +171,44 @@ def trained(hosts, folder, tmp_path_factory):
     assert [line[:36] for line in output.splitlines() if line.startswith("Epoch:[")] == \
         [f"Epoch:[  1/   1], step:[    {step}/    3]" for step in (1, 2, 3)]
     return out_dir / "mobilenet_v3_small-1_3.ckpt"
+
+
+# 24 images, 2 ranks x batch 2: 6 steps an epoch; a stop in epoch 1 leaves two epochs to resume.
+RESUME_EPOCHS, RESUME_STEPS = 3, 6
+
+
+def train_args(folder, ckpt_dir, *extra):
+    return [*COMMON, "--data_url", folder, "--batch_size", 2, "--epoch_size", RESUME_EPOCHS, "--ckpt_save_dir",
+            ckpt_dir, "--dataset_sink_mode", "false", *extra]
+
+
+def final_weights(ckpt_dir):
+    params, meta = checkpoint.load(checkpoint.latest(ckpt_dir))
+    assert (meta["epoch"], meta["epoch_step"]) == (RESUME_EPOCHS, 0)
+    return {name: p.asnumpy() for name, p in params.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(hosts, folder, tmp_path_factory):
+    """RESUME_EPOCHS epochs on both hosts in one go: the final checkpoint's parameters."""
+    ckpt_dir = tmp_path_factory.mktemp("uninterrupted")
+    status, output, _ = mpirun(hosts, REPO / "scripts" / "train.py", *train_args(folder, ckpt_dir), timeout=600)
+    assert status == 0, output[-5000:]
+    return final_weights(ckpt_dir)
+
+
+def descendant(pid, program):
+    """The first process under `pid` (depth first) whose argv[0] is `program`, or None."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].decode() == program:
+                return int(child)
+            found = descendant(child, program)
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +282,41 @@ def test_launch_mistakes_end_at_once_in_one_line(hosts, tmp_path, nodea, exporte
     pattern = re.escape(message).replace(re.escape("{why}"), r"\([^)]+\)")
     assert len(re.findall(pattern, output)) == 2, output[-5000:]
     assert seconds < 60, output[-3000:]  # 9-14 s here, mostly starting Python and MindSpore on both hosts
+
+
+@pytest.mark.slow  # two more two-host training jobs, and the uninterrupted one they are compared with
+def test_sigusr1_to_mpirun_stops_both_hosts_at_one_step_and_resumes_exactly(hosts, folder, uninterrupted, tmp_path):
+    """mpirun forwards SIGUSR1 at once to rank 1 through nodeb's daemon: both ranks stop at one step, rank 0
+    saves, both exit 138, and `--resume auto` ends with the uninterrupted run's parameters, bit for bit."""
+    script, when = REPO / "scripts" / "train.py", f"Epoch:[  1/   {RESUME_EPOCHS}], step:[    2/    {RESUME_STEPS}]"
+    # Under the namespace wrappers: `sh -c` (dash) runs mpirun as its child rather than exec it, and SIGUSR1
+    # would end the shell, so the signal goes to mpirun's own pid; a new session lets a hang be cleaned up.
+    process = hosts.start("nodea", mpirun_command(hosts, script, *train_args(folder, tmp_path)), environment(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen, signalled = [], False
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if not signalled and when in line:
+                os.kill(descendant(process.pid, MPIRUN), signal.SIGUSR1)
+                signalled = True
+        status = process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    output = "".join(seen)
+    assert signalled, f"{when!r} never printed:\n{output[-5000:]}"
+    stops = re.findall(rf"^error: SIGUSR1: stopped at epoch (\d+), step (\d+)/{RESUME_STEPS}; saved (\S+)\. "
+                       r"Continue with --resume auto$", output, re.MULTILINE)
+    assert status == 128 + signal.SIGUSR1 and len(stops) == 1, output[-5000:]
+    epoch, step, saved = int(stops[0][0]), int(stops[0][1]), stops[0][2]
+    meta = checkpoint.load(saved)[1]
+    assert (meta["epoch"], meta["epoch_step"]) == ((epoch - 1, step) if step < RESUME_STEPS else (epoch, 0))
+    assert meta["epoch"] < RESUME_EPOCHS, "the run ended before the signal arrived: make it longer"
+    assert checkpoint.latest(tmp_path) == Path(saved)
+    status, resumed, _ = mpirun(hosts, script, *train_args(folder, tmp_path, "--resume", "auto"), timeout=600)
+    assert status == 0 and "resumed from" in resumed, resumed[-5000:]
+    final = final_weights(tmp_path)
+    assert set(final) == set(uninterrupted)
+    assert all(np.array_equal(final[name], uninterrupted[name]) for name in final)

@@ -61,7 +61,8 @@ def plain_loss(step):
     return ms.Tensor(np.float32(2.0 + step / 100)), True
 
 
-def run(steps, log_interval=0, sink=0, outputs=plain_loss, skip=0, epochs=2, lr=None, stop_at=None):
+def run(steps, log_interval=0, sink=0, outputs=plain_loss, skip=0, epochs=2, lr=None, stop_at=None,
+        agree=lambda signum: signum):
     """Train `epochs` epochs of `steps` (the first resumed after `skip`) in one Model.train call, in sinks of
     `sink` steps (0: unsunk); a stop signal arrives during run step `stop_at` (0-based). Returns (the fake
     model's train calls, the epoch-end calls as (epoch, summary steps, global_step), the StepLog); the log is
@@ -79,7 +80,8 @@ def run(steps, log_interval=0, sink=0, outputs=plain_loss, skip=0, epochs=2, lr=
     model = FakeModel(outputs_and_signal, global_step)
     model.done = skip
     log = StepLog(lr, epochs, steps, 8, log_interval, global_step, epoch=1, skipped=skip, stop_signals=stop_signals,
-                  on_epoch_end=lambda epoch, summary: ends.append((epoch, summary["steps"], summary["global_step"])))
+                  on_epoch_end=lambda epoch, summary, stopping: ends.append((epoch, summary["global_step"], stopping)),
+                  agree=agree)
     step_log.run(model, dataset_of(epochs * steps - skip), log, epochs * steps - skip, sink)
     return model.calls, ends, log
 
@@ -129,7 +131,7 @@ def test_a_run_is_one_train_call_whose_sinks_print_the_lines_of_an_unsunk_run(ca
     assert unsunk_calls == [(1, False, -1)] and sunk_calls == [((2 * steps - skip) // per_sink, True, per_sink)]
     assert re.findall(r"Epoch (\d) finished: (\d+) steps", sunk) == [("1", str(steps - skip)), ("2", str(steps))]
     # The epoch-end work runs once per epoch, at its last step, in both modes.
-    assert unsunk_ends == sunk_ends == [(1, steps - skip, steps), (2, steps, 2 * steps)]
+    assert unsunk_ends == sunk_ends == [(1, steps, False), (2, 2 * steps, False)]
 
 
 def test_unsunk_the_line_comes_every_log_interval_steps_and_at_the_epoch_end(capsys):
@@ -145,9 +147,23 @@ def test_unsunk_the_line_comes_every_log_interval_steps_and_at_the_epoch_end(cap
 def test_a_stop_signal_ends_the_run_at_the_next_step_or_sink_after_the_epoch_end_work(sink, capsys):
     _, ends, log = run(6, 0, sink=sink, stop_at=7)  # run step 7: epoch 2, its second step
     stopped_at = 3 if sink else 2  # the end of that sink, else that step
-    assert (log.epoch, log.steps_done) == (2, stopped_at) and ends == [(1, 6, 6)]
-    _, ends, log = run(6, 0, sink=sink, stop_at=5)  # the last step of epoch 1: its work runs, then the stop
-    assert (log.epoch, log.steps_done) == (2, 0) and ends == [(1, 6, 6)]
+    assert (log.epoch, log.steps_done, log.stop_signum) == (2, stopped_at, 15) and ends == [(1, 6, False)]
+    _, ends, log = run(6, 0, sink=sink, stop_at=5)  # the last step of epoch 1: its work runs, told it stops
+    assert (log.epoch, log.steps_done) == (2, 0) and ends == [(1, 6, True)]
+
+
+@pytest.mark.parametrize("sink", [0, 3])
+def test_a_signal_another_rank_received_stops_this_one_at_the_same_boundary(sink):
+    """No signal here; the agreement (the largest of every rank's signal) says another rank got SIGUSR1 by the
+    boundary of run step 8: the run stops there as that rank's does. The agreement is asked at every boundary."""
+    asked = []
+
+    def agree(signum):
+        asked.append(signum)
+        return 10 if len(asked) * (sink or 1) >= 8 else signum
+    _, ends, log = run(6, 0, sink=sink, agree=agree)
+    assert (log.epoch, log.steps_done, log.stop_signum) == (2, 3 if sink else 2, 10) and ends == [(1, 6, False)]
+    assert asked == [0] * len(asked) and len(asked) == (3 if sink else 8)
 
 
 def loss_scaled(overflow_at=(), nan_at=(), scale=1024.0):

@@ -134,6 +134,12 @@ def all_reduce_sum(array) -> np.ndarray:
     return _all_gather(array).sum(axis=0, dtype=array.dtype)
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's integer `value`, identical on every rank (its own for a single process).
+    A collective: every rank must call it at the same point, which also makes it a barrier."""
+    return int(_all_gather(np.array([value], np.int64)).max())
+
+
 def _all_gather(array: np.ndarray) -> np.ndarray:
     """Every rank's `array` (the same shape on all ranks) stacked in rank order along a new first axis.
 

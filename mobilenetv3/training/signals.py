@@ -1,35 +1,49 @@
-"""Stopping training cleanly on SIGINT/SIGTERM: the signal is recorded, the loop stops after the current
-step and writes a checkpoint, and the process exits 128 + the signal's number."""
+"""Stopping training cleanly on SIGINT, SIGTERM or SIGUSR1: the signal is recorded, the ranks agree at the
+next step (or sink) boundary to stop there, rank 0 writes a checkpoint, and every rank exits 128 + the
+signal's number.
+
+What sends them: Ctrl-C (SIGINT); SLURM, Kubernetes and spot-instance reclaims (SIGTERM, then SIGKILL after
+a grace period); OpenMPI's mpirun passes SIGTERM and SIGINT on to every rank (then SIGKILL after
+odls_base_sigkill_timeout seconds) and forwards SIGUSR1 alone, which SLURM's --signal sends ahead of time.
+"""
 import logging
 import signal
 
-from ..errors import UserError
+from ..errors import EveryRankError, UserError
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(UserError):
-    """SIGINT/SIGTERM stopped training after a checkpoint was written; exits 128 + signal number."""
+    """A stop signal ended training after a checkpoint was written; exits 128 + signal number."""
 
     def __init__(self, message, signum):
         super().__init__(message)
         self.exit_code = 128 + signum
 
 
+class EveryRankInterrupted(TrainingInterrupted, EveryRankError):
+    """TrainingInterrupted on every rank of a job at the same step: each exits, none waits for another;
+    the resume hint is said once."""
+    every_rank_says_it = False
+
+
 class StopSignals:
-    """While active, SIGINT and SIGTERM only record that a stop was asked for; the train loop then
-    stops after the current step and writes a checkpoint. A second signal stops at once."""
+    """While active, SIGINT, SIGTERM and SIGUSR1 only record that a stop was asked for (`received`: the first
+    signal's number); the training loop stops at the next step or sink boundary the ranks agree on and writes
+    a checkpoint. A second signal stops at once. `announce`: say so when one arrives (rank 0)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self):
-        self.received = None
+    def __init__(self, announce: bool = True):
+        self.received, self.announce = None, announce
 
     def _handle(self, signum, _frame):
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signum
-        logger.warning(f"{signal.Signals(signum).name} received: stopping after this step (again to stop at once)")
+        if self.announce:
+            logger.warning(f"{signal.Signals(signum).name} received: stopping after this step (again to stop at once)")
 
     def __enter__(self):
         self.previous = [signal.signal(s, self._handle) for s in self.SIGNALS]

@@ -108,21 +108,25 @@ class LossGuard:
 
 class StepLog(Callback):
     """What happens between the steps of a training run: the seed's step line, the LossGuard, a summary at
-    each epoch's end followed by `on_epoch_end(epoch, summary)` (the trainer's checkpoint, validation and
-    metrics), and a stop at the next step (or sink) once a stop signal was received.
+    each epoch's end followed by `on_epoch_end(epoch, summary, stopping)` (the trainer's checkpoint,
+    validation and metrics), and a stop once a stop signal was received.
 
     One Model.train call runs the rest of the run, starting `skipped` steps into `epoch`. Unsunk, the
     callbacks see every step and the line is printed every `log_interval` steps and at each epoch's end;
     sunk, they see the last step of each sink, its loss, and the time of the sink divided by its steps, and
     the line is printed at every sink's end (log_interval 0). The learning rate printed is the one the
     optimiser last applied, read from its step counter, which a step skipped on overflow does not advance.
+
+    At each of these boundaries the ranks agree whether to stop: `agree(signal number or 0)` returns the
+    largest over the ranks (a collective every rank calls at the same boundary; identity for one process),
+    so all stop at the same step, after that epoch's end work if it is one; `stop_signum` then says which.
     """
 
     def __init__(self, lr, epochs, steps, batch_size, log_interval, global_step, epoch=1, skipped=0, printing=True,
-                 stop_signals=None, on_epoch_end=None):
+                 stop_signals=None, on_epoch_end=None, agree=lambda signum: signum):
         self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
         self.log_interval, self.printing, self.stop_signals = log_interval, printing, stop_signals
-        self.on_epoch_end = on_epoch_end
+        self.on_epoch_end, self.agree, self.stop_signum = on_epoch_end, agree, 0
         self.global_step = global_step  # the optimiser's count of applied steps (a Parameter)
         self.epoch, self.skipped = epoch, skipped  # skipped: steps of this epoch done before a resume
         self.steps_done = skipped  # of this epoch
@@ -158,9 +162,11 @@ class StepLog(Callback):
                                           mean=float(np.mean(self.losses)) if self.losses else loss,
                                           ms=1000 * (time.time() - self.step_start) / steps_run,
                                           lr=float(self.lr[applied])))
+        if self.stop_signals is not None:
+            self.stop_signum = self.agree(self.stop_signals.received or 0)
         if step == self.steps:
             self.end_epoch()
-        if self.stop_signals is not None and self.stop_signals.received is not None:
+        if self.stop_signum:
             run_context.request_stop()
 
     def end_epoch(self):
@@ -182,6 +188,6 @@ class StepLog(Callback):
                         f"{summary['images_per_second']:.1f} img/s per process, "
                         f"mean loss {summary['loss']:.4f}{scaling}")
         if self.on_epoch_end is not None:
-            self.on_epoch_end(self.epoch, summary)
+            self.on_epoch_end(self.epoch, summary, bool(self.stop_signum))
         self.epoch, self.skipped, self.steps_done = self.epoch + 1, 0, 0
         self.start_epoch()

@@ -10,7 +10,6 @@ rank, global step) (models/dropout.py), so a run resumed from a checkpoint ends 
 parameters of an uninterrupted one, with Momentum and with RMSProp (optim.py's, written with
 element-wise ops: nn.RMSProp's CPU kernel is not deterministic).
 """
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -22,6 +21,7 @@ from mindspore.train import Model
 
 from ..checkpoints.files import checkpoint_name, latest, load, load_weights
 from ..checkpoints.meta import check_model_matches
+from ..cluster.distributed import max_over_ranks
 from ..data.folders import scan_image_folder, split_dir
 from ..data.pipeline import create_dataset, training_steps
 from ..data.preprocessing import resolve
@@ -34,7 +34,7 @@ from . import run_record
 from .lr_schedules import Schedule, learning_rates
 from .optim import build_optimizer
 from .run_folder import RunFolder
-from .signals import StopSignals, TrainingInterrupted
+from .signals import EveryRankInterrupted, StopSignals, TrainingInterrupted
 from .state import restore_training_state, training_state
 from .step_log import StepLog, run, sink_size
 from .train_step import amp_level, build_train_step
@@ -163,16 +163,16 @@ def _train(config, dist, folder):
     if main_process:  # after the checks above: a refused run leaves no record in another run's folder
         run_record.write_run_file(config.values(), size, config.ckpt_save_dir)
         metrics_file = run_record.MetricsFile(config.ckpt_save_dir, start_epoch)
-    # Several processes cannot agree on the step to stop at, so only a single process catches signals.
-    stop_signals = StopSignals() if size == 1 else None
+    # Every rank catches the stop signals; at each step (or sink) boundary the ranks agree whether to stop.
+    stop_signals = StopSignals(announce=main_process)
+    agree = max_over_ranks if size > 1 else (lambda signum: signum)
     saved_last = [None]
     started = time.time()
 
-    def end_of_epoch(epoch, summary):
+    def end_of_epoch(epoch, summary, stopping):
         if main_process:
             saved_last[0] = save(folder, config.model, train_step, meta, epoch, 0, steps)
         validation = None
-        stopping = stop_signals is not None and stop_signals.received is not None
         if config.eval_interval and epoch % config.eval_interval == 0 and not stopping:
             validation = evaluate_folder(mindspore_predictor(net), net.num_classes, config.data_url, preprocessing,
                                          config.batch_size, config.num_parallel_workers, train_folder.classes, dist)
@@ -184,16 +184,17 @@ def _train(config, dist, folder):
 
     log = StepLog(lr, config.epoch_size, steps, config.batch_size, 0 if sink else config.log_interval,
                   train_step.optimizer.global_step, start_epoch + 1, skip_steps, main_process, stop_signals,
-                  end_of_epoch)
-    with stop_signals or contextlib.nullcontext():
+                  end_of_epoch, agree)
+    with stop_signals:
         run(Model(train_step), dataset, log, (config.epoch_size - start_epoch) * steps - skip_steps, sink)
-    if stop_signals is not None and stop_signals.received is not None and log.epoch <= config.epoch_size:
-        if log.steps_done and main_process:  # stopped within an epoch
-            saved_last[0] = save(folder, config.model, train_step, meta, log.epoch - 1, log.steps_done, steps)
-        epoch, step = (log.epoch, log.steps_done) if log.steps_done else (log.epoch - 1, steps)
-        name = signal.Signals(stop_signals.received).name
-        raise TrainingInterrupted(f"{name}: stopped at epoch {epoch}, step {step}/{steps}; saved {saved_last[0]}. "
-                                  "Continue with --resume auto", stop_signals.received)
+        if log.stop_signum and log.epoch <= config.epoch_size:
+            if log.steps_done and main_process:  # stopped within an epoch
+                saved_last[0] = save(folder, config.model, train_step, meta, log.epoch - 1, log.steps_done, steps)
+            agree(0)  # no rank exits, which would make mpirun end the others, before rank 0 has saved
+            epoch, step = (log.epoch, log.steps_done) if log.steps_done else (log.epoch - 1, steps)
+            stopped = EveryRankInterrupted if size > 1 else TrainingInterrupted
+            raise stopped(f"{signal.Signals(log.stop_signum).name}: stopped at epoch {epoch}, step {step}/{steps}; "
+                          f"saved {saved_last[0]}. Continue with --resume auto", log.stop_signum)
     return saved_last[0]
 
 
