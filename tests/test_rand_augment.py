@@ -92,7 +92,8 @@ def test_training_images_get_it_after_the_flip_from_their_own_generator(tmp_path
     path = tmp_path / "a.png"
     Image.fromarray(pixels).save(path)
     augmentation = Augmentation(rand_augment="rand-m9-mstd0.5", random_erase=0.5)
-    images, _ = DecodedImages([(str(path), 0)], Preprocessing(resize=32), augmentation, seed=4, epoch=1)(np.arange(12))
+    rows = np.stack([np.full(12, 1), np.arange(12)], axis=1)  # the pipeline's (epoch, key) rows: epoch 1
+    images, _ = DecodedImages([(str(path), 0)], Preprocessing(resize=32), augmentation, seed=4)(rows)
     erased = 0
     for key, image in enumerate(images):
         rng = np.random.default_rng([4, 1, key])
