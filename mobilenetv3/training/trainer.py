@@ -165,13 +165,13 @@ def _train(config, dist, folder):
         metrics_file = run_record.MetricsFile(config.ckpt_save_dir, start_epoch)
     # Every rank catches the stop signals; at each step (or sink) boundary the ranks agree whether to stop.
     stop_signals = StopSignals(announce=main_process)
-    agree = max_over_ranks if size > 1 else (lambda signum: signum)
-    saved_last = [None]
+    saved_last = None
     started = time.time()
 
     def end_of_epoch(epoch, summary, stopping):
+        nonlocal saved_last
         if main_process:
-            saved_last[0] = save(folder, config.model, train_step, meta, epoch, 0, steps)
+            saved_last = save(folder, config.model, train_step, meta, epoch, 0, steps)
         validation = None
         if config.eval_interval and epoch % config.eval_interval == 0 and not stopping:
             validation = evaluate_folder(mindspore_predictor(net), net.num_classes, config.data_url, preprocessing,
@@ -184,18 +184,18 @@ def _train(config, dist, folder):
 
     log = StepLog(lr, config.epoch_size, steps, config.batch_size, 0 if sink else config.log_interval,
                   train_step.optimizer.global_step, start_epoch + 1, skip_steps, main_process, stop_signals,
-                  end_of_epoch, agree)
+                  end_of_epoch, max_over_ranks)
     with stop_signals:
         run(Model(train_step), dataset, log, (config.epoch_size - start_epoch) * steps - skip_steps, sink)
         if log.stop_signum and log.epoch <= config.epoch_size:
             if log.steps_done and main_process:  # stopped within an epoch
-                saved_last[0] = save(folder, config.model, train_step, meta, log.epoch - 1, log.steps_done, steps)
-            agree(0)  # no rank exits, which would make mpirun end the others, before rank 0 has saved
+                saved_last = save(folder, config.model, train_step, meta, log.epoch - 1, log.steps_done, steps)
+            max_over_ranks(0)  # no rank exits, which would make mpirun end the others, before rank 0 has saved
             epoch, step = (log.epoch, log.steps_done) if log.steps_done else (log.epoch - 1, steps)
             stopped = EveryRankInterrupted if size > 1 else TrainingInterrupted
             raise stopped(f"{signal.Signals(log.stop_signum).name}: stopped at epoch {epoch}, step {step}/{steps}; "
-                          f"saved {saved_last[0]}. Continue with --resume auto", log.stop_signum)
-    return saved_last[0]
+                          f"saved {saved_last}. Continue with --resume auto", log.stop_signum)
+    return saved_last
 
 
 def sink_plan(config, steps: int, skip_steps: int, main_process: bool) -> int:
