@@ -12,17 +12,21 @@ oneDNN cap on AVX-512 CPUs, quieter logs on every rank but 0, and threads freed 
 The library sets none of them on import; a library user who wants them calls apply_process_defaults()
 before importing MindSpore. Scripts import the library inside main, after run_cli has applied them.
 """
+import argparse
 import codecs
+import dataclasses
 import logging
 import signal
 import sys
+import time
 
 from . import log
 from .cluster.device import usable_device_target
-from .cluster.launchers import apply_log_defaults, launcher_rank, release_core_binding
+from .cluster.launchers import (apply_log_defaults, detect_launcher, launcher_local_rank, launcher_rank,
+                                release_core_binding)
 from .cluster.mpi_bridge import abort_job, in_mpi_job
-from .config import FIELDS, Config, from_command_line
-from .errors import EveryRankError, UserError
+from .config import FIELDS, Config, ConfigError, build_config, closest_name
+from .errors import EveryRankError, MachineError, UserError
 from .native.cpu_info import cap_onednn_isa
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,9 @@ CONVERT_KEYS = ["source", "input", "model", "width", "output", "preset"]
 # What the command line says of a model file to run, where the file's meta is silent (deploy.inference.load_model).
 MODEL_FILE_KEYS = ("model", "num_classes", "width", "bn_momentum", "bn_eps", "resize")
 
+# How long a rank that leaves an error to another rank to print waits before exiting.
+QUIET_RANK_GRACE_SECONDS = 1.0
+
 
 def apply_process_defaults():
     """The environment and affinity MindSpore should start with (a value the user exported wins): oneDNN
@@ -53,15 +60,49 @@ def apply_process_defaults():
     release_core_binding()
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def from_command_line(argv=None, description="", epilog="", keys=None) -> Config:
+    """Parse `--config FILE` and `--key value` flags into a Config (parse_args also picks the device).
+
+    `keys` limits the flags offered to what the calling script uses (all keys if None); the help text
+    lists them with their defaults.
+    """
+    parser = _Parser(description=description, epilog=epilog, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file with any of the keys below")
+    for name in keys or FIELDS:
+        spec = FIELDS[name]
+        meta = spec.metadata
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
+        # A true/false key given alone (--use_ema) means true.
+        alone = dict(nargs="?", const="true") if spec.type is bool else {}
+        parser.add_argument(f"--{name}", dest=name, metavar="VALUE", default=argparse.SUPPRESS, **alone,
+                            help=f"{meta['help']}{choices}; default {default!r}")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        hint = closest_name(flag.lstrip("-").split("=")[0], list(keys or FIELDS) + ["config"], prefix="--")
+        raise ConfigError(f"unknown flag {flag!r}{hint} (see --help)")
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    return build_config(args.config, overrides, source=lambda name: f"--{name}")
+
+
 def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
-    """config.from_command_line, then the device: a GPU that MindSpore cannot start here is an error when a
-    flag asks for it, and becomes the CPU (said in one line, by rank 0) when a config file or the default
-    does."""
+    """from_command_line, then the device: a GPU that MindSpore cannot start here is an error when a
+    flag or config file names it or the job has a launcher, and becomes the CPU for the built-in default of a
+    single process, said in one line (kept in config.device_note for train.log)."""
     config = from_command_line(argv, description, epilog, keys)
     if "device_target" in (keys or config.values()):
-        device, why = usable_device_target(config.device_target, explicit="device_target" in config.flags)
-        if why and launcher_rank() in (None, "0"):
-            logger.info(f"note: no usable GPU here ({why}): running on the CPU; --device_target CPU skips this check")
+        device, why = usable_device_target(config.device_target, config.named_by("device_target"), detect_launcher())
+        if why:
+            config.device_note = (f"note: no usable GPU here ({why}): running on the CPU; --device_target CPU skips "
+                                  "this check")
+            logger.info(config.device_note)
         config.device_target = device
     return config
 
@@ -82,8 +123,12 @@ def run_cli(main, argv=None):
     try:
         return main(argv)
     except UserError as err:
-        if getattr(err, "every_rank_says_it", True) or launcher_rank() in (None, "0"):
+        if _says_it(err):
             print(f"error: {err}", file=sys.stderr)
+        elif launcher_rank() is not None:
+            # The launcher ends the whole job once a rank exits with an error: leave the rank that says it
+            # time to finish its line.
+            time.sleep(QUIET_RANK_GRACE_SECONDS)
         status = getattr(err, "exit_code", 2)
         if not isinstance(err, EveryRankError) and in_mpi_job():
             abort_job(status)
@@ -96,3 +141,11 @@ def run_cli(main, argv=None):
             raise
         sys.excepthook(*sys.exc_info())  # the traceback, as if uncaught
         abort_job(1)
+
+
+def _says_it(err: UserError) -> bool:
+    """Whether this rank prints `err`: every rank, or only rank 0, or for a MachineError the first rank of
+    each machine."""
+    if isinstance(err, MachineError):
+        return launcher_local_rank() in (None, "0")
+    return getattr(err, "every_rank_says_it", True) or launcher_rank() in (None, "0")

@@ -5,8 +5,8 @@ a part of the library (the models' registry and settings, the preprocessing, aug
 it is read from there. Unknown keys (in YAML or on the command line) and values of the wrong type fail
 with a one-line message naming the key, the file or flag, and the closest valid name. The scripts and
 the training entry point (training.trainer.train) read the Config; the rest of the library takes values.
+The flags are read by cli.from_command_line.
 """
-import argparse
 import dataclasses
 import difflib
 import math
@@ -161,9 +161,14 @@ class Config:
     preset: Optional[str] = key(None, "Published weight set the input is (e.g. timm/mobilenetv3_large_100.ra_in1k): "
                                 "records its preprocessing and accuracy in the checkpoint")
 
-    # Not a key: those of the keys above given on the command line (parse_args fills it). A flag wins over
-    # what a model's meta records, which wins over a config file and the defaults.
+    # Not keys: those of the keys above given on the command line (parse_args fills it), and the config file
+    # with those it sets. A flag wins over what a model's meta records, which wins over a config file and the
+    # defaults.
     flags: FrozenSet[str] = field(default=frozenset(), compare=False, repr=False)
+    config_file: Optional[str] = field(default=None, compare=False, repr=False)
+    file_keys: FrozenSet[str] = field(default=frozenset(), compare=False, repr=False)
+    # Why the device is the CPU although the default named the GPU (cli.parse_args), for train.log.
+    device_note: Optional[str] = field(default=None, compare=False, repr=False)
 
     def values(self) -> dict:
         """{key: value} of every key (what run.yaml and a checkpoint's meta record)."""
@@ -172,6 +177,12 @@ class Config:
     def subset(self, names) -> dict:
         """{key: value} of the keys `names`."""
         return {name: getattr(self, name) for name in names}
+
+    def named_by(self, name) -> Optional[str]:
+        """Who set key `name`: "--name", the config file's path, or None for the built-in default."""
+        if name in self.flags:
+            return f"--{name}"
+        return self.config_file if name in self.file_keys else None
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(self.resize, self.interpolation, self.crop_pct, tuple(self.mean), tuple(self.std))
@@ -183,7 +194,8 @@ FALSE_WORDS, TRUE_WORDS = {"false", "no", "off", "0"}, {"true", "yes", "on", "1"
 NONE_WORDS = {"", "none", "null", "false"}
 
 
-def _closest(name: str, names=FIELDS, prefix="") -> str:
+def closest_name(name: str, names=FIELDS, prefix="") -> str:
+    """"; did you mean ..." for the known name closest to `name`, or ""."""
     match = difflib.get_close_matches(name, names, n=1)
     return f"; did you mean '{prefix}{match[0]}'?" if match else ""
 
@@ -256,7 +268,7 @@ def load_yaml(path) -> dict:
     values = {}
     for name, value in raw.items():
         if name not in FIELDS:
-            raise ConfigError(f"{path}: unknown key {name!r}{_closest(str(name))}")
+            raise ConfigError(f"{path}: unknown key {name!r}{closest_name(str(name))}")
         values[name] = _convert(name, value, str(path))
     return values
 
@@ -264,11 +276,13 @@ def load_yaml(path) -> dict:
 def build_config(config_path=None, overrides: Optional[dict] = None, source=lambda name: "overrides") -> Config:
     """Defaults, then the YAML file, then `overrides` (typed values or strings from the command line)."""
     values = load_yaml(config_path) if config_path else {}
+    file_keys = frozenset(values)
     for name, value in (overrides or {}).items():
         if name not in FIELDS:
-            raise ConfigError(f"unknown key {name!r}{_closest(name)}")
+            raise ConfigError(f"unknown key {name!r}{closest_name(name)}")
         values[name] = _convert(name, value, source(name))
-    config = Config(**values, flags=frozenset(overrides or ()))
+    config = Config(**values, flags=frozenset(overrides or ()), file_keys=file_keys,
+                    config_file=str(config_path) if config_path else None)
     check_consistency(config)
     return config
 
@@ -307,35 +321,3 @@ def check_consistency(config: Config):
     if config.crop_pct > 1.0:
         raise ConfigError(f"crop_pct is the fraction of the resized image kept by the centre crop, in (0, 1], got "
                           f"{config.crop_pct}")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ConfigError(message)
-
-
-def from_command_line(argv=None, description="", epilog="", keys=None) -> Config:
-    """Parse `--config FILE` and `--key value` flags into a Config (cli.parse_args also picks the device).
-
-    `keys` limits the flags offered to what the calling script uses (all keys if None); the help text
-    lists them with their defaults.
-    """
-    parser = _Parser(description=description, epilog=epilog, allow_abbrev=False,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML file with any of the keys below")
-    for name in keys or FIELDS:
-        spec = FIELDS[name]
-        meta = spec.metadata
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        choices = f" ({'|'.join(meta['choices'])})" if meta.get("choices") else ""
-        # A true/false key given alone (--use_ema) means true.
-        alone = dict(nargs="?", const="true") if spec.type is bool else {}
-        parser.add_argument(f"--{name}", dest=name, metavar="VALUE", default=argparse.SUPPRESS, **alone,
-                            help=f"{meta['help']}{choices}; default {default!r}")
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
-        hint = _closest(flag.lstrip("-").split("=")[0], list(keys or FIELDS) + ["config"], prefix="--")
-        raise ConfigError(f"unknown flag {flag!r}{hint} (see --help)")
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    return build_config(args.config, overrides, source=lambda name: f"--{name}")

@@ -13,6 +13,13 @@ class EveryRankError(UserError):
     every_rank_says_it = True
 
 
+class MachineError(EveryRankError):
+    """An EveryRankError caused by one machine's set-up (its GPU driver, its libraries), alike on all of that
+    machine's ranks: the first rank of each machine says it; ranks on other machines are ended by the launcher
+    when these exit."""
+    every_rank_says_it = False
+
+
 def mindspore_cause(err: BaseException) -> str:
     """The cause a MindSpore RuntimeError gives, in one line.
 

@@ -2,7 +2,8 @@ import pytest
 
 from mobilenetv3.cli import run_cli
 from mobilenetv3.cli import TRAIN_KEYS
-from mobilenetv3.config import FIELDS, Config, ConfigError, build_config, from_command_line
+from mobilenetv3.cli import from_command_line
+from mobilenetv3.config import FIELDS, Config, ConfigError, build_config
 from mobilenetv3.errors import UserError
 from conftest import REPO, run_script
 

@@ -3,6 +3,7 @@ MindSpore's error text kept whole. The CUDA toolkit is stood in for by a script 
 nvcc --version (all MindSpore reads of it)."""
 import ctypes
 import os
+import shutil
 import subprocess
 import sys
 
@@ -84,21 +85,59 @@ def test_check_gpu_does_not_import_mindspore():
 
 
 @no_gpu_here
-def test_the_default_gpu_without_one_runs_on_the_cpu_and_says_so_in_one_line(tmp_path):
+def test_the_default_gpu_of_one_process_without_one_trains_on_the_cpu_and_says_so_first(tmp_path, image_folder):
     """Before: MindSpore's libcuda/libcudnn errors and a traceback, ~40 lines, for a job the CPU can do."""
-    from mobilenetv3 import create_model
-    from mobilenetv3.checkpoints import files
-    ms_ckpt = tmp_path / "small.ckpt"
-    files.save(ms_ckpt, {p.name: p for p in create_model("mobilenet_v3_small", 4).get_parameters()},
-               dict(model="mobilenet_v3_small", num_classes=4, width=1.0))
-    result = run_script("export", "--pretrained", ms_ckpt, "--num_classes", "4", "--resize", "32",
-                        "--file_format", "MINDIR", env={"CUDA_HOME": ""})
+    run = tmp_path / "run"
+    result = run_script("train", "--data_url", image_folder, "--num_classes", "3", "--resize", "32", "--batch_size",
+                        "8", "--epoch_size", "1", "--ckpt_save_dir", run, env={"CUDA_HOME": ""})
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "small.mindir").is_file()
-    notes = [line for line in result.stderr.splitlines() if "GPU" in line or "cuda" in line.lower()]
     problem = gpu_env.start_up_problem(dict(os.environ, CUDA_HOME=""))
-    assert notes == [f"note: no usable GPU here ({problem}): running on the CPU; --device_target CPU skips this check"]
-    assert "Traceback" not in result.stderr and "[ERROR]" not in result.stderr
+    note = f"note: no usable GPU here ({problem}): running on the CPU; --device_target CPU skips this check"
+    assert result.stderr.splitlines()[0] == note
+    assert [line for line in result.stderr.splitlines() if "GPU" in line or "cuda" in line.lower()] == [note]
+    assert (run / "train.log").read_text().splitlines()[0] == note
+    assert "# device: CPU" in (run / "run.yaml").read_text()
+
+
+def gpu_recipe(tmp_path):
+    recipe = tmp_path / "gpu.yaml"
+    recipe.write_text("device_target: GPU\nnum_classes: 3\n")
+    return recipe
+
+
+@no_gpu_here
+@pytest.mark.parametrize("named", ["config file", "launcher"])
+def test_a_gpu_a_config_file_names_or_a_launched_job_defaults_to_stops_when_there_is_none(monkeypatch, tmp_path,
+                                                                                          named):
+    from mobilenetv3.cli import TRAIN_KEYS, parse_args
+    from mobilenetv3.errors import MachineError
+    monkeypatch.setenv("CUDA_HOME", "")
+    if named == "config file":
+        argv, source, where = ["--config", str(gpu_recipe(tmp_path))], f"{tmp_path}/gpu.yaml sets device_target GPU", "here"
+    else:
+        monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+        argv, source, where = [], "device_target GPU (the default) under mpirun", f"on {os.uname().nodename}"
+    with pytest.raises(MachineError) as raised:
+        parse_args(argv, keys=TRAIN_KEYS)
+    assert str(raised.value) == (f"{source}: MindSpore cannot start on a GPU {where}: {NO_DRIVER}. python "
+                                 "scripts/check_gpu.py lists what it needs; --device_target CPU runs on the CPU")
+
+
+@no_gpu_here
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun (OpenMPI) is not installed")
+def test_a_gpu_recipe_under_mpirun_without_a_gpu_stops_every_rank_in_one_line(tmp_path, image_folder):
+    """Before: eight ranks trained on the CPU with exit status 0, and only rank 0 said why."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("OMPI_", "PMIX_"))}
+    command = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "2", "-x", "CUDA_HOME=", sys.executable,
+               str(REPO / "scripts" / "train.py"), "--config", str(gpu_recipe(tmp_path)), "--data_url",
+               str(image_folder), "--ckpt_save_dir", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=dict(env, CUDA_HOME=""))
+    assert result.returncode != 0, result.stderr
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path}/gpu.yaml sets device_target GPU: MindSpore cannot start on a GPU on "
+                      f"{os.uname().nodename}: {NO_DRIVER}. python scripts/check_gpu.py lists what it needs; "
+                      "--device_target CPU runs on the CPU"], result.stdout + result.stderr
+    assert not (tmp_path / "run").exists()  # stopped before any work
 
 
 @no_gpu_here

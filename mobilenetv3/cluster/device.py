@@ -1,26 +1,34 @@
 """The process's MindSpore device: which one, selected once, its execution mode and seed, and its CPU threads."""
 import os
+import socket
 from typing import Optional, Tuple
 
 from . import gpu_env
-from ..errors import UserError, mindspore_cause
+from ..errors import MachineError, UserError, mindspore_cause
 from ..native.cpu_info import physical_cores
 
 
-def usable_device_target(requested: str, explicit: bool) -> Tuple[str, Optional[str]]:
+def usable_device_target(requested: str, named_by: Optional[str], launcher: str = "single") -> Tuple[str, Optional[str]]:
     """(device, why it is not `requested`): `requested`, unless it is GPU and MindSpore's GPU backend cannot
-    start here (gpu_env, checked without starting it, so MindSpore's own start-up errors never print); then
-    a GPU asked for by flag (`explicit`) is a UserError naming the cause, and the default or a config file's
-    GPU becomes the CPU."""
+    start here (gpu_env, checked without starting it, so MindSpore's own start-up errors never print).
+
+    Then only the built-in default of a single process becomes the CPU. A GPU that a flag or a config file
+    names (`named_by`: "--device_target" or the file), or that any launcher's job (mpirun, msrun) defaults to,
+    is a MachineError naming the cause: ranks quietly training on CPUs instead of GPUs cost days."""
     if requested != "GPU":
         return requested, None
     problem = gpu_env.start_up_problem()
     if problem is None:
         return requested, None
-    if explicit:
-        raise UserError(f"--device_target GPU: MindSpore cannot start on a GPU here: {problem}. "
-                        "python scripts/check_gpu.py lists what it needs; --device_target CPU runs on the CPU")
-    return "CPU", problem
+    if named_by is None and launcher == "single":
+        return "CPU", problem
+    if named_by is None:
+        source, where = f"device_target GPU (the default) under {launcher}", f"on {socket.gethostname()}"
+    else:
+        source = "--device_target GPU" if named_by == "--device_target" else f"{named_by} sets device_target GPU"
+        where = "here" if launcher == "single" else f"on {socket.gethostname()}"
+    raise MachineError(f"{source}: MindSpore cannot start on a GPU {where}: {problem}. python scripts/check_gpu.py "
+                       "lists what it needs; --device_target CPU runs on the CPU")
 
 
 _selected_device = {}

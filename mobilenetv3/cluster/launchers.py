@@ -63,6 +63,15 @@ def launcher_rank(environ=None) -> Optional[str]:
     return environ.get("OMPI_COMM_WORLD_RANK") if launcher == "mpirun" else environ.get("MS_NODE_ID")
 
 
+def launcher_local_rank(environ=None) -> Optional[str]:
+    """This process's rank among the launcher's processes on its machine, or None outside mpirun/msrun
+    (msrun numbers its workers on each machine through DEVICE_ID)."""
+    environ = os.environ if environ is None else environ
+    launcher = detect_launcher(environ)
+    variable = {"mpirun": "OMPI_COMM_WORLD_LOCAL_RANK", "msrun": "DEVICE_ID"}.get(launcher)
+    return environ.get(variable) if variable else None
+
+
 def apply_log_defaults(environ=None):
     """Keep MindSpore's log to what rank 0 has to say; must run before MindSpore is imported.
 

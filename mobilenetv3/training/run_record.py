@@ -103,10 +103,13 @@ def peak_rss_mb() -> float:
 
 
 @contextlib.contextmanager
-def log_file(directory):
+def log_file(directory, said_before=()):
     """While open, what the package logs (INFO and above) is also appended to ckpt_save_dir/train.log, as
-    the scripts print it; the package's logger passes INFO meanwhile even where nobody configured logging."""
+    the scripts print it; the package's logger passes INFO meanwhile even where nobody configured logging.
+    `said_before`: lines the console had before the file opened, written to it first."""
     handler = log.to_file(Path(directory) / LOG_FILE)
+    for line in said_before:
+        handler.emit(logging.makeLogRecord(dict(name=__name__, levelno=logging.INFO, levelname="INFO", msg=line)))
     package = logging.getLogger(log.PACKAGE)
     level = package.level
     if not package.isEnabledFor(logging.INFO):

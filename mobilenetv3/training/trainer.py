@@ -52,7 +52,7 @@ def train(config, dist=None):
     if dist is not None and dist.rank != 0:
         return _train(config, dist, None)
     with RunFolder(config.ckpt_save_dir, config.model, config.keep_checkpoint_max, fresh=not config.resume) as folder:
-        with run_record.log_file(config.ckpt_save_dir):
+        with run_record.log_file(config.ckpt_save_dir, said_before=[config.device_note] if config.device_note else []):
             return _train(config, dist, folder)
 
 
