@@ -27,6 +27,7 @@ from .cluster.launchers import (apply_log_defaults, detect_launcher, launcher_lo
 from .cluster.mpi_bridge import abort_job, in_mpi_job
 from .config import FIELDS, Config, ConfigError, build_config, closest_name
 from .errors import EveryRankError, MachineError, UserError
+from .native import sigint_relay
 from .native.cpu_info import cap_onednn_isa
 
 logger = logging.getLogger(__name__)
@@ -54,10 +55,12 @@ QUIET_RANK_GRACE_SECONDS = 1.0
 def apply_process_defaults():
     """The environment and affinity MindSpore should start with (a value the user exported wins): oneDNN
     capped at AVX2 on AVX-512 CPUs, MindSpore's log on ranks other than 0 at errors, every thread free to
-    run on every CPU under mpirun. Before MindSpore is imported and its thread pools start."""
+    run on every CPU under mpirun, and a Ctrl-C that stays one while MindSpore runs a graph
+    (native/sigint_relay.py). Before MindSpore is imported and its thread pools start."""
     cap_onednn_isa()
     apply_log_defaults()
     release_core_binding()
+    sigint_relay.install()
 
 
 class _Parser(argparse.ArgumentParser):

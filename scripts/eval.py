@@ -36,7 +36,7 @@ def main(argv=None):
     from mobilenetv3.cluster.distributed import init_distributed
     from mobilenetv3.data.preprocessing import resolve
     from mobilenetv3.deploy.inference import load_model
-    from mobilenetv3.deploy.outputs import check_writable_file
+    from mobilenetv3.deploy.outputs import check_writable_file, written_whole
     from mobilenetv3.evaluation import chance_level_warning, evaluate_folder
     device.setup(config.device_target, config.seed, device_id=config.device_id)
     dist = init_distributed(config.device_target, config.run_distribute, config.device_id)
@@ -57,8 +57,8 @@ def main(argv=None):
         if warning:
             print(warning, file=sys.stderr)
         if config.json:
-            with open(config.json, "w") as out:
-                json.dump(metrics.as_dict(), out, indent=1)
+            with written_whole(config.json) as partial:
+                partial.write_text(json.dumps(metrics.as_dict(), indent=1))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ..checkpoints.meta import ONNX_META_KEY, check_model_matches, read_meta, si
 from ..errors import UserError
 from ..models.passes import written_out
 from .onnx_graph import fuse_onnx_graph
+from .outputs import written_whole
 
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
@@ -70,13 +71,14 @@ def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         written_out(net)  # ops both formats know
-        if file_format == "MINDIR":
-            ms.export(net, ms.Tensor(shape=[None, 3, image_size, image_size], dtype=ms.float32),
-                      file_name=str(path), file_format=file_format)
-        else:
-            _export_onnx(net, path, image_size, meta)
-        if not path.is_file():
-            raise UserError(f"MindSpore reported no error but wrote no {path}")
+        with written_whole(path) as partial:
+            if file_format == "MINDIR":
+                ms.export(net, ms.Tensor(shape=[None, 3, image_size, image_size], dtype=ms.float32),
+                          file_name=str(partial), file_format=file_format)
+            else:
+                _export_onnx(net, partial, image_size, meta)
+            if not partial.is_file():
+                raise UserError(f"MindSpore reported no error but wrote no {path}")
         if file_format == "MINDIR" and meta is not None:
             sidecar_path(path).write_text(json.dumps(meta, indent=1))
         elif file_format == "ONNX":

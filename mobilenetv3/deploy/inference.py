@@ -27,6 +27,7 @@ from ..models.folding import fold_for_inference
 from ..progress import progress
 from . import export
 from .onnx_backend import onnx_model
+from .outputs import written_whole
 
 
 @dataclass
@@ -144,12 +145,13 @@ def write_predictions(predictions: List[Prediction], path):
     path = Path(path)
     file_format = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if file_format == ".json":
-        path.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
-        return
-    k = max((len(p.indices) for p in predictions), default=0)
-    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as out:
-        writer = csv.writer(out)
-        writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
-        for p in predictions:
-            writer.writerow([p.path] + [v for r in zip(p.indices, p.names, p.probs) for v in r])
+    with written_whole(path) as partial:
+        if file_format == ".json":
+            partial.write_text(json.dumps([asdict(p) for p in predictions], indent=1))
+            return
+        k = max((len(p.indices) for p in predictions), default=0)
+        with partial.open("w", newline="", encoding="utf-8", errors="surrogateescape") as out:
+            writer = csv.writer(out)
+            writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
+            for p in predictions:
+                writer.writerow([p.path] + [v for r in zip(p.indices, p.names, p.probs) for v in r])

@@ -5,11 +5,14 @@ signal's number.
 What sends them: Ctrl-C (SIGINT); SLURM, Kubernetes and spot-instance reclaims (SIGTERM, then SIGKILL after
 a grace period); OpenMPI's mpirun passes SIGTERM and SIGINT on to every rank (then SIGKILL after
 odls_base_sigkill_timeout seconds) and forwards SIGUSR1 alone, which SLURM's --signal sends ahead of time.
+MindSpore turns a Ctrl-C during a graph run into a SIGTERM to its own process; native/sigint_relay.py turns
+it back.
 """
 import logging
 import signal
 
 from ..errors import EveryRankError, UserError
+from ..native import sigint_relay
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +50,10 @@ class StopSignals:
 
     def __enter__(self):
         self.previous = [signal.signal(s, self._handle) for s in self.SIGNALS]
+        sigint_relay.install()  # signal.signal(SIGTERM) replaced it
         return self
 
     def __exit__(self, *exc):
         for s, handler in zip(self.SIGNALS, self.previous):
             signal.signal(s, handler)
+        sigint_relay.install()
