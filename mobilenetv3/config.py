@@ -31,8 +31,10 @@ class ConfigError(UserError):
     """A bad configuration value: the message names the key, where it came from and what to do."""
 
 
-def key(default, help, choices=None, minimum=None, above=None):
-    meta = dict(help=help, choices=choices, minimum=minimum, above=above, key=True)
+def key(default, help, choices=None, minimum=None, above=None, maximum=None, below=None):
+    """A config key: its default, help text, and the values it can take (choices, or bounds a value may
+    reach (minimum, maximum) or only approach (above, below))."""
+    meta = dict(help=help, choices=choices, minimum=minimum, above=above, maximum=maximum, below=below, key=True)
     if isinstance(default, tuple):
         default = list(default)
     if isinstance(default, list):
@@ -54,13 +56,13 @@ class Config:
     num_classes: int = key(MODEL_DEFAULTS["num_classes"], "Number of classes", minimum=1)
     batch_size: int = key(64, "Batch size per process", minimum=1)
     repeat_num: int = key(1, "Repeat the training set this many times per epoch", minimum=1)
-    momentum: float = key(0.9, "Optimiser momentum", minimum=0.0)
+    momentum: float = key(0.9, "Optimiser momentum", minimum=0.0, below=1.0)
     epoch_size: int = key(200, "Number of training epochs", minimum=1)
     keep_checkpoint_max: int = key(10, "Most checkpoints kept in ckpt_save_dir", minimum=1)
     ckpt_save_dir: str = key("./mobilenet_v3", "Where checkpoints and logs are written")
     lr_decay_mode: str = key("cosine_decay_lr", "Learning-rate schedule", choices=list(DECAY_MODES))
     decay_epoch: int = key(200, "Epochs over which cosine decays from max_lr to min_lr", minimum=1)
-    smooth_factor: float = key(0.1, "Label smoothing factor", minimum=0.0)
+    smooth_factor: float = key(0.1, "Label smoothing factor", minimum=0.0, below=1.0)
     max_lr: float = key(0.1, "Peak learning rate (after warmup)", above=0.0)
     min_lr: float = key(0.0, "Final learning rate of the cosine schedule", minimum=0.0)
     milestone: List[int] = key([], "piecewise: epochs at which each learning rate ends")
@@ -73,24 +75,27 @@ class Config:
     # Model.
     model: str = key("mobilenet_v3_small", "Model name", choices=list(ARCHITECTURES))
     width: float = key(MODEL_DEFAULTS["width"], "Width multiplier", above=0.0)
-    dropout_rate: float = key(MODEL_DEFAULTS["dropout_rate"], "Dropout before the last Linear layer", minimum=0.0)
+    dropout_rate: float = key(MODEL_DEFAULTS["dropout_rate"], "Dropout before the last Linear layer", minimum=0.0,
+                               below=1.0)
     drop_path_rate: float = key(0.0, "Stochastic depth: the last residual block's probability of dropping its "
-                                "branch, the earlier ones' rising to it from 0 (timm's --drop-path)", minimum=0.0)
+                                "branch, the earlier ones' rising to it from 0 (timm's --drop-path)", minimum=0.0,
+                                below=1.0)
     bn_momentum: float = key(MODEL_DEFAULTS["bn_momentum"], "BatchNorm running-stat momentum (MindSpore convention; "
-                             "torch 0.01)", minimum=0.0)
+                             "torch 0.01)", minimum=0.0, maximum=1.0)
     bn_eps: float = key(MODEL_DEFAULTS["bn_eps"], "BatchNorm epsilon", minimum=0.0)
     # Training extras.
     optimizer: str = key("momentum", "Optimiser: momentum (SGD), rmsprop (torch's update, torchvision's recipe) or "
                          "rmsprop_tf (TensorFlow's, timm's recipe)", choices=["momentum", "rmsprop", "rmsprop_tf"])
     weight_decay: float = key(4e-5, "Weight decay (not applied to BatchNorm parameters or biases)", minimum=0.0)
     warmup_epochs: int = key(0, "Linear warmup epochs before the schedule", minimum=0)
-    lr_decay_rate: float = key(0.973, "step/exponential: factor per decay step", minimum=0.0)
+    lr_decay_rate: float = key(0.973, "step/exponential: factor per decay step", above=0.0, maximum=1.0)
     lr_decay_step_epochs: float = key(2, "step/exponential: epochs per decay step, fractions allowed (timm's 2.4)",
                                       above=0.0)
     lr_noise: List[float] = key([], "timm's --lr-noise, as START,END: from epoch START x epoch_size to before END x "
                                 "epoch_size each epoch's learning rate is multiplied by 1 + n, n drawn from "
                                 "(seed, epoch), normal, redrawn until |n| < 0.67 (timm's recipe: 0.42,0.9)")
-    ema_decay: float = key(0.0, "Exponential moving average of weights (0: off, e.g. 0.9999)", minimum=0.0)
+    ema_decay: float = key(0.0, "Exponential moving average of weights (0: off, e.g. 0.9999)", minimum=0.0,
+                           below=1.0)
     grad_clip: float = key(0.0, "Clip gradients to this global norm (0: off)", minimum=0.0)
     amp_level: str = key("auto", "Mixed precision (auto: O0 on CPU, O2 elsewhere)",
                          choices=["auto", "O0", "O1", "O2", "O3"])
@@ -100,16 +105,17 @@ class Config:
                             "rand-m<magnitude>[-n<ops per image>][-p<probability>][-mstd<magnitude std>], e.g. "
                             "rand-m9-mstd0.5 (timm's recipe); empty: off")
     color_jitter: float = key(AUGMENTATION.color_jitter, "Colour jitter strength in training (0: off)", minimum=0.0)
-    random_erase: float = key(AUGMENTATION.random_erase, "Random erasing probability in training", minimum=0.0)
+    random_erase: float = key(AUGMENTATION.random_erase, "Random erasing probability in training", minimum=0.0,
+                                maximum=1.0)
     random_erase_mode: str = key(AUGMENTATION.random_erase_mode, "What random erasing fills in: const, the mean colour "
                                  "(0 once normalised, torchvision's); pixel, per-pixel normal noise once normalised "
                                  "(timm's --remode pixel)", choices=["const", "pixel"])
     min_crop_area: float = key(AUGMENTATION.min_crop_area, "Training random-resized crop: smallest crop as a fraction "
                                "of the image area (1: whole image, flips only; small images learn faster with less)",
-                               above=0.0)
+                               above=0.0, maximum=1.0)
     interpolation: str = key(PREPROCESSING.interpolation, "Resize interpolation", choices=list(INTERPOLATIONS))
     crop_pct: float = key(PREPROCESSING.crop_pct, "Eval centre-crop fraction: shorter side resized to resize/crop_pct",
-                          above=0.0)
+                          above=0.0, maximum=1.0)
     mean: List[float] = key(PREPROCESSING.mean, "Per-channel (R, G, B) mean subtracted from images in [0, 1] "
                             "(default ImageNet's)")
     std: List[float] = key(PREPROCESSING.std, "Per-channel (R, G, B) standard deviation images are divided by "
@@ -241,11 +247,13 @@ def _convert(name: str, value, source: str):
             from None
     if kind is float and not math.isfinite(converted):
         raise fail("must be a finite number")
-    minimum, above, choices = spec.metadata.get("minimum"), spec.metadata.get("above"), spec.metadata.get("choices")
-    if minimum is not None and converted < minimum:
-        raise fail(f"must be >= {minimum}")
-    if above is not None and converted <= above:
-        raise fail(f"must be > {above}")
+    bounds = {"minimum": (converted.__lt__, ">="), "above": (converted.__le__, ">"),
+              "maximum": (converted.__gt__, "<="), "below": (converted.__ge__, "<")}
+    for bound, (crosses, relation) in bounds.items():
+        limit = spec.metadata.get(bound)
+        if limit is not None and crosses(limit):
+            raise fail(f"must be {relation} {limit}")
+    choices = spec.metadata.get("choices")
     if choices and converted not in choices:
         raise fail(f"must be one of {', '.join(choices)}")
     return converted
@@ -293,11 +301,13 @@ def check_consistency(config: Config):
                           f"(got {len(config.milestone)} and {len(config.learning_rates)})")
     if config.lr_decay_mode == "piecewise" and not config.milestone:
         raise ConfigError("lr_decay_mode piecewise needs milestone and learning_rates lists")
-    for name in ("dropout_rate", "drop_path_rate"):
-        if getattr(config, name) >= 1.0:
-            raise ConfigError(f"{name} must be < 1, got {getattr(config, name)}")
-    if config.random_erase > 1.0:
-        raise ConfigError(f"random_erase is a probability in [0, 1], got {config.random_erase}")
+    if not all(a < b for a, b in zip([0] + config.milestone, config.milestone)):
+        raise ConfigError(f"milestone takes rising epochs above 0, got {','.join(map(str, config.milestone))}")
+    if not all(rate > 0 for rate in config.learning_rates):
+        raise ConfigError(f"learning_rates must all be > 0, got {','.join(map(str, config.learning_rates))}")
+    if config.min_lr > config.max_lr:
+        raise ConfigError(f"min_lr {config.min_lr} is above max_lr {config.max_lr}: the schedule decays from max_lr "
+                          "to min_lr")
     if config.rand_augment:
         if config.auto_augment:
             raise ConfigError("auto_augment and rand_augment are alternatives; set one of them")
@@ -314,10 +324,5 @@ def check_consistency(config: Config):
         if len(values) != 3 or not all((low is not None and v == low or 0 < v) and v <= 1 for v in values):
             raise ConfigError(f"{name} needs 3 numbers (R, G, B) {bounds}, e.g. --{name} "
                               f"{','.join(map(str, getattr(PREPROCESSING, name)))}; got {values}")
-    if config.min_crop_area > 1.0:
-        raise ConfigError(f"min_crop_area is a fraction of the image area in (0, 1], got {config.min_crop_area}")
     if config.val_synsets and not config.val_labels:
         raise ConfigError("val_synsets numbers the labels of a val_labels file; pass --val_labels FILE too")
-    if config.crop_pct > 1.0:
-        raise ConfigError(f"crop_pct is the fraction of the resized image kept by the centre crop, in (0, 1], got "
-                          f"{config.crop_pct}")

@@ -136,8 +136,7 @@ def test_non_finite_values_are_refused_in_yaml_and_lists_too(tmp_path):
 
 def test_crop_pct_is_a_fraction_in_0_1():
     assert from_command_line(["--crop_pct", "1"]).crop_pct == 1.0
-    with pytest.raises(ConfigError, match=r"^crop_pct is the fraction of the resized image kept by the centre crop, "
-                                          r"in \(0, 1\], got 5.0$"):
+    with pytest.raises(ConfigError, match=r"^crop_pct \(from --crop_pct\): must be <= 1.0, got '5'$"):
         from_command_line(["--crop_pct", "5"])
     with pytest.raises(ConfigError, match=r"must be > 0.0"):
         from_command_line(["--crop_pct", "0"])
@@ -173,3 +172,33 @@ def test_run_cli_prints_user_errors_and_lets_bugs_through(capsys):
     assert stop.value.code == 2 and capsys.readouterr().err == "error: config file x.yaml not found\n"
     with pytest.raises(ZeroDivisionError):  # outside an MPI job, the exception itself, for the caller to see
         run_cli(lambda argv: 1 / 0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimizer", "rmsprop_tf", "--momentum", "1.5"], "momentum (from --momentum): must be < 1.0, got '1.5'"),
+    (["--momentum", "1"], "momentum (from --momentum): must be < 1.0, got '1'"),
+    (["--rand_augment", "rand-m9-m9"], "rand_augment 'rand-m9-m9' gives m twice; give each part once"),
+    (["--bn_momentum", "1.5"], "bn_momentum (from --bn_momentum): must be <= 1.0, got '1.5'"),
+    (["--ema_decay", "1"], "ema_decay (from --ema_decay): must be < 1.0, got '1'"),
+    (["--smooth_factor", "1"], "smooth_factor (from --smooth_factor): must be < 1.0, got '1'"),
+    (["--lr_decay_rate", "1.5"], "lr_decay_rate (from --lr_decay_rate): must be <= 1.0, got '1.5'"),
+    (["--dropout_rate", "1"], "dropout_rate (from --dropout_rate): must be < 1.0, got '1'"),
+    (["--random_erase", "1.5"], "random_erase (from --random_erase): must be <= 1.0, got '1.5'"),
+    (["--min_crop_area", "2"], "min_crop_area (from --min_crop_area): must be <= 1.0, got '2'"),
+    (["--min_lr", "0.5", "--max_lr", "0.1"],
+     "min_lr 0.5 is above max_lr 0.1: the schedule decays from max_lr to min_lr"),
+    (["--lr_decay_mode", "piecewise", "--milestone", "60,30", "--learning_rates", "0.1,0.01"],
+     "milestone takes rising epochs above 0, got 60,30"),
+    (["--lr_decay_mode", "piecewise", "--milestone", "30,60", "--learning_rates", "0.1,-0.01"],
+     "learning_rates must all be > 0, got 0.1,-0.01"),
+])
+def test_values_no_recipe_can_mean_are_refused_in_one_line(argv, message):
+    with pytest.raises(ConfigError) as raised:
+        from_command_line(argv)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("argv", [["--momentum", "0.999"], ["--bn_momentum", "1"], ["--ema_decay", "0.9999"],
+                                  ["--lr_decay_rate", "1"], ["--random_erase", "1"], ["--min_lr", "0.1"]])
+def test_the_bounds_themselves_are_accepted_where_they_mean_something(argv):
+    assert from_command_line(argv)

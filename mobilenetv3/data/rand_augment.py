@@ -42,6 +42,8 @@ def parse(spec: str) -> RandAugment:
             raise ValueError(f"{spec!r}: cannot read {part!r}; the parts are m<magnitude>, n<ops per image>, "
                              "p<probability>, mstd<magnitude std>, e.g. rand-m9-mstd0.5")
         key, value = names[match.group(1)], float(match.group(2))
+        if key in settings:
+            raise ValueError(f"{spec!r} gives {match.group(1)} twice; give each part once")
         settings[key] = int(value) if key == "num_ops" else (math.inf if key == "magnitude_std" and value > 100
                                                               else value)
     result = RandAugment(**settings)
