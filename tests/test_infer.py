@@ -17,7 +17,8 @@ from mobilenetv3.cli import run_cli
 from mobilenetv3.cli import MODEL_FILE_KEYS
 from mobilenetv3.config import build_config
 from mobilenetv3.data.imagenet import display_names, model_classes
-from mobilenetv3.deploy.inference import Prediction, class_names_of, load_model, predict_folder, write_predictions
+from mobilenetv3.deploy.inference import (Prediction, class_names_of, load_model, predict_folder, spreadsheet_text,
+                                          write_predictions)
 from mobilenetv3.models.factory import create_model
 
 CLASSES = ["class_0", "class_1", "class_2"]
@@ -220,6 +221,21 @@ def test_write_predictions_json_and_csv(tmp_path):
                                                 "a/1.jpg,2,cat,0.75,0,dog,0.25\r\n"
                                                 '"b,2.png",0,dog,0.5,1,"fish, salmon",0.5\r\n')
 
+
+
+def test_no_csv_cell_starts_like_a_spreadsheet_formula_and_json_stays_exact(tmp_path):
+    """Before: a file named =HYPERLINK(...).jpg was a live formula when the CSV was opened in Excel."""
+    risky = ['=HYPERLINK("http://x","y").jpg', "+1.jpg", "-2.jpg", "@SUM(A1).jpg", "\tcmd.jpg", "\rcmd.jpg"]
+    predictions = [Prediction(name, [0, 1], ["=cmd|' /C calc'!A0", "-minus"], [0.5, 0.5]) for name in risky]
+    write_predictions(predictions, tmp_path / "p.csv")
+    with (tmp_path / "p.csv").open(newline="") as rows:
+        cells = [cell for row in list(csv.reader(rows))[1:] for cell in row]
+    text_cells = [cell for cell in cells if not cell.replace(".", "").isdigit()]
+    assert len(text_cells) == 3 * len(risky)
+    assert all(cell.startswith("'") and cell[1:] in risky + ["=cmd|' /C calc'!A0", "-minus"] for cell in text_cells)
+    write_predictions(predictions, tmp_path / "p.json")
+    assert [p["path"] for p in json.loads((tmp_path / "p.json").read_text())] == risky
+    assert spreadsheet_text("plain/1.jpg") == "plain/1.jpg"
 
 def run_infer_expecting_error(capsys, **values):
     """The one error line of the infer script, and its stdout."""

@@ -137,7 +137,8 @@ def output_format(path) -> str:
 
 def write_predictions(predictions: List[Prediction], path):
     """JSON (a list of records with path, indices, names, probs) or CSV (path, then index/name/prob for
-    each rank), by the file's suffix.
+    each rank), by the file's suffix. JSON keeps every name exactly; in the CSV a name that a spreadsheet
+    would run as a formula starts with a single quote (spreadsheet_text).
 
     File names that are not valid UTF-8 (Python holds their bytes as surrogates) are kept exactly: the CSV
     has the name's own bytes, the JSON its \\udcXX escapes, which json.loads and os.fsencode turn back
@@ -154,4 +155,15 @@ def write_predictions(predictions: List[Prediction], path):
             writer = csv.writer(out)
             writer.writerow(["path"] + [f"{field}_{r}" for r in range(1, k + 1) for field in ("index", "name", "prob")])
             for p in predictions:
-                writer.writerow([p.path] + [v for r in zip(p.indices, p.names, p.probs) for v in r])
+                ranks = [v for r in zip(p.indices, map(spreadsheet_text, p.names), p.probs) for v in r]
+                writer.writerow([spreadsheet_text(p.path), *ranks])
+
+
+# What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """`text` as a CSV cell that Excel and LibreOffice show as text: one starting like a formula gets a
+    single quote in front, as OWASP advises."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
