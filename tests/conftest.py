@@ -1,6 +1,7 @@
 """Shared fixtures: CPU device, tiny synthetic image folders, small configs."""
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,14 +61,22 @@ def image_folder(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("images"), {"train": 16, "val": 6})
 
 
-@pytest.fixture(scope="module")  # one per test module: modules write files next to it
-def trained(image_folder, tmp_path_factory):
+@pytest.fixture(scope="session")
+def trained_once(image_folder, tmp_path_factory):
     """Two epochs at BN momentum 0.5 (settled statistics), so the probabilities differ between images."""
     config = build_config(overrides=dict(
         device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=2, resize=32,
         num_parallel_workers=2, bn_momentum=0.5, max_lr=0.02, decay_epoch=2, dataset_sink_mode=False,
         log_interval=100, ckpt_save_dir=str(tmp_path_factory.mktemp("ckpt"))))
     return Path(train(config))
+
+
+@pytest.fixture(scope="module")
+def trained(trained_once, tmp_path_factory):
+    """trained_once's checkpoint in a copy of its run folder for each test module, which may write beside it."""
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(trained_once.parent, folder)
+    return folder / trained_once.name
 
 
 @pytest.fixture
@@ -82,6 +91,32 @@ def small_config(image_folder, tmp_path):
         values.update(overrides)
         return build_config(overrides=values)
     return make
+
+
+def script_main(name, folder="scripts"):
+    """<folder>/<name>.py's main function, loaded without running the script."""
+    import runpy
+    return runpy.run_path(str(REPO / folder / f"{name}.py"), run_name=f"{name}_script")["main"]
+
+
+def run_main(name, *args, folder="scripts"):
+    """Run <folder>/<name>.py's main(argv) in this process through cli.run_cli, as `python <name>.py args`
+    runs it but without a new interpreter and MindSpore start-up: a CompletedProcess with the exit status
+    and what it printed (its log records included). For what only a fresh process shows (imports, the
+    environment, signals) use run_script."""
+    import contextlib
+    import io
+    import subprocess
+    main = script_main(name, folder)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = list(map(str, args))
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            cli.run_cli(main, argv)
+            status = 0
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return subprocess.CompletedProcess([name, *argv], status, stdout.getvalue(), stderr.getvalue())
 
 
 def run_script(name, *args, cwd=None, timeout=600, env=None, folder="scripts"):

@@ -5,7 +5,7 @@ from mobilenetv3.cli import TRAIN_KEYS
 from mobilenetv3.cli import from_command_line
 from mobilenetv3.config import FIELDS, Config, ConfigError, build_config
 from mobilenetv3.errors import UserError
-from conftest import REPO, run_script
+from conftest import REPO, run_main, run_script
 
 # The seed README's parameter table: key -> default. One deliberate change: num_parallel_workers 0 (each
 # process's share of the CPUs) instead of the seed's fixed 8.
@@ -102,7 +102,7 @@ def test_piecewise_needs_matching_lists():
 
 
 def test_cli_prints_one_line_and_exits_2():
-    result = run_script("train", "--batch_size", "abc")
+    result = run_main("train", "--batch_size", "abc")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: batch_size (from --batch_size): expected an integer, got 'abc'"]
 
@@ -145,7 +145,7 @@ def test_crop_pct_is_a_fraction_in_0_1():
 def test_a_yaml_file_that_is_not_utf8_is_one_line_naming_the_byte(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("batch_size: 8  # café\n".encode("latin-1"))
-    result = run_script("train", "--config", path)
+    result = run_main("train", "--config", path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"error: {path}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8"]
 

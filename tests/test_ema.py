@@ -6,7 +6,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import run_main
 from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.config import build_config
 from mobilenetv3.data.preprocessing import Preprocessing
@@ -122,7 +122,7 @@ def test_ema_without_running_statistics_takes_the_models(ema_run, tmp_path):
 
 def test_use_ema_without_ema_weights_is_one_error_naming_flag_and_checkpoint(ema_run, image_folder):
     plain = ema_run[1]
-    result = run_script("eval", "--device_target", "CPU", "--num_classes", 3, "--data_url", image_folder,
+    result = run_main("eval", "--device_target", "CPU", "--num_classes", 3, "--data_url", image_folder,
                         "--pretrained", plain, "--use_ema")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
@@ -135,13 +135,13 @@ def test_eval_and_export_use_the_ema_weights(ema_run, image_folder, tmp_path):
     common = ["--device_target", "CPU", "--num_classes", 3, "--resize", 32, "--pretrained", path]
     accuracy = {}
     for use_ema in ("false", "true"):
-        result = run_script("eval", *common, "--data_url", image_folder, "--use_ema", use_ema,
+        result = run_main("eval", *common, "--data_url", image_folder, "--use_ema", use_ema,
                             "--json", tmp_path / f"{use_ema}.json")
         assert result.returncode == 0, result.stderr
         accuracy[use_ema] = json.loads((tmp_path / f"{use_ema}.json").read_text())
     assert accuracy["true"] != accuracy["false"]  # other weights, other loss
 
-    result = run_script("export", *common, "--file_format", "ONNX", "--use_ema")
+    result = run_main("export", *common, "--file_format", "ONNX", "--use_ema")
     assert result.returncode == 0, result.stderr
     exported = path.with_name(path.stem + "-ema.onnx")
     import onnxruntime
@@ -152,7 +152,7 @@ def test_eval_and_export_use_the_ema_weights(ema_run, image_folder, tmp_path):
     net, _ = model_from_checkpoint(path, use_ema=True, expected=dict(num_classes=3))
     np.testing.assert_allclose(logits, net(ms.Tensor(images)).asnumpy(), rtol=1e-4, atol=1e-4)
 
-    result = run_script("infer", "--device_target", "CPU", "--num_classes", 3, "--resize", 32, "--data_url",
+    result = run_main("infer", "--device_target", "CPU", "--num_classes", 3, "--resize", 32, "--data_url",
                         image_folder / "val", "--pretrained", exported, "--backend", "onnxruntime", "--use_ema")
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
         f"error: --use_ema picks a checkpoint's EMA weights, but {exported} is an exported ONNX model; drop "

@@ -2,7 +2,6 @@
 import ast
 import json
 import re
-import runpy
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import mindspore.dataset as ds
 import numpy as np
 import pytest
 
-from conftest import REPO, reference_eval_input, run_script, write_image_folder
+from conftest import reference_eval_input, run_main, run_script, script_main, write_image_folder
 from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.cli import run_cli
 from mobilenetv3.config import build_config
@@ -167,12 +166,8 @@ def test_eval_script_prints_the_seed_line(trained, folder, expected, tmp_path):
     assert sum(c["top5"] * c["images"] for c in saved["per_class"]) == pytest.approx(expected["top5"] * 21)
 
 
-def eval_main():
-    return runpy.run_path(str(REPO / "scripts" / "eval.py"), run_name="eval_script")["main"]
-
-
 def test_data_url_may_be_a_class_folder_tree(trained, folder, expected, capsys):
-    run_cli(eval_main(), flags(data_url=folder / "val", pretrained=trained))
+    run_cli(script_main("eval"), flags(data_url=folder / "val", pretrained=trained))
     first = capsys.readouterr().out.splitlines()[0]
     assert ast.literal_eval(first) == {"Top_1_Accuracy": expected["top1"], "Top_5_Accuracy": expected["top5"]}
 
@@ -180,7 +175,7 @@ def test_data_url_may_be_a_class_folder_tree(trained, folder, expected, capsys):
 def test_the_checkpoint_alone_says_model_classes_and_image_size(trained, folder, expected, capsys):
     """Without --num_classes or --resize (defaults 1000 and 224) the checkpoint's
     meta builds the model it is for and evaluates at the size it was trained at (32 px)."""
-    run_cli(eval_main(), ["--device_target", "CPU", "--data_url", str(folder), "--pretrained", str(trained)])
+    run_cli(script_main("eval"), ["--device_target", "CPU", "--data_url", str(folder), "--pretrained", str(trained)])
     out, err = capsys.readouterr()
     assert ast.literal_eval(out.splitlines()[0]) == {"Top_1_Accuracy": expected["top1"],
                                                      "Top_5_Accuracy": expected["top5"]}
@@ -189,7 +184,7 @@ def test_the_checkpoint_alone_says_model_classes_and_image_size(trained, folder,
 
 def test_missing_checkpoint_is_one_error_line(folder, tmp_path):
     missing = tmp_path / "missing.ckpt"
-    result = run_script("eval", *flags(data_url=folder, pretrained=missing))
+    result = run_main("eval", *flags(data_url=folder, pretrained=missing))
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if not line.startswith(("warning:", "preprocessing:"))]
     assert errors == [f"error: checkpoint {missing} not found"]
@@ -241,7 +236,7 @@ def write_lines(path, lines):
 
 def eval_output(capsys, **values):
     """(stdout lines, stderr lines) of eval.py run in this process with flags(**values)."""
-    run_cli(eval_main(), flags(**values))
+    run_cli(script_main("eval"), flags(**values))
     captured = capsys.readouterr()
     return captured.out.splitlines(), captured.err.splitlines()
 
@@ -318,7 +313,7 @@ ERRORS = {  # case: (flags made from the trained checkpoint, its folder and tmp_
 def test_user_errors_are_one_line_and_exit_2(trained, folder, tmp_path, capsys, case):
     make_flags, message = ERRORS[case]
     with pytest.raises(SystemExit) as stop:
-        run_cli(eval_main(), flags(**dict(dict(data_url=folder, pretrained=trained),
+        run_cli(script_main("eval"), flags(**dict(dict(data_url=folder, pretrained=trained),
                                           **make_flags(trained, folder, tmp_path))))
     assert stop.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(("warning:", "preprocessing:"))]
@@ -328,11 +323,11 @@ def test_user_errors_are_one_line_and_exit_2(trained, folder, tmp_path, capsys, 
 
 def test_json_folders_are_created_and_a_bad_path_fails_before_evaluating(trained, folder, tmp_path, capsys):
     nested = tmp_path / "no" / "such" / "dir" / "m.json"
-    run_cli(eval_main(), flags(data_url=folder, pretrained=trained, json=nested))
+    run_cli(script_main("eval"), flags(data_url=folder, pretrained=trained, json=nested))
     assert json.loads(nested.read_text())["images"] == 21
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        run_cli(eval_main(), flags(data_url=folder, pretrained=trained, json=tmp_path))
+        run_cli(script_main("eval"), flags(data_url=folder, pretrained=trained, json=tmp_path))
     captured = capsys.readouterr()
     assert stop.value.code == 2 and captured.out == ""
     assert captured.err.splitlines() == [f"error: --json {tmp_path} is a directory; give a file name"]
@@ -344,7 +339,7 @@ def test_a_folder_of_only_unreadable_images_is_an_error_not_nan(trained, tmp_pat
         (tmp_path / "val" / name).mkdir(parents=True)
         (tmp_path / "val" / name / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(SystemExit) as stop:
-        run_cli(eval_main(), flags(data_url=tmp_path, pretrained=trained, json=tmp_path / "m.json"))
+        run_cli(script_main("eval"), flags(data_url=tmp_path, pretrained=trained, json=tmp_path / "m.json"))
     captured = capfd.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error")]
     assert stop.value.code == 2 and errors == [f"error: none of the images in {tmp_path / 'val'} could be read "

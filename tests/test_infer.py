@@ -2,7 +2,6 @@
 import csv
 import json
 import re
-import runpy
 from pathlib import Path
 
 import mindspore as ms
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, reference_eval_input, run_script
+from conftest import REPO, reference_eval_input, run_main, run_script, script_main
 from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.checkpoints.meta import sidecar_path
 from mobilenetv3.cli import run_cli
@@ -28,10 +27,6 @@ SETTINGS = dict(device_target="CPU", num_classes=3, resize=32, batch_size=6)  # 
 def flags(**values):
     """["--key", "value", ...] of SETTINGS updated with `values`."""
     return [str(v) for name, value in dict(SETTINGS, **values).items() for v in (f"--{name}", value)]
-
-
-def script_main(name):
-    return runpy.run_path(str(REPO / "scripts" / f"{name}.py"), run_name=f"{name}_script")["main"]
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +156,8 @@ def write_mixed_folder(root: Path):
 def test_every_image_kind_is_predicted_and_bad_files_are_listed(trained, tmp_path):
     good, bad = write_mixed_folder(tmp_path / "mixed")
     output = tmp_path / "out" / "preds.json"
-    result = run_script("infer", *flags(model="mobilenet_v3_small", data_url=tmp_path / "mixed",
-                                        pretrained=trained, output=output))
+    result = run_main("infer", *flags(model="mobilenet_v3_small", data_url=tmp_path / "mixed",
+                                      pretrained=trained, output=output))
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     pattern = re.compile(r"^(.+): (class_\d) \((\d\.\d{4})\), (class_\d) \((\d\.\d{4})\), (class_\d) \((\d\.\d{4})\)$")
