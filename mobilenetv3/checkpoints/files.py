@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import mindspore as ms
+import numpy as np
 
 from ..errors import UserError
 from .meta import META_KEY, parse_meta
@@ -61,14 +62,31 @@ def require_file(path, kind: str = "checkpoint") -> Path:
 
 
 def load(path) -> Tuple[Dict[str, ms.Parameter], dict]:
-    """Read a checkpoint into ({name: Parameter}, meta); meta is {} for checkpoints from elsewhere."""
+    """Read a checkpoint into ({name: Parameter}, meta); meta is {} for checkpoints from elsewhere.
+
+    Every tensor must be finite: a run that diverged saves NaN weights, which would otherwise evaluate,
+    export or train on as if they were weights (one pass of np.isfinite, small beside reading the file)."""
     path = require_file(path)
     try:
         params = ms.load_checkpoint(str(path), crc_check=True)
     except (RuntimeError, ValueError, OSError) as err:
         raise UserError(f"checkpoint {path} is truncated, corrupt or not a MindSpore checkpoint ({err})") from None
     meta = params.pop(META_KEY, None)
+    bad = first_non_finite((name, value.asnumpy()) for name, value in params.items() if isinstance(value, ms.Tensor))
+    if bad:
+        raise UserError(f"checkpoint {path}: tensor {bad}: the run that saved it diverged or the file is damaged; "
+                        "use an earlier checkpoint")
     return params, parse_meta(str(meta), f"the meta of checkpoint {path}") if meta is not None else {}
+
+
+def first_non_finite(arrays) -> Optional[str]:
+    """"<name> holds NaN or infinite values (N of M)" for the first of the (name, array) pairs `arrays` that
+    holds any, else None."""
+    for name, array in arrays:
+        finite = np.isfinite(array)
+        if not finite.all():
+            return f"{name} holds NaN or infinite values ({finite.size - np.count_nonzero(finite)} of {finite.size})"
+    return None
 
 
 def listing(names, most=8) -> str:

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import mindspore as ms
 import numpy as np
 
-from ..checkpoints.files import listing, mismatch, require_file, save
+from ..checkpoints.files import first_non_finite, listing, mismatch, require_file, save
 from ..data.imagenet import NUM_CLASSES, wnids
 from ..errors import UserError
 from ..models.architectures import ARCHITECTURES, MODEL_DEFAULTS
@@ -239,6 +239,9 @@ def convert_file(input_path, source: str, model_name: str, output_path, width: f
     1000-class weights and the source; with a preset, also its preprocessing and published accuracy.
     """
     state_dict = read_weights(input_path)
+    bad = first_non_finite((key, _to_numpy(value)) for key, value in state_dict.items())
+    if bad:
+        raise UserError(f"{input_path}: tensor {bad}; these weights are broken: download or export them again")
     source = detect_source(state_dict) if source == "auto" else source
     weights, bn_eps = convert_state_dict(state_dict, source, model_name, width)
     num_classes = weights["classifier.3.bias"].shape[0]
