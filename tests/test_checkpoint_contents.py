@@ -1,6 +1,6 @@
 """Checkpoints whose contents cannot be right, refused where every checkpoint is read (checkpoints.files.load):
-NaN or infinite tensors. Each is one error line in eval, infer and export, average_checkpoints, and training's
---resume and --pretrained."""
+NaN or infinite tensors, and a meta that contradicts the tensors. Each is one error line in eval, infer and
+export, average_checkpoints, and training's --resume and --pretrained."""
 import re
 import runpy
 
@@ -79,3 +79,20 @@ def test_training_refuses_to_resume_from_or_fine_tune_a_checkpoint_holding_nan(s
     with pytest.raises(UserError, match=message):
         train(small_config(pretrained=str(path), ckpt_save_dir=str(tmp_path / "fine_tuned")))
     assert not list((tmp_path / "fine_tuned").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("script", ["eval", "infer", "export"])
+def test_a_meta_that_contradicts_the_classifier_is_one_line_naming_both(image_folder, tmp_path, capsys, script):
+    lying = write_checkpoint(tmp_path / "lying.ckpt", rows=1000, num_classes=10, classes=None)
+    assert script_error(script, uses(image_folder, tmp_path, lying)[script], capsys) == (
+        f"checkpoint {lying}: its meta says num_classes 10, but its tensor classifier.3.weight is (1000, 1024); "
+        "the file contradicts itself: save or convert it again")
+
+
+def test_a_class_list_of_another_length_than_the_classifier_is_refused(small_config, tmp_path):
+    path = write_checkpoint(tmp_path / "classes.ckpt", classes=CLASSES + ["class_3"])
+    with pytest.raises(UserError, match=re.escape(
+            f"checkpoint {path}: its meta says 4 class names, but its tensor classifier.3.weight is (3, 1024)")):
+        checkpoint.load(path)
+    with pytest.raises(UserError, match="its meta says 4 class names"):  # fine-tuning from it, too
+        train(small_config(pretrained=str(path)))

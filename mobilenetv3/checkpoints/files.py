@@ -76,7 +76,24 @@ def load(path) -> Tuple[Dict[str, ms.Parameter], dict]:
     if bad:
         raise UserError(f"checkpoint {path}: tensor {bad}: the run that saved it diverged or the file is damaged; "
                         "use an earlier checkpoint")
-    return params, parse_meta(str(meta), f"the meta of checkpoint {path}") if meta is not None else {}
+    meta = parse_meta(str(meta), f"the meta of checkpoint {path}") if meta is not None else {}
+    check_meta_fits_tensors(meta, params, path)
+    return params, meta
+
+
+def check_meta_fits_tensors(meta: dict, params: dict, path):
+    """One line if the meta of checkpoint `path` contradicts its own tensors: its num_classes, or the length
+    of its class list, is not the number of rows of the classifier (raw or EMA). Said here, the error blames
+    the file, not a mismatch with the model built from that meta or with the flags."""
+    recorded = [(f"num_classes {meta['num_classes']}", meta["num_classes"])] if "num_classes" in meta else []
+    if isinstance(meta.get("classes"), list):
+        recorded.append((f"{len(meta['classes'])} class names", len(meta["classes"])))
+    for name in (*CLASSIFIER_OUT, *(EMA_PREFIX + n for n in CLASSIFIER_OUT)):
+        shape = tuple(params[name].shape) if name in params else None
+        for said, count in recorded:
+            if shape is not None and shape[:1] != (count,):
+                raise UserError(f"checkpoint {path}: its meta says {said}, but its tensor {name} is {shape}; "
+                                "the file contradicts itself: save or convert it again")
 
 
 def first_non_finite(arrays) -> Optional[str]:
