@@ -119,6 +119,27 @@ def test_weights_holding_nan_or_inf_are_refused_naming_the_first_bad_tensor(tmp_
     assert not (tmp_path / "inf.ckpt").exists()
 
 
+def test_weights_that_contradict_the_preset_are_refused(tmp_path):
+    """10 classes under an ImageNet preset; another width; another model (the weights do not fit it)."""
+    save_file(published_tensors(known_arrays(num_classes=10), "torchvision"), str(tmp_path / "ten.safetensors"))
+    ten = run_script("convert_weights", "--input", tmp_path / "ten.safetensors", "--output", tmp_path / "ten.ckpt",
+                     "--preset", "torchvision/mobilenet_v3_small.IMAGENET1K_V1")
+    assert ten.returncode == 2 and ten.stderr.splitlines() == [
+        f"error: {tmp_path / 'ten.safetensors'} holds weights for 10 classes, but --preset "
+        "torchvision/mobilenet_v3_small.IMAGENET1K_V1 is 1000-class weights: drop --preset (it records the published "
+        "weights' preprocessing and accuracy)"]
+    assert not (tmp_path / "ten.ckpt").exists()
+    narrow = run_script("convert_weights", "--input", tmp_path / "ten.safetensors", "--width", 0.75,
+                        "--preset", "torchvision/mobilenet_v3_small.IMAGENET1K_V1")
+    assert narrow.returncode == 2 and narrow.stderr.splitlines() == [
+        "error: --preset torchvision/mobilenet_v3_small.IMAGENET1K_V1 is width 1.0, but --width is 0.75; drop --width"]
+    save_file(published_tensors(known_arrays(), "timm"), str(tmp_path / "small.safetensors"))
+    with pytest.raises(UserError, match=r"^timm weights do not fit mobilenet_v3_large width 1\.0 with 1000 classes: "
+                                        r".* \(are these the weights of --preset timm/mobilenetv3_large_100\.ra_in1k\?\)$"):
+        convert_file(tmp_path / "small.safetensors", "timm", "mobilenet_v3_large", tmp_path / "small.ckpt", 1.0,
+                     "timm/mobilenetv3_large_100.ra_in1k")
+
+
 def test_presets_are_consistent():
     for name, chosen in PRESETS.items():
         assert name.split("/")[0] == chosen.source and chosen.interpolation in ("bilinear", "bicubic")
