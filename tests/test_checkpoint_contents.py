@@ -20,10 +20,10 @@ CLASSES = ["class_0", "class_1", "class_2"]
 BROKEN = "features.4.block.1.0.weight"  # a depthwise conv in the middle of the network
 
 
-def write_checkpoint(path, rows=3, broken=(), **meta):
-    """MobileNetV3-Small's fresh weights with a classifier of `rows` classes, the tensors named in `broken`
-    holding one NaN, and the meta training writes for 3 classes, updated with `meta`."""
-    arrays = {p.name: p.asnumpy().copy() for p in create_model(SMALL, rows).get_parameters()}
+def write_checkpoint(path, rows=3, broken=(), width=1.0, **meta):
+    """MobileNetV3-Small's fresh weights at `width` with a classifier of `rows` classes, the tensors named in
+    `broken` holding one NaN, and the meta training writes for 3 classes at width 1.0, updated with `meta`."""
+    arrays = {p.name: p.asnumpy().copy() for p in create_model(SMALL, rows, width).get_parameters()}
     for name in broken:
         arrays[name].flat[5] = np.nan
     checkpoint.save(path, {name: ms.Tensor(array) for name, array in arrays.items()},
@@ -82,11 +82,16 @@ def test_training_refuses_to_resume_from_or_fine_tune_a_checkpoint_holding_nan(s
 
 
 @pytest.mark.parametrize("script", ["eval", "infer", "export"])
-def test_a_meta_that_contradicts_the_classifier_is_one_line_naming_both(image_folder, tmp_path, capsys, script):
+def test_a_meta_that_contradicts_the_tensors_is_one_line_naming_both(image_folder, tmp_path, capsys, script):
     lying = write_checkpoint(tmp_path / "lying.ckpt", rows=1000, num_classes=10, classes=None)
     assert script_error(script, uses(image_folder, tmp_path, lying)[script], capsys) == (
         f"checkpoint {lying}: its meta says num_classes 10, but its tensor classifier.3.weight is (1000, 1024); "
         "the file contradicts itself: save or convert it again")
+    narrow = write_checkpoint(tmp_path / "narrow.ckpt", width=0.5)  # the meta says width 1.0
+    error = script_error(script, uses(image_folder, tmp_path, narrow)[script], capsys)
+    assert error.startswith(f"checkpoint {narrow}: its meta records {SMALL}, width 1.0, 3 classes, but its tensors "
+                            "do not fit that model (shape differs: classifier.0.bias (512,) vs (1024,), ")
+    assert error.endswith("; the file contradicts itself: save or convert it again")
 
 
 def test_a_class_list_of_another_length_than_the_classifier_is_refused(small_config, tmp_path):

@@ -119,13 +119,15 @@ def mismatch(missing, unexpected, wrong_shape, missing_label="missing from check
     return "; ".join(problems)
 
 
-def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False, loaded=None) -> dict:
+def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False, loaded=None,
+                 built_from_meta: bool = False) -> dict:
     """Load a checkpoint's weights into `net` after checking every name and shape; returns its meta.
     `loaded` is what load(path) returned, when the caller has read the file already.
 
     With `new_classifier_ok`, a checkpoint for another number of classes loads everything but the
     last Linear layer, which keeps its fresh initialisation (fine-tuning), and says so. Any other
-    mismatch is an error listing the names at fault.
+    mismatch is an error listing the names at fault; `built_from_meta` (`net` is the model the meta
+    records) makes it an error about the file, whose meta then contradicts its tensors.
 
     With `use_ema`, the EMA weights ("ema.<name>") are loaded instead of the raw ones. BatchNorm running
     statistics are the EMA of them where the checkpoint has it (the trainer averages them too), else the
@@ -152,8 +154,11 @@ def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = Fals
     elif missing or unexpected or wrong_shape:
         problems = mismatch(missing, unexpected, [f"{n} {tuple(weights[n].shape)} vs {tuple(own[n].shape)}"
                                                   for n in wrong_shape])
-        saved = f" (it was saved for {meta.get('model')}, width {meta.get('width')}, {meta.get('num_classes')} classes)" \
-            if meta.get("model") else ""
+        recorded = f"{meta.get('model')}, width {meta.get('width')}, {meta.get('num_classes')} classes"
+        if built_from_meta:
+            raise UserError(f"checkpoint {path}: its meta records {recorded}, but its tensors do not fit that model "
+                            f"({problems}); the file contradicts itself: save or convert it again")
+        saved = f" (it was saved for {recorded})" if meta.get("model") else ""
         raise UserError(f"checkpoint {path} does not fit this model{saved}: {problems}")
     not_loaded, _ = ms.load_param_into_net(net, weights, strict_load=True)
     if not_loaded and set(not_loaded) - set(CLASSIFIER_OUT):
