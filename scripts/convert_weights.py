@@ -15,10 +15,9 @@ torchvision's mobilenet_v3_small / mobilenet_v3_large. The naming is told by the
 say it), the number of classes by the weights; --output defaults to the input's name with .ckpt. The
 checkpoint's meta records the model, num_classes, width and BatchNorm eps (timm: 1e-5), which eval, infer
 and export read to rebuild the exact model. --preset (model, width and naming follow from it; weights of
-another model or number of classes are refused) also records the
-preprocessing the weight set was evaluated with and its published accuracy; eval, infer and export then use
-those transforms unless --interpolation, --crop_pct, --mean or --std say otherwise (the presets are listed
-below; the README gives their accuracy).
+another model or number of classes are refused) also records the preprocessing the weight set was evaluated
+with and its published accuracy; eval, infer and export then use those transforms unless --interpolation,
+--crop_pct, --mean or --std say otherwise (the presets are listed below; the README gives their accuracy).
 """
 from pathlib import Path
 

@@ -20,7 +20,7 @@ class Preset:
     top5: Optional[float]  # None where the publisher gives none
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
-    width: float = 1.0  # what the weights are: a file that is not is refused (deploy.convert)
+    width: float = 1.0  # with num_classes, what the weights are: weights that are not are refused
     num_classes: int = NUM_CLASSES
 
     def preprocessing(self) -> dict:
