@@ -10,8 +10,9 @@ Examples:
 
 Every floating-point entry is the element-wise mean: weights, BatchNorm running mean and variance, EMA
 weights, optimiser state. Integer entries (step counters) and the meta (model, classes, config, epoch)
-are the last input's; the meta also lists the files averaged under "averaged". The inputs must hold the
-same parameters with the same shapes. The output loads in eval.py, infer.py and export.py like any checkpoint.
+are the last input's; the meta also lists the files averaged under "averaged". The inputs must be of one
+model, hold the same parameters with the same shapes, and each be given once (not twice, nor a copy). The
+output loads in eval.py, infer.py and export.py like any checkpoint.
 """
 import argparse
 

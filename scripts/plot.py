@@ -6,14 +6,50 @@ Examples:
 
 Top: mean training loss and, where the run validated (--eval_interval), validation Top-1 against epoch;
 bottom: the learning rate at the end of each epoch. Runs are overlaid, named by their folder.
+A line that cannot be read (cut short by a run killed while writing it, bytes that are not UTF-8, no
+numbers for epoch, loss and lr) is skipped, and a warning names the file and the line numbers.
 Needs matplotlib: pip install -e ".[plot]".
 """
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from mobilenetv3.cli import run_cli
 from mobilenetv3.errors import UserError
-from mobilenetv3.training.run_record import METRICS_FILE, read_metrics
+from mobilenetv3.training.run_record import METRICS_FILE
+
+PLOTTED = ("epoch", "loss", "lr")  # every line needs these; val_top1 is drawn where present
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def readable_lines(path: Path) -> tuple:
+    """(the lines of the metrics.jsonl at `path` that can be drawn, the numbers of those that cannot).
+
+    Read as bytes, line by line, so that one damaged line costs that line alone."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], []
+    except OSError as err:
+        raise UserError(f"{path} cannot be read ({err.strerror}); check its permissions") from None
+    lines, skipped = [], []
+    for number, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError both are
+            line = None
+        if isinstance(line, dict) and all(is_number(line.get(key)) for key in PLOTTED) and \
+                is_number(line.get("val_top1", 0)):
+            lines.append(line)
+        else:
+            skipped.append(number)
+    return lines, skipped
 
 
 def plot(runs: dict, output: Path):
@@ -60,10 +96,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     runs = {}
     for directory in map(Path, args.run_dirs):
-        lines = read_metrics(directory / METRICS_FILE)
+        path = directory / METRICS_FILE
+        lines, skipped = readable_lines(path)
+        if not lines and not skipped:
+            raise UserError(f"{path} not found or empty: pass the ckpt_save_dir of a run that finished at least one "
+                            "epoch")
+        numbers = f"line{'s' * (len(skipped) > 1)} {', '.join(map(str, skipped[:10]))}" + \
+            (f" and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        why = "cut short, not UTF-8, or without numbers for epoch, loss and lr"
         if not lines:
-            raise UserError(f"{directory / METRICS_FILE} not found or empty: pass the ckpt_save_dir of a run "
-                            "that finished at least one epoch")
+            raise UserError(f"{path}: no line can be drawn ({numbers}: {why}); pass the ckpt_save_dir of another run")
+        if skipped:
+            print(f"warning: {path}: skipped {numbers} ({why}); plotted the other {len(lines)}", file=sys.stderr)
         runs[directory.resolve().name if directory.name in ("", ".") else directory.name] = lines
     if len(runs) < len(args.run_dirs):
         raise UserError("two runs have the same folder name; give them distinct names (the legend uses them)")

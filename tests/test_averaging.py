@@ -1,5 +1,6 @@
 """Checkpoint averaging against hand-computed means, its refusals, and the script's output in eval.py."""
 import ast
+import re
 
 import mindspore as ms
 import numpy as np
@@ -69,6 +70,30 @@ def test_mismatched_names_or_shapes_are_one_error_naming_file_and_parameter(tmp_
     bad = write(tmp_path / "bad.ckpt", change({name: values[2] for name, values in ENTRIES.items()}), {})
     with pytest.raises(UserError, match="^" + message.format(bad=bad, first=first) + "$"):
         average_checkpoints([first, second, bad], tmp_path / "avg.ckpt")
+    assert not (tmp_path / "avg.ckpt").exists()
+
+
+def test_a_checkpoint_given_twice_or_a_copy_of_one_is_refused(tmp_path):
+    first, second, _ = hand_made(tmp_path)
+    (tmp_path / "sub").mkdir()
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(second.read_bytes())
+    for again, how, earlier in ((first, "is the same file as", first),
+                                (tmp_path / "sub" / ".." / first.name, "is the same file as", first),
+                                (copy, "has the same content as", second)):
+        with pytest.raises(UserError, match="^" + re.escape(f"checkpoint {again} {how} {earlier}: it would count twice "
+                                                            "in the average; pass each checkpoint once") + "$"):
+            average_checkpoints([first, second, again], tmp_path / "avg.ckpt")
+    assert not (tmp_path / "avg.ckpt").exists()
+
+
+def test_checkpoints_of_another_model_are_refused_even_with_the_same_shapes(tmp_path):
+    first, second, third = hand_made(tmp_path)
+    other = write(tmp_path / "other.ckpt", {name: values[2] for name, values in ENTRIES.items()},
+                  {"model": "n", "epoch": 3, "step": 30})
+    with pytest.raises(UserError, match="^" + re.escape(
+            f"checkpoint {other} is for model 'n', but {first} for model 'm': average checkpoints of one model") + "$"):
+        average_checkpoints([first, second, other], tmp_path / "avg.ckpt")
     assert not (tmp_path / "avg.ckpt").exists()
 
 

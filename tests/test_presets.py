@@ -1,6 +1,7 @@
 """Published weights as they are published: safetensors read without torch, presets that record the
 preprocessing a weight set expects, and eval/infer/export using it unless a flag says otherwise."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from conftest import run_script
 from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.config import build_config
 from mobilenetv3.data import preprocessing
-from mobilenetv3.deploy.convert import TIMM_CONV_HEAD, torch_name, torchvision_to_timm
+from mobilenetv3.deploy.convert import TIMM_CONV_HEAD, convert_file, torch_name, torchvision_to_timm
 from mobilenetv3.deploy.presets import PRESETS
+from mobilenetv3.errors import UserError
 from mobilenetv3.models.factory import create_model
 
 SMALL = "mobilenet_v3_small"
@@ -98,6 +100,44 @@ def test_preset_and_a_contradicting_flag_are_refused(tmp_path):
            "mobilenet_v3_large; drop --model" in done.stderr
     unknown = run_script("convert_weights", "--input", tmp_path / "model.safetensors", "--preset", "timm/nope")
     assert unknown.returncode == 2 and "unknown --preset 'timm/nope'; known: torchvision/" in unknown.stderr
+
+
+def test_weights_holding_nan_or_inf_are_refused_naming_the_first_bad_tensor(tmp_path):
+    tensors = published_tensors(known_arrays(), "timm")
+    save_file({name: np.full_like(array, np.nan) for name, array in tensors.items()}, str(tmp_path / "nan.safetensors"))
+    done = run_script("convert_weights", "--input", tmp_path / "nan.safetensors", "--output", tmp_path / "nan.ckpt")
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"error: {tmp_path / 'nan.safetensors'}: tensor blocks.0.0.bn1.bias holds NaN or infinite values (16 of 16); "
+        "these weights are broken: download or export them again"]  # the first in the file, which sorts by name
+    assert not (tmp_path / "nan.ckpt").exists()
+    tensors["blocks.2.1.conv_pw.weight"][7, 3] = -np.inf
+    save_file(tensors, str(tmp_path / "inf.safetensors"))
+    with pytest.raises(UserError, match=re.escape(
+            f"{tmp_path / 'inf.safetensors'}: tensor blocks.2.1.conv_pw.weight holds NaN or infinite values "
+            "(1 of 9600); these weights")):
+        convert_file(tmp_path / "inf.safetensors", "auto", SMALL, tmp_path / "inf.ckpt")
+    assert not (tmp_path / "inf.ckpt").exists()
+
+
+def test_weights_that_contradict_the_preset_are_refused(tmp_path):
+    """10 classes under an ImageNet preset; another width; another model (the weights do not fit it)."""
+    save_file(published_tensors(known_arrays(num_classes=10), "torchvision"), str(tmp_path / "ten.safetensors"))
+    ten = run_script("convert_weights", "--input", tmp_path / "ten.safetensors", "--output", tmp_path / "ten.ckpt",
+                     "--preset", "torchvision/mobilenet_v3_small.IMAGENET1K_V1")
+    assert ten.returncode == 2 and ten.stderr.splitlines() == [
+        f"error: {tmp_path / 'ten.safetensors'} holds weights for 10 classes, but --preset "
+        "torchvision/mobilenet_v3_small.IMAGENET1K_V1 is 1000-class weights: drop --preset (it records the published "
+        "weights' preprocessing and accuracy)"]
+    assert not (tmp_path / "ten.ckpt").exists()
+    narrow = run_script("convert_weights", "--input", tmp_path / "ten.safetensors", "--width", 0.75,
+                        "--preset", "torchvision/mobilenet_v3_small.IMAGENET1K_V1")
+    assert narrow.returncode == 2 and narrow.stderr.splitlines() == [
+        "error: --preset torchvision/mobilenet_v3_small.IMAGENET1K_V1 is width 1.0, but --width is 0.75; drop --width"]
+    save_file(published_tensors(known_arrays(), "timm"), str(tmp_path / "small.safetensors"))
+    with pytest.raises(UserError, match=r"^timm weights do not fit mobilenet_v3_large width 1\.0 with 1000 classes: "
+                                        r".* \(are these the weights of --preset timm/mobilenetv3_large_100\.ra_in1k\?\)$"):
+        convert_file(tmp_path / "small.safetensors", "timm", "mobilenet_v3_large", tmp_path / "small.ckpt", 1.0,
+                     "timm/mobilenetv3_large_100.ra_in1k")
 
 
 def test_presets_are_consistent():

@@ -5,6 +5,7 @@ Every floating-point entry is averaged: the weights, BatchNorm's running mean an
 and optimiser state. Integer entries (step counters) are the last checkpoint's, as is the meta, which
 also records what was averaged under "averaged". The result loads wherever a checkpoint does.
 """
+import hashlib
 from pathlib import Path
 from typing import List, Sequence
 
@@ -12,6 +13,7 @@ import mindspore as ms
 import numpy as np
 
 from . import files
+from .meta import NETWORK_KEYS
 from ..errors import UserError
 
 
@@ -38,12 +40,14 @@ def last_checkpoints(directory, count: int) -> List[Path]:
 def average(paths: Sequence) -> tuple:
     """({name: array}, meta) of the average of the checkpoints at `paths` (see the module docstring).
 
-    Every file must hold the same names with the same shapes and types as the first; the first that does
-    not is one error naming it and the parameter. Files are read one at a time, summed in float64.
+    Every file must be another (by path and by content: a copy would count twice), of the model the first
+    is for (its meta), holding the same names with the same shapes and types; the first that is not is one
+    error naming it. Files are read one at a time, summed in float64.
     """
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise UserError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    check_distinct(paths)
     sums, reference, meta, records = {}, None, {}, []
     for path in paths:
         params, meta = files.load(path)
@@ -52,6 +56,8 @@ def average(paths: Sequence) -> tuple:
             reference = (paths[0], {name: (a.shape, a.dtype) for name, a in arrays.items()})
             sums = {name: np.zeros(a.shape, np.float64) for name, a in arrays.items()
                     if np.issubdtype(a.dtype, np.floating)}
+            network = {key: meta[key] for key in NETWORK_KEYS if key in meta}
+        check_same_model(path, meta, paths[0], network)
         check_same_entries(path, arrays, *reference)
         for name, total in sums.items():
             total += arrays[name]
@@ -59,6 +65,27 @@ def average(paths: Sequence) -> tuple:
     averaged = {name: (total / len(paths)).astype(reference[1][name][1]) for name, total in sums.items()}
     integers = {name: value for name, value in arrays.items() if name not in sums}  # the last checkpoint's
     return {**averaged, **integers}, dict(meta, averaged=records)
+
+
+def check_distinct(paths: List[Path]):
+    """One error if a checkpoint is given twice: the same file (under any name) or a copy of one."""
+    seen = {}
+    for path in paths:
+        with open(files.require_file(path), "rb") as source:
+            digest = hashlib.file_digest(source, "sha256").hexdigest()
+        for key, how in ((path.resolve(), "is the same file as"), (digest, "has the same content as")):
+            if key in seen:
+                raise UserError(f"checkpoint {path} {how} {seen[key]}: it would count twice in the average; "
+                                "pass each checkpoint once")
+            seen[key] = path
+
+
+def check_same_model(path, meta: dict, first: Path, network: dict):
+    """One error if the meta of `path` records another model, width or number of classes than the first's."""
+    for key, value in network.items():
+        if key in meta and meta[key] != value:
+            raise UserError(f"checkpoint {path} is for {key} {meta[key]!r}, but {first} for {key} {value!r}: "
+                            "average checkpoints of one model")
 
 
 def check_same_entries(path, arrays: dict, first: Path, entries: dict):

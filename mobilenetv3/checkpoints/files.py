@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import mindspore as ms
+import numpy as np
 
 from ..errors import UserError
 from .meta import META_KEY, parse_meta
@@ -61,14 +62,48 @@ def require_file(path, kind: str = "checkpoint") -> Path:
 
 
 def load(path) -> Tuple[Dict[str, ms.Parameter], dict]:
-    """Read a checkpoint into ({name: Parameter}, meta); meta is {} for checkpoints from elsewhere."""
+    """Read a checkpoint into ({name: Parameter}, meta); meta is {} for checkpoints from elsewhere.
+
+    Every tensor must be finite: a run that diverged saves NaN weights, which would otherwise evaluate,
+    export or train on as if they were weights (one pass of np.isfinite, small beside reading the file)."""
     path = require_file(path)
     try:
         params = ms.load_checkpoint(str(path), crc_check=True)
     except (RuntimeError, ValueError, OSError) as err:
         raise UserError(f"checkpoint {path} is truncated, corrupt or not a MindSpore checkpoint ({err})") from None
     meta = params.pop(META_KEY, None)
-    return params, parse_meta(str(meta), f"the meta of checkpoint {path}") if meta is not None else {}
+    bad = first_non_finite((name, value.asnumpy()) for name, value in params.items() if isinstance(value, ms.Tensor))
+    if bad:
+        raise UserError(f"checkpoint {path}: tensor {bad}: the run that saved it diverged or the file is damaged; "
+                        "use an earlier checkpoint")
+    meta = parse_meta(str(meta), f"the meta of checkpoint {path}") if meta is not None else {}
+    check_meta_fits_tensors(meta, params, path)
+    return params, meta
+
+
+def check_meta_fits_tensors(meta: dict, params: dict, path):
+    """One line if the meta of checkpoint `path` contradicts its own tensors: its num_classes, or the length
+    of its class list, is not the number of rows of the classifier (raw or EMA). Said here, the error blames
+    the file, not a mismatch with the model built from that meta or with the flags."""
+    recorded = [(f"num_classes {meta['num_classes']}", meta["num_classes"])] if "num_classes" in meta else []
+    if isinstance(meta.get("classes"), list):
+        recorded.append((f"{len(meta['classes'])} class names", len(meta["classes"])))
+    for name in (*CLASSIFIER_OUT, *(EMA_PREFIX + n for n in CLASSIFIER_OUT)):
+        shape = tuple(params[name].shape) if name in params else None
+        for said, count in recorded:
+            if shape is not None and shape[:1] != (count,):
+                raise UserError(f"checkpoint {path}: its meta says {said}, but its tensor {name} is {shape}; "
+                                "the file contradicts itself: save or convert it again")
+
+
+def first_non_finite(arrays) -> Optional[str]:
+    """"<name> holds NaN or infinite values (N of M)" for the first of the (name, array) pairs `arrays` that
+    holds any, else None."""
+    for name, array in arrays:
+        finite = np.isfinite(array)
+        if not finite.all():
+            return f"{name} holds NaN or infinite values ({finite.size - np.count_nonzero(finite)} of {finite.size})"
+    return None
 
 
 def listing(names, most=8) -> str:
@@ -84,13 +119,15 @@ def mismatch(missing, unexpected, wrong_shape, missing_label="missing from check
     return "; ".join(problems)
 
 
-def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False, loaded=None) -> dict:
+def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = False, loaded=None,
+                 built_from_meta: bool = False) -> dict:
     """Load a checkpoint's weights into `net` after checking every name and shape; returns its meta.
     `loaded` is what load(path) returned, when the caller has read the file already.
 
     With `new_classifier_ok`, a checkpoint for another number of classes loads everything but the
     last Linear layer, which keeps its fresh initialisation (fine-tuning), and says so. Any other
-    mismatch is an error listing the names at fault.
+    mismatch is an error listing the names at fault; `built_from_meta` (`net` is the model the meta
+    records) makes it an error about the file, whose meta then contradicts its tensors.
 
     With `use_ema`, the EMA weights ("ema.<name>") are loaded instead of the raw ones. BatchNorm running
     statistics are the EMA of them where the checkpoint has it (the trainer averages them too), else the
@@ -117,8 +154,11 @@ def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = Fals
     elif missing or unexpected or wrong_shape:
         problems = mismatch(missing, unexpected, [f"{n} {tuple(weights[n].shape)} vs {tuple(own[n].shape)}"
                                                   for n in wrong_shape])
-        saved = f" (it was saved for {meta.get('model')}, width {meta.get('width')}, {meta.get('num_classes')} classes)" \
-            if meta.get("model") else ""
+        recorded = f"{meta.get('model')}, width {meta.get('width')}, {meta.get('num_classes')} classes"
+        if built_from_meta:
+            raise UserError(f"checkpoint {path}: its meta records {recorded}, but its tensors do not fit that model "
+                            f"({problems}); the file contradicts itself: save or convert it again")
+        saved = f" (it was saved for {recorded})" if meta.get("model") else ""
         raise UserError(f"checkpoint {path} does not fit this model{saved}: {problems}")
     not_loaded, _ = ms.load_param_into_net(net, weights, strict_load=True)
     if not_loaded and set(not_loaded) - set(CLASSIFIER_OUT):

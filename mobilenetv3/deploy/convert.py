@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import mindspore as ms
 import numpy as np
 
-from ..checkpoints.files import listing, mismatch, require_file, save
+from ..checkpoints.files import first_non_finite, listing, mismatch, require_file, save
 from ..data.imagenet import NUM_CLASSES, wnids
 from ..errors import UserError
 from ..models.architectures import ARCHITECTURES, MODEL_DEFAULTS
@@ -112,12 +112,12 @@ def _to_numpy(value) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def convert_state_dict(state_dict, source: str, model_name: str,
-                       width: float = 1.0) -> Tuple[Dict[str, np.ndarray], float]:
+def convert_state_dict(state_dict, source: str, model_name: str, width: float = 1.0,
+                       preset_name: Optional[str] = None) -> Tuple[Dict[str, np.ndarray], float]:
     """PyTorch state_dict -> ({our parameter name: float32 array}, BatchNorm eps the weights were trained with).
 
     num_classes is read from the last Linear layer. Fails with a UserError naming every missing,
-    unexpected and wrongly shaped tensor.
+    unexpected and wrongly shaped tensor, and asking whether they are the `preset_name`'s weights, if given.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -126,7 +126,8 @@ def convert_state_dict(state_dict, source: str, model_name: str,
     if source == "timm" and width != 1.0:
         raise UserError(f"timm weights can only be converted at width 1.0 (got {width}): timm's narrower "
                         "models compute expanded channels differently and do not fit torchvision's layout")
-    hint = f" (is --source {source} with --model {model_name} --width {width} right for this file?)"
+    hint = f" (are these the weights of --preset {preset_name}?)" if preset_name else \
+        f" (is --source {source} with --model {model_name} --width {width} right for this file?)"
     classifier = CLASSIFIER_WEIGHT[source]
     if classifier not in state_dict or len(state_dict[classifier].shape) != 2:
         raise UserError(f"no 2-D classifier weight {classifier!r} in the weights to convert{hint}")
@@ -236,12 +237,21 @@ def convert_file(input_path, source: str, model_name: str, output_path, width: f
 
     `source` "auto" is told by the tensor names. The meta carries model, num_classes, width, bn_eps and
     bn_momentum, which rebuild the exact model (timm weights need bn_eps 1e-5), plus ImageNet class names for
-    1000-class weights and the source; with a preset, also its preprocessing and published accuracy.
+    1000-class weights and the source; with a preset, also its preprocessing and published accuracy, so the
+    weights must be what the preset is (its model and width, and its number of classes).
     """
+    chosen = preset(preset_name) if preset_name else None
     state_dict = read_weights(input_path)
+    bad = first_non_finite((key, _to_numpy(value)) for key, value in state_dict.items())
+    if bad:
+        raise UserError(f"{input_path}: tensor {bad}; these weights are broken: download or export them again")
     source = detect_source(state_dict) if source == "auto" else source
-    weights, bn_eps = convert_state_dict(state_dict, source, model_name, width)
+    weights, bn_eps = convert_state_dict(state_dict, source, model_name, width, preset_name)
     num_classes = weights["classifier.3.bias"].shape[0]
+    if chosen and num_classes != chosen.num_classes:
+        raise UserError(f"{input_path} holds weights for {num_classes} classes, but --preset {preset_name} is "
+                        f"{chosen.num_classes}-class weights: drop --preset (it records the published weights' "
+                        "preprocessing and accuracy)")
     bn_momentum = MODEL_DEFAULTS["bn_momentum"]  # torch's 0.01 weighs the new batch, MindSpore's the running value
     net = create_model(model_name, num_classes, width, bn_momentum=bn_momentum, bn_eps=bn_eps)
     not_loaded, _ = ms.load_param_into_net(net, {k: ms.Parameter(ms.Tensor(v), name=k) for k, v in weights.items()},
@@ -250,8 +260,7 @@ def convert_file(input_path, source: str, model_name: str, output_path, width: f
         raise UserError(f"parameters not loaded from {input_path}: {listing(sorted(not_loaded))}")
     meta = dict(model=model_name, num_classes=num_classes, width=width, bn_eps=bn_eps, bn_momentum=bn_momentum,
                 classes=wnids() if num_classes == NUM_CLASSES else None, source=source)
-    if preset_name:
-        chosen = preset(preset_name)
+    if chosen:
         meta.update(preset=preset_name, preprocessing=chosen.preprocessing(),
                     published={"top1": chosen.top1, "top5": chosen.top5})
     save(output_path, {p.name: p for p in net.get_parameters()}, meta)

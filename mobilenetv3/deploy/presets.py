@@ -3,6 +3,7 @@ its publisher gives (torchvision's weight enums, timm's pretrained_cfg; ImageNet
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ..data.imagenet import NUM_CLASSES
 from ..data.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 
@@ -19,6 +20,8 @@ class Preset:
     top5: Optional[float]  # None where the publisher gives none
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
+    width: float = 1.0  # with num_classes, what the weights are: weights that are not are refused
+    num_classes: int = NUM_CLASSES
 
     def preprocessing(self) -> dict:
         return dict(interpolation=self.interpolation, crop_pct=self.crop_pct, mean=list(self.mean), std=list(self.std))

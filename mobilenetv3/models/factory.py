@@ -63,6 +63,7 @@ def model_from_checkpoint(path, use_ema: bool = False, expected: Optional[dict] 
         raise UserError(f"{path} is for model {settings['model']!r}, which this version does not know; known "
                         f"models: {', '.join(list_models())}")
     net = MobileNetV3(ARCHITECTURES[settings.pop("model")], **settings)
-    load_weights(net, path, new_classifier_ok=False, use_ema=use_ema, loaded=loaded)
+    load_weights(net, path, new_classifier_ok=False, use_ema=use_ema, loaded=loaded,
+                 built_from_meta=all(key in meta for key in NETWORK_KEYS))
     net.set_train(False)
     return net, dict(meta, weights="ema") if use_ema else meta
