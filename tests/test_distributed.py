@@ -337,6 +337,31 @@ def test_launcher_detection(environ, launcher):
     assert launchers.detect_launcher(environ) == launcher
 
 
+MSRUN_WORKER = {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "8", "MS_NODE_ID": "3", "RANK_ID": "3", "RANK_SIZE": "8",
+                "DEVICE_ID": "3", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118"}  # what msrun exports
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, 1),
+    ({"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, 8),
+    # ... and the MindSpore variables mpi_bridge exports to join the cluster do not count
+    ({"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8", "MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "16"},
+     8),
+    ({"PMI_SIZE": "16", "MPI_LOCALNRANKS": "4", "MPI_LOCALRANKID": "0"}, 4),  # MPICH, Intel MPI
+    ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "LOCAL_RANK": "2"}, 8),  # torchrun
+    (MSRUN_WORKER, 8),  # msrun on one machine: all its workers are here
+    ({**MSRUN_WORKER, "MS_WORKER_NUM": "16", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2",
+      "SLURM_NTASKS_PER_NODE": "1", "SLURM_LOCALID": "0"}, 8),  # srun starting one msrun on each of 2 machines
+    ({**MSRUN_WORKER, "MS_WORKER_NUM": "16", "LOCAL_WORLD_SIZE": "8"}, 8),  # msrun on 2 machines, the count exported
+    ({"MS_ROLE": "MS_SCHED", "MS_WORKER_NUM": "8"}, 8),
+    # an sbatch script running one process in an allocation of 8 tasks per machine
+    ({"SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8", "SLURM_TASKS_PER_NODE": "8(x2)", "SLURM_PROCID": "0"}, 1),
+    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "0"}, 1),
+])
+def test_processes_on_this_machine_as_each_launcher_says(environ, expected):
+    assert launchers.local_ranks(environ) == expected
+
+
 @pytest.mark.parametrize("environ, expected", [
     ({"PMI_RANK": "1", "PMI_SIZE": "4", "MPI_LOCALRANKID": "1"},
      "MPICH or Intel MPI mpiexec started 4 processes (PMI_SIZE)"),

@@ -92,11 +92,25 @@ def release_core_binding():
             pass
 
 
-# How launchers tell a process how many processes of its job run on the same machine.
+# How launchers tell a process how many processes of its job run on its machine: OpenMPI's mpirun, MPICH's and
+# Intel MPI's mpiexec, torchrun. LOCAL_WORLD_SIZE is also how a user says it where the launcher does not.
 LOCAL_RANKS_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE")
 
 
 def local_ranks(environ=None) -> int:
-    """Processes of this job on this machine (1 without a launcher that says)."""
+    """Processes of this job on this machine (1 without a launcher that says).
+
+    msrun exports the job's worker count (MS_WORKER_NUM, its --worker_num), not this machine's, and starts
+    the same number on every machine (--local_worker_num). Under srun starting one msrun per machine,
+    SLURM_STEP_NUM_NODES counts the machines; msrun on several machines without srun
+    needs LOCAL_WORLD_SIZE exported, else every machine counts the whole job as its own. Slurm's other
+    counts are not read: they count srun's tasks (there msrun processes), an sbatch script's allocation
+    holds them while one process runs, and srun starting the ranks itself is refused (UNSUPPORTED_LAUNCHERS)."""
     environ = os.environ if environ is None else environ
-    return next((int(environ[name]) for name in LOCAL_RANKS_VARIABLES if environ.get(name, "").isdigit()), 1)
+    given = next((variable for variable in LOCAL_RANKS_VARIABLES if variable in environ), None)
+    if given:
+        return max(1, _process_count(environ, given))
+    if detect_launcher(environ) == "msrun":
+        machines = max(1, _process_count(environ, "SLURM_STEP_NUM_NODES"))
+        return max(1, _process_count(environ, "MS_WORKER_NUM") // machines)
+    return 1
