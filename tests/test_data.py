@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from mobilenetv3.cluster.launchers import LOCAL_RANKS_VARIABLES
+from mobilenetv3.data.auto_augment import color_jitter
 from mobilenetv3.data import decoding, folders, pipeline, rand_augment, transforms
 from mobilenetv3.data.decoding import EncodedImage
 from mobilenetv3.data.pipeline import UNREADABLE, DecodedImages, create_dataset
@@ -351,7 +352,9 @@ def test_random_erasing_comes_after_colour_jitter_as_in_torchvision(tmp_path):
     for image, key in zip(images, EpochSampler(8, shuffle=True, seed=3).indices()):
         rng = np.random.default_rng([3, 0, key])
         random_resized_crop_box(60, 80, rng)
-        rng.random(), rng.random()  # the flip, the erasing probability
+        rng.random()  # the flip
+        color_jitter(pixels[:1, :1], 0.9, rng)  # its draws
+        rng.random()  # the erasing probability
         box = transforms.random_erasing_box(24, 24, rng)
         if box is not None:
             top, left, h, w = box
