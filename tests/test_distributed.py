@@ -110,6 +110,7 @@ def check_data_parallel_run(out_dir, ranks, single_dir, output):
     np.testing.assert_allclose(np.mean([r["dense_losses"] for r in reports], axis=0), single_losses, rtol=1e-6)
     assert distributed.SINGLE_PROCESS_WARNING not in output
     assert "[WARNING] DISTRIBUTED" not in output  # the cluster's connection chatter is quieted
+    assert "Create collective communication group" not in output  # nor rank 0's known harmless warning
 
 
 def test_single_process_needs_no_launcher(monkeypatch, capsys):
@@ -360,6 +361,21 @@ MSRUN_WORKER = {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "8", "MS_NODE_ID": "3",
 ])
 def test_processes_on_this_machine_as_each_launcher_says(environ, expected):
     assert launchers.local_ranks(environ) == expected
+
+
+def test_known_harmless_lines_are_dropped_and_every_other_line_passes(capfd):
+    harmless = (b"[WARNING] ME(8529,7f808d06db80,python):2026-12-07-05:06:52.228.668 [mindspore/ccsrc/runtime/"
+                b"hardware_abstract/collective/collective_manager.cc:368] CreateCommunicationGroup] Create collective "
+                b"communication group: mccl_world_group [const vector]{0, 1}, async: 0\n")
+    print("before", file=sys.stderr)
+    with launchers.without_harmless_lines():
+        os.write(2, b"[WARNING] ME(1) [x.cc:1] Other] a warning that matters\n")
+        os.write(2, harmless)
+        print("from Python", file=sys.stderr, flush=True)
+        os.write(2, b"no newline at the end")
+    print("after", file=sys.stderr)
+    assert capfd.readouterr().err == ("before\n[WARNING] ME(1) [x.cc:1] Other] a warning that matters\nfrom Python\n"
+                                      "no newline at the endafter\n")
 
 
 @pytest.mark.parametrize("environ, expected", [

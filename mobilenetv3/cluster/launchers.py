@@ -12,7 +12,10 @@ Launchers, told apart by the variables they export:
 Environment set here (a value the user exported wins): GLOG_v=3 on every rank but 0 and on the scheduler,
 MS_SUBMODULE_LOG_v=CLUSTER_CHATTER, and MS_TOPO_TIMEOUT and MS_NODE_TIMEOUT (CLUSTER_TIMEOUTS).
 """
+import contextlib
 import os
+import sys
+import threading
 from typing import Optional
 
 
@@ -26,6 +29,12 @@ CLUSTER_TIMEOUTS = {
 # Errors only from the submodules that narrate cluster start-up ("The worker node start sync start!",
 # "The group mccl_world_group has already existed", ...), on rank 0 too.
 CLUSTER_CHATTER = "{DISTRIBUTED:3,DEVICE:3}"
+
+# MindSpore lines known to be harmless that no log level singles out, dropped while the cluster forms
+# (without_harmless_lines): "[WARNING] ME(...) [collective_manager.cc] CreateCommunicationGroup] Create collective
+# communication group: mccl_world_group [const vector]{0, 1}, async: 0", which MindSpore 2.10 prints on rank 0 of
+# every CPU job at WARNING level in submodule ME, whose other warnings matter.
+HARMLESS_STARTUP_LINES = (b"CreateCommunicationGroup] Create collective communication group: ",)
 
 # Launchers that start several processes this package cannot join: the variable holding their number.
 UNSUPPORTED_LAUNCHERS = {
@@ -114,3 +123,29 @@ def local_ranks(environ=None) -> int:
         machines = max(1, _process_count(environ, "SLURM_STEP_NUM_NODES"))
         return max(1, _process_count(environ, "MS_WORKER_NUM") // machines)
     return 1
+
+
+@contextlib.contextmanager
+def without_harmless_lines(markers=HARMLESS_STARTUP_LINES):
+    """Run the body with this process's standard error (file descriptor 2, where MindSpore's C++ log writes)
+    passed on line by line as it comes, except lines holding one of `markers`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+
+    def pass_on():
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not any(marker in line for marker in markers):
+                    os.write(saved, line)
+
+    reader = threading.Thread(target=pass_on, daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader passes on what is left and ends
+        reader.join()
+        os.close(saved)
