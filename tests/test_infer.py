@@ -280,8 +280,9 @@ def test_mindir_without_meta_names_classes_by_index_and_checks_their_number(expo
 
 @pytest.mark.parametrize("output,message", [
     ("{tmp}/preds.json", "--output {tmp}/preds.json is a directory; give a file name"),
+    ("{tmp}", "--output {tmp} is a directory; give a file name ending in .json or .csv"),
     ("/proc/x.json", "--output /proc/x.json cannot be written ("),
-], ids=["directory", "proc"])
+], ids=["directory", "directory_without_suffix", "proc"])
 def test_output_is_checked_before_predicting(exported, image_folder, tmp_path, capsys, output, message):
     (tmp_path / "preds.json").mkdir()
     error, out = run_infer_expecting_error(capsys, data_url=image_folder / "val", pretrained=exported,

@@ -160,6 +160,8 @@ OUTPUT_FORMATS = (".json", ".csv")
 
 def output_format(path) -> str:
     """".json" or ".csv" from the file name; checked before predicting so a typo fails at once."""
+    if Path(path).is_dir():
+        raise UserError(f"--output {path} is a directory; give a file name ending in {' or '.join(OUTPUT_FORMATS)}")
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise UserError(f"--output {path}: use a file name ending in {' or '.join(OUTPUT_FORMATS)}, got {suffix!r}")
