@@ -589,3 +589,16 @@ def test_an_augmentation_error_is_not_taken_for_an_unreadable_file(tmp_path, mon
     with pytest.raises(ValueError, match="augmentation bug"):
         source(rows(0, range(2)))
     assert "unreadable" not in capsys.readouterr().err
+
+
+def test_only_rank_0_says_how_many_workers(monkeypatch, capsys):
+    """Every rank of a machine has the same share; the others print nothing, not even the warning."""
+    monkeypatch.setattr(cpu_info.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "8")
+    monkeypatch.setattr(pipeline, "is_main_process", lambda: False)
+    pipeline.data_workers.cache_clear()
+    try:
+        assert (pipeline.data_workers(0), pipeline.data_workers(8)) == (2, 2)
+    finally:
+        pipeline.data_workers.cache_clear()
+    assert capsys.readouterr().err == ""

@@ -111,6 +111,7 @@ def check_data_parallel_run(out_dir, ranks, single_dir, output):
     assert distributed.SINGLE_PROCESS_WARNING not in output
     assert "[WARNING] DISTRIBUTED" not in output  # the cluster's connection chatter is quieted
     assert "Create collective communication group" not in output  # nor rank 0's known harmless warning
+    assert "Event base dispatch success" not in output  # nor every rank's at exit
 
 
 def test_single_process_needs_no_launcher(monkeypatch, capsys):
@@ -363,19 +364,49 @@ def test_processes_on_this_machine_as_each_launcher_says(environ, expected):
     assert launchers.local_ranks(environ) == expected
 
 
-def test_known_harmless_lines_are_dropped_and_every_other_line_passes(capfd):
-    harmless = (b"[WARNING] ME(8529,7f808d06db80,python):2026-12-07-05:06:52.228.668 [mindspore/ccsrc/runtime/"
-                b"hardware_abstract/collective/collective_manager.cc:368] CreateCommunicationGroup] Create collective "
-                b"communication group: mccl_world_group [const vector]{0, 1}, async: 0\n")
-    print("before", file=sys.stderr)
-    with launchers.without_harmless_lines():
-        os.write(2, b"[WARNING] ME(1) [x.cc:1] Other] a warning that matters\n")
-        os.write(2, harmless)
-        print("from Python", file=sys.stderr, flush=True)
-        os.write(2, b"no newline at the end")
-    print("after", file=sys.stderr)
-    assert capfd.readouterr().err == ("before\n[WARNING] ME(1) [x.cc:1] Other] a warning that matters\nfrom Python\n"
-                                      "no newline at the endafter\n")
+def test_harmless_exit_lines_are_dropped_while_mindspores_exit_handler_runs():
+    """As a launched rank exits: apply_log_defaults (before MindSpore) registers the filter's stop, MindSpore
+    registers its exit handler on import (here one that prints as MindSpore 2.10's does), the filter starts
+    once the cluster is joined; a line after the handlers (a crash at exit) still comes through."""
+    code = """if 1:
+        import atexit, os
+        from mobilenetv3.cluster import launchers
+        launchers.apply_log_defaults()
+        atexit.register(os.write, 2, b"after every exit handler\\n")  # registered before the filter's stop: runs after
+        def mindspore_exit_handler():
+            os.write(2, b"[INFO] DISTRIBUTED(1) [tcp_client.cc:367] Start] Event base dispatch success!\\n")
+            os.write(2, b"[ERROR] DISTRIBUTED(1) [tcp_client.cc:99] Stop] something that matters\\n")
+        atexit.register(mindspore_exit_handler)
+        launchers.drop_harmless_exit_lines()
+        os.write(2, b"the run's last line\\n")
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith(LAUNCHER_VARIABLES)}
+    env.update(OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="1", PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout == ""
+    assert done.stderr == ("the run's last line\n[ERROR] DISTRIBUTED(1) [tcp_client.cc:99] Stop] something that "
+                           "matters\nafter every exit handler\n")
+
+
+def test_known_harmless_lines_are_dropped_and_every_other_line_passes():
+    code = """if 1:
+        import os, sys
+        from mobilenetv3.cluster import launchers
+        print("before", file=sys.stderr)
+        with launchers.without_harmless_lines():
+            os.write(2, b"[WARNING] ME(1) [x.cc:1] Other] a warning that matters\\n")
+            os.write(2, b"[WARNING] ME(8529,7f808d06db80,python):2026-12-07-05:06:52.228.668 [mindspore/ccsrc/runtime/"
+                        b"hardware_abstract/collective/collective_manager.cc:368] CreateCommunicationGroup] Create "
+                        b"collective communication group: mccl_world_group [const vector]{0, 1}, async: 0\\n")
+            print("from Python", file=sys.stderr, flush=True)
+            os.write(2, b"no newline at the end")
+        print("after", file=sys.stderr)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0
+    assert done.stderr == "before\n[WARNING] ME(1) [x.cc:1] Other] a warning that matters\nfrom Python\nno newline at " \
+                          "the endafter\n"
 
 
 @pytest.mark.parametrize("environ, expected", [

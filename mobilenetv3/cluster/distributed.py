@@ -21,8 +21,8 @@ import numpy as np
 
 from ..errors import EveryRankError, UserError, mindspore_cause
 from .device import select_device
-from .launchers import (CLUSTER_TIMEOUTS, UNSUPPORTED_LAUNCHERS, detect_launcher, release_core_binding,
-                        without_harmless_lines)
+from .launchers import (CLUSTER_TIMEOUTS, UNSUPPORTED_LAUNCHERS, detect_launcher, drop_harmless_exit_lines,
+                        release_core_binding, without_harmless_lines)
 from .mpi_bridge import join_cluster_from_mpirun
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def _init_communication(device_target: str, launcher: str):
             raise UserError(f"the MindSpore scheduler ended the job: {cause} See the workers' logs") from None
         raise UserError(f"MindSpore could not set up communication on {device_target} under {launcher} "
                         f"({cause}); check {_communication_hint(device_target, launcher, cause)}") from None
+    drop_harmless_exit_lines()
 
 
 def _communication_hint(device_target: str, launcher: str, cause: str) -> str:
