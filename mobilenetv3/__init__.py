@@ -2,6 +2,8 @@
 
     import mobilenetv3
     net = mobilenetv3.create_model("mobilenet_v3_small", num_classes=10)
+    classify = mobilenetv3.Classifier("small.ckpt")   # a trained or exported model file
+    classify(Image.open("cat.jpg"))                   # [("tabby", 0.62), ("tiger cat", 0.21), ...]
 
 Importing the package changes nothing in the process (no environment variable, affinity or log level) and
 starts no MindSpore; the scripts' defaults are cli.apply_process_defaults(). docs/architecture.md maps the
@@ -14,7 +16,7 @@ import warnings
 
 __version__ = "0.1.0"
 _API = {"MobileNetV3": "models.mobilenetv3", "count_complexity": "models.mobilenetv3",
-        "create_model": "models.factory", "list_models": "models.architectures"}
+        "create_model": "models.factory", "list_models": "models.architectures", "Classifier": "deploy.inference"}
 __all__ = list(_API)
 
 # Modules that moved when the package was grouped into folders, for user code that imports them by their old

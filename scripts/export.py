@@ -51,7 +51,7 @@ def main(argv=None):
     calibration = check_quantize(config) if config.quantize == "int8" else None
     from mobilenetv3.cluster import device  # MindSpore starts here, after run_cli's process defaults
     from mobilenetv3.data.preprocessing import resolve
-    from mobilenetv3.deploy.export import export, export_path
+    from mobilenetv3.deploy.export import export, export_path, warn_if_other_size
     from mobilenetv3.deploy.quantize import calibration_images, int8_path, quantize_onnx
     from mobilenetv3.models.factory import model_from_checkpoint
     device.setup(config.device_target, device_id=config.device_id)
@@ -59,6 +59,7 @@ def main(argv=None):
     net, meta = model_from_checkpoint(config.pretrained, config.use_ema, flagged(stated, config.flags), stated)
     preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
+    warn_if_other_size(config.pretrained, meta, preprocessing.resize)
     meta = dict(meta, preprocessing=preprocessing.as_meta())
     path = export(net, export_path(config.pretrained, config.file_format, config.file_name, config.use_ema),
                   config.file_format, preprocessing.resize, meta)

@@ -1,4 +1,5 @@
-"""Predict the top-k classes of every image below a folder (jpg, jpeg, png, bmp, webp, tif; any case).
+"""Predict the top-k classes of an image file, or of every image below a folder (jpg, jpeg, png, bmp, webp, tif;
+any case).
 
 Examples:
   python scripts/infer.py --model mobilenet_v3_small --data_url ./infer --pretrained small.ckpt
@@ -9,6 +10,7 @@ Examples:
   python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.onnx --backend onnxruntime \\
       --threads 1
   python scripts/infer.py --data_url ./infer --pretrained large.ckpt --use_ema
+  python scripts/infer.py --data_url cat.jpg --pretrained small.onnx
 
 Prints each image's top_k class names and probabilities (and, on stderr, the preprocessing used: the model's
 own unless a flag says otherwise); --output writes path, indices, names and probabilities as a JSON list or a
@@ -20,6 +22,7 @@ runs a checkpoint (exported to ONNX once, cached next to it as <name>-<resize>px
 with ONNX Runtime: the same predictions, several times faster on CPU.
 """
 import sys
+from pathlib import Path
 
 from mobilenetv3.cli import INFER_KEYS, MODEL_FILE_KEYS, parse_args, run_cli
 from mobilenetv3.errors import UserError
@@ -30,7 +33,7 @@ def main(argv=None):
     from mobilenetv3.cluster import device  # MindSpore starts here, after run_cli's process defaults
     from mobilenetv3.data.preprocessing import resolve
     from mobilenetv3.deploy.inference import (class_names_of, format_prediction, load_model, output_format,
-                                              predict_folder, write_predictions)
+                                              predict_images, write_predictions)
     from mobilenetv3.deploy.outputs import check_writable_file
     if config.output:
         output_format(config.output)
@@ -40,14 +43,15 @@ def main(argv=None):
                                config.subset(MODEL_FILE_KEYS), config.flags)
     preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
-    predictions, skipped = predict_folder(predict, config.data_url, preprocessing, class_names_of(meta),
+    predictions, skipped = predict_images(predict, config.data_url, preprocessing, class_names_of(meta),
                                           config.top_k, config.batch_size)
     for prediction in predictions:
         print(format_prediction(prediction))
     for path, reason in skipped:
         print(f"skipped {path}: {reason}")
     if not predictions:
-        raise UserError(f"none of the {len(skipped)} image files in {config.data_url} could be read (listed above)")
+        raise UserError(f"{config.data_url} could not be read (see above)" if Path(config.data_url).is_file() else
+                        f"none of the {len(skipped)} image files in {config.data_url} could be read (listed above)")
     print(f"{len(predictions)} images predicted, {len(skipped)} skipped")
     if config.output:
         write_predictions(predictions, config.output)

@@ -75,7 +75,7 @@ for name in sys.argv[2:]:
 import mobilenetv3
 assert os.path.samefile(os.path.dirname(mobilenetv3.__file__), os.path.join(sys.argv[1], 'mobilenetv3'))
 " "$repo" "${@:3}" 2>/dev/null; then
-        echo "installing: $PYTHON -m pip install -e $spec (the first time about 1 GB, mostly mindspore)"
+        echo "installing: $PYTHON -m pip install -e $spec (the first time about 3 GB on disk, 2.5 GB of it mindspore)"
         "$PYTHON" -m pip install -e "$spec" || { echo "error: pip install -e $spec failed (see above)" >&2; return 1; }
     else
         echo "mobilenetv3 is installed, with ${*:3}"

@@ -3,7 +3,7 @@
 # 10,000 test images, predict a few of them, all in about 10 minutes on 2 cores. No ImageNet, no GPU.
 #
 #   bash scripts/quickstart.sh                   # the demo (configs/fashion_mnist_demo.yaml)
-#   bash scripts/quickstart.sh --smoke           # CI: 200 images, 1 epoch, no accuracy threshold
+#   bash scripts/quickstart.sh --smoke           # CI: 300 + 100 images, 1 epoch, no accuracy threshold
 #   bash scripts/quickstart.sh --idx_dir ~/fashion-mnist --output /tmp/demo --np 1
 #
 # Options (or the environment variable in brackets):
@@ -51,7 +51,8 @@ done
 case "$SMOKE" in 0|1) ;; *) die "QUICKSTART_SMOKE must be 0 or 1, got '$SMOKE'" ;; esac
 if [ "$SMOKE" = 1 ]; then
     OUTPUT="${OUTPUT:-./demo_output_smoke}"; DATA="${DATA:-./data/fashion_mnist_smoke}"
-    # 30 + 10 images per class, 1 epoch of 9 steps: checks that every stage runs, not that it learns.
+    # 30 + 10 images per class, 1 epoch (4 steps with 2 processes, 9 with one): checks that every stage runs,
+    # not that it learns.
     PREPARE_ARGS=(--per_class_train 30 --per_class_val 10)
     TRAIN_ARGS=(--epoch_size 1 --decay_epoch 1 --log_interval 3)
     MIN_TOP1=""

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from mobilenetv3.cluster.launchers import LOCAL_RANKS_VARIABLES
+from mobilenetv3.data.auto_augment import color_jitter
 from mobilenetv3.data import decoding, folders, pipeline, rand_augment, transforms
 from mobilenetv3.data.decoding import EncodedImage
 from mobilenetv3.data.pipeline import UNREADABLE, DecodedImages, create_dataset
@@ -351,7 +352,9 @@ def test_random_erasing_comes_after_colour_jitter_as_in_torchvision(tmp_path):
     for image, key in zip(images, EpochSampler(8, shuffle=True, seed=3).indices()):
         rng = np.random.default_rng([3, 0, key])
         random_resized_crop_box(60, 80, rng)
-        rng.random(), rng.random()  # the flip, the erasing probability
+        rng.random()  # the flip
+        color_jitter(pixels[:1, :1], 0.9, rng)  # its draws
+        rng.random()  # the erasing probability
         box = transforms.random_erasing_box(24, 24, rng)
         if box is not None:
             top, left, h, w = box
@@ -586,3 +589,16 @@ def test_an_augmentation_error_is_not_taken_for_an_unreadable_file(tmp_path, mon
     with pytest.raises(ValueError, match="augmentation bug"):
         source(rows(0, range(2)))
     assert "unreadable" not in capsys.readouterr().err
+
+
+def test_only_rank_0_says_how_many_workers(monkeypatch, capsys):
+    """Every rank of a machine has the same share; the others print nothing, not even the warning."""
+    monkeypatch.setattr(cpu_info.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "8")
+    monkeypatch.setattr(pipeline, "is_main_process", lambda: False)
+    pipeline.data_workers.cache_clear()
+    try:
+        assert (pipeline.data_workers(0), pipeline.data_workers(8)) == (2, 2)
+    finally:
+        pipeline.data_workers.cache_clear()
+    assert capsys.readouterr().err == ""

@@ -110,6 +110,8 @@ def check_data_parallel_run(out_dir, ranks, single_dir, output):
     np.testing.assert_allclose(np.mean([r["dense_losses"] for r in reports], axis=0), single_losses, rtol=1e-6)
     assert distributed.SINGLE_PROCESS_WARNING not in output
     assert "[WARNING] DISTRIBUTED" not in output  # the cluster's connection chatter is quieted
+    assert "Create collective communication group" not in output  # nor rank 0's known harmless warning
+    assert "Event base dispatch success" not in output  # nor every rank's at exit
 
 
 def test_single_process_needs_no_launcher(monkeypatch, capsys):
@@ -335,6 +337,76 @@ def test_missing_mpi4py_is_named(tmp_path):
 ])
 def test_launcher_detection(environ, launcher):
     assert launchers.detect_launcher(environ) == launcher
+
+
+MSRUN_WORKER = {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "8", "MS_NODE_ID": "3", "RANK_ID": "3", "RANK_SIZE": "8",
+                "DEVICE_ID": "3", "MS_SCHED_HOST": "127.0.0.1", "MS_SCHED_PORT": "8118"}  # what msrun exports
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, 1),
+    ({"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}, 8),
+    # ... and the MindSpore variables mpi_bridge exports to join the cluster do not count
+    ({"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_SIZE": "8", "MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "16"},
+     8),
+    ({"PMI_SIZE": "16", "MPI_LOCALNRANKS": "4", "MPI_LOCALRANKID": "0"}, 4),  # MPICH, Intel MPI
+    ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "LOCAL_RANK": "2"}, 8),  # torchrun
+    (MSRUN_WORKER, 8),  # msrun on one machine: all its workers are here
+    ({**MSRUN_WORKER, "MS_WORKER_NUM": "16", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NUM_TASKS": "2",
+      "SLURM_NTASKS_PER_NODE": "1", "SLURM_LOCALID": "0"}, 8),  # srun starting one msrun on each of 2 machines
+    ({**MSRUN_WORKER, "MS_WORKER_NUM": "16", "LOCAL_WORLD_SIZE": "8"}, 8),  # msrun on 2 machines, the count exported
+    ({"MS_ROLE": "MS_SCHED", "MS_WORKER_NUM": "8"}, 8),
+    # an sbatch script running one process in an allocation of 8 tasks per machine
+    ({"SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8", "SLURM_TASKS_PER_NODE": "8(x2)", "SLURM_PROCID": "0"}, 1),
+    ({"OMPI_COMM_WORLD_LOCAL_SIZE": "0"}, 1),
+])
+def test_processes_on_this_machine_as_each_launcher_says(environ, expected):
+    assert launchers.local_ranks(environ) == expected
+
+
+def test_harmless_exit_lines_are_dropped_while_mindspores_exit_handler_runs():
+    """As a launched rank exits: apply_log_defaults (before MindSpore) registers the filter's stop, MindSpore
+    registers its exit handler on import (here one that prints as MindSpore 2.10's does), the filter starts
+    once the cluster is joined; a line after the handlers (a crash at exit) still comes through."""
+    code = """if 1:
+        import atexit, os
+        from mobilenetv3.cluster import launchers
+        launchers.apply_log_defaults()
+        atexit.register(os.write, 2, b"after every exit handler\\n")  # registered before the filter's stop: runs after
+        def mindspore_exit_handler():
+            os.write(2, b"[INFO] DISTRIBUTED(1) [tcp_client.cc:367] Start] Event base dispatch success!\\n")
+            os.write(2, b"[ERROR] DISTRIBUTED(1) [tcp_client.cc:99] Stop] something that matters\\n")
+        atexit.register(mindspore_exit_handler)
+        launchers.drop_harmless_exit_lines()
+        os.write(2, b"the run's last line\\n")
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith(LAUNCHER_VARIABLES)}
+    env.update(OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="1", PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0 and done.stdout == ""
+    assert done.stderr == ("the run's last line\n[ERROR] DISTRIBUTED(1) [tcp_client.cc:99] Stop] something that "
+                           "matters\nafter every exit handler\n")
+
+
+def test_known_harmless_lines_are_dropped_and_every_other_line_passes():
+    code = """if 1:
+        import os, sys
+        from mobilenetv3.cluster import launchers
+        print("before", file=sys.stderr)
+        with launchers.without_harmless_lines():
+            os.write(2, b"[WARNING] ME(1) [x.cc:1] Other] a warning that matters\\n")
+            os.write(2, b"[WARNING] ME(8529,7f808d06db80,python):2026-12-07-05:06:52.228.668 [mindspore/ccsrc/runtime/"
+                        b"hardware_abstract/collective/collective_manager.cc:368] CreateCommunicationGroup] Create "
+                        b"collective communication group: mccl_world_group [const vector]{0, 1}, async: 0\\n")
+            print("from Python", file=sys.stderr, flush=True)
+            os.write(2, b"no newline at the end")
+        print("after", file=sys.stderr)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert done.returncode == 0
+    assert done.stderr == "before\n[WARNING] ME(1) [x.cc:1] Other] a warning that matters\nfrom Python\nno newline at " \
+                          "the endafter\n"
 
 
 @pytest.mark.parametrize("environ, expected", [

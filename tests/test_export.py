@@ -1,4 +1,5 @@
 """Export to MINDIR and ONNX: the files compute the checkpoint's logits for any batch size."""
+import json
 import runpy
 from pathlib import Path
 
@@ -142,3 +143,27 @@ def test_each_exported_file_has_its_own_meta(random_checkpoint, tmp_path):
     assert checked_meta(mindir, "MINDIR", MODEL["num_classes"], expected={})["image_size"] == 64
     with pytest.raises(UserError, match="the mobilenetv3.meta metadata of .*model.onnx is not readable JSON"):
         read_meta(onnx_file, "{not json")
+
+
+def test_exporting_at_another_size_than_the_checkpoint_records_warns(random_checkpoint, tmp_path, capsys):
+    from mobilenetv3.data.preprocessing import Preprocessing
+    net, meta = model_from_checkpoint(str(random_checkpoint), expected=MODEL, fallback=MODEL)
+    at_32 = tmp_path / "small-32px.ckpt"
+    checkpoint.save(at_32, {p.name: p for p in net.get_parameters()},
+                    dict(meta, preprocessing=Preprocessing(resize=32).as_meta()))
+    main = runpy.run_path(str(REPO / "scripts" / "export.py"), run_name="export_script")["main"]
+    common = ["--device_target", "CPU", "--pretrained", at_32, "--file_format", "MINDIR"]
+    main([*map(str, common), "--resize", "48", "--file_name", str(tmp_path / "at48")])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"warning: exporting {at_32} for 48-pixel images, but its meta records 32 px (the size it was trained at); "
+        "its accuracy at 48 px is unknown and usually far lower: pass --resize 32 or leave --resize out")
+    # The size it records, given or left to the meta: no warning.
+    for resize in (["--resize", "32"], []):
+        main([*map(str, common), *resize, "--file_name", str(tmp_path / "at32")])
+        assert "warning" not in capsys.readouterr().err
+        assert json.loads((tmp_path / "at32.mindir.json").read_text())["image_size"] == 32
+    # A checkpoint that records no size (from elsewhere): nothing to compare with.
+    main([*map(str, ["--device_target", "CPU", "--pretrained", random_checkpoint, "--file_format", "MINDIR",
+                     "--model", MODEL["model"], "--num_classes", MODEL["num_classes"], "--width", MODEL["width"],
+                     "--resize", 48, "--file_name", tmp_path / "other"])])
+    assert "warning" not in capsys.readouterr().err

@@ -16,7 +16,7 @@ from mobilenetv3.cli import run_cli
 from mobilenetv3.cli import MODEL_FILE_KEYS
 from mobilenetv3.config import build_config
 from mobilenetv3.data.imagenet import display_names, model_classes
-from mobilenetv3.deploy.inference import (Prediction, class_names_of, load_model, predict_folder, spreadsheet_text,
+from mobilenetv3.deploy.inference import (Prediction, class_names_of, load_model, predict_images, spreadsheet_text,
                                           write_predictions)
 from mobilenetv3.models.factory import create_model
 
@@ -55,7 +55,7 @@ def predictor_of(path):
 def predict(predictor, folder, **settings):
     predict_logits, class_names = predictor
     config = build_config(overrides=dict(SETTINGS, **settings))
-    return predict_folder(predict_logits, folder, config.preprocessing(), class_names, config.top_k, config.batch_size)
+    return predict_images(predict_logits, folder, config.preprocessing(), class_names, config.top_k, config.batch_size)
 
 
 def test_export_writes_the_checkpoint_meta_next_to_the_mindir(trained, exported):
@@ -291,8 +291,9 @@ def test_mindir_without_meta_names_classes_by_index_and_checks_their_number(expo
 
 @pytest.mark.parametrize("output,message", [
     ("{tmp}/preds.json", "--output {tmp}/preds.json is a directory; give a file name"),
+    ("{tmp}", "--output {tmp} is a directory; give a file name ending in .json or .csv"),
     ("/proc/x.json", "--output /proc/x.json cannot be written ("),
-], ids=["directory", "proc"])
+], ids=["directory", "directory_without_suffix", "proc"])
 def test_output_is_checked_before_predicting(exported, image_folder, tmp_path, capsys, output, message):
     (tmp_path / "preds.json").mkdir()
     error, out = run_infer_expecting_error(capsys, data_url=image_folder / "val", pretrained=exported,
@@ -328,3 +329,31 @@ def test_file_names_that_are_not_utf8_are_written_as_they_are(exported, image_fo
         assert os.fsencode(list(csv.reader(table))[1][0]) == raw
     write_predictions([Prediction(os.fsdecode(raw), [0], ["class_0"], [1.0])], tmp_path / "p.json")
     assert os.fsencode(json.loads((tmp_path / "p.json").read_text())[0]["path"]) == raw
+
+
+def test_one_image_file_is_predicted_as_in_its_folder(trained, predictors, image_folder, tmp_path, capsys):
+    folder = image_folder / "val" / "class_1"
+    image = sorted(folder.glob("*.jpg"))[2]
+    in_folder = {p.path: p for p in predict(predictors["checkpoint"], folder)[0]}[str(image)]
+    run_cli(script_main("infer"), flags(data_url=image, pretrained=trained, top_k=2))
+    assert capsys.readouterr().out.splitlines() == [f"{image}: " + ", ".join(
+        f"{name} ({prob:.4f})" for name, prob in zip(in_folder.names[:2], in_folder.probs[:2])),
+        "1 images predicted, 0 skipped"]
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    error, out = run_infer_expecting_error(capsys, data_url=tmp_path / "bad.jpg", pretrained=trained)
+    assert error == f"error: {tmp_path / 'bad.jpg'} could not be read (see above)"
+    assert out.startswith(f"skipped {tmp_path / 'bad.jpg'}: UnidentifiedImageError")
+
+
+def test_classifier_names_one_pil_image_as_infer_does(trained, exported, predictors, image_folder):
+    import mobilenetv3
+    folder = image_folder / "val" / "class_2"
+    expected = {p.path: p for p in predict(predictors["checkpoint"], folder)[0]}
+    for path in (trained, exported):  # the meta in the checkpoint, beside the MINDIR
+        classify = mobilenetv3.Classifier(path, top_k=2)
+        for image in sorted(folder.glob("*.jpg"))[:3]:
+            want = expected[str(image)]
+            for given in (Image.open(image), Image.open(image).convert("RGBA"), image):  # any mode, or a path
+                got = classify(given)
+                assert [name for name, _ in got] == want.names[:2], given
+                np.testing.assert_allclose([prob for _, prob in got], want.probs[:2], rtol=0, atol=1e-6)

@@ -163,3 +163,21 @@ def test_a_python_mindspore_has_no_wheel_for_is_refused_before_any_download(tmp_
     assert f"error: {fake} is Python 3.9; mindspore 2.10 has wheels for CPython 3.10, 3.11 or 3.12 only" in done.stderr
     assert "PYTHON=/path/to/python3.11" in done.stderr
     assert "installing" not in done.stdout and not (tmp_path / "repo" / ".venv").exists()
+
+
+def test_smoke_run_is_as_the_readme_says_and_its_output_is_ignored_by_git():
+    from mobilenetv3.data.sampler import epoch_steps
+    script = SCRIPT.read_text()
+    per_class = re.search(r"PREPARE_ARGS=\(--per_class_train (\d+) --per_class_val (\d+)\)", script)
+    train, val = (int(count) * len(CLASS_NAMES) for count in per_class.groups())
+    batch = int(re.search(r"^batch_size: (\d+)$", (REPO / "configs" / "fashion_mnist_demo.yaml").read_text(), re.M)[1])
+    steps = {ranks: epoch_steps(train, batch, num_shards=ranks) for ranks in (2, 1)}
+    assert f"{train} training and\n{val} test images" in (REPO / "README.md").read_text()
+    assert f"one epoch ({steps[2]} steps with 2 processes, {steps[1]} with one)" in (REPO / "README.md").read_text()
+    assert (train, val, steps) == (300, 100, {2: 4, 1: 9})
+    output = re.search(r'OUTPUT="\$\{OUTPUT:-\./([^}]+)\}"; DATA="\$\{DATA:-\./data/fashion_mnist_smoke', script)[1]
+    ignored = subprocess.run(["git", "check-ignore", "-q", f"{output}/checkpoints/run.yaml"], cwd=REPO,
+                             capture_output=True)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.returncode == 0, f"{output}/ is not in .gitignore"

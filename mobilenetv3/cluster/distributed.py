@@ -10,6 +10,7 @@ that dies ends the job: mpirun kills the other ranks when one exits abnormally, 
 with rank 0. Under msrun the scheduler notices the missing heartbeat after MS_NODE_TIMEOUT and msrun then
 stops the rest.
 """
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,8 @@ import numpy as np
 
 from ..errors import EveryRankError, UserError, mindspore_cause
 from .device import select_device
-from .launchers import CLUSTER_TIMEOUTS, UNSUPPORTED_LAUNCHERS, detect_launcher, release_core_binding
+from .launchers import (CLUSTER_TIMEOUTS, UNSUPPORTED_LAUNCHERS, detect_launcher, drop_harmless_exit_lines,
+                        release_core_binding, without_harmless_lines)
 from .mpi_bridge import join_cluster_from_mpirun
 
 logger = logging.getLogger(__name__)
@@ -96,14 +98,18 @@ def init_distributed(device_target: str, run_distribute: bool, device_id: int = 
 def _init_communication(device_target: str, launcher: str):
     from mindspore.communication import init
     backend = {"GPU": "nccl", "Ascend": "hccl"}.get(device_target) if launcher == "mpirun" else None
+    # The scheduler's init() ends the process without returning: its stderr stays as it is.
+    quiet = contextlib.nullcontext() if os.environ.get("MS_ROLE") == "MS_SCHED" else without_harmless_lines()
     try:
-        init(backend)
+        with quiet:
+            init(backend)
     except RuntimeError as err:
         cause = mindspore_cause(err)
         if os.environ.get("MS_ROLE") == "MS_SCHED":
             raise UserError(f"the MindSpore scheduler ended the job: {cause} See the workers' logs") from None
         raise UserError(f"MindSpore could not set up communication on {device_target} under {launcher} "
                         f"({cause}); check {_communication_hint(device_target, launcher, cause)}") from None
+    drop_harmless_exit_lines()
 
 
 def _communication_hint(device_target: str, launcher: str, cause: str) -> str:

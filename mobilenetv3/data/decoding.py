@@ -86,3 +86,15 @@ class EncodedImage:
             if scale > 1 and image.format == "JPEG":
                 image.draft(None, (self.width // scale, self.height // scale))
             return np.asarray(rgb(image))
+
+
+class PillowImage:
+    """A PIL image already in memory with EncodedImage's interface for the eval transform (rgb, width,
+    height): its pixels in RGB whatever its mode, decoded already, so nothing to shrink on decoding."""
+
+    def __init__(self, image: Image.Image):
+        self.image = image
+        self.width, self.height = image.size
+
+    def rgb(self, shrink: float = 1.0) -> np.ndarray:
+        return np.asarray(rgb(self.image))

@@ -103,18 +103,19 @@ def warn_unreadable(path, err):
 @functools.lru_cache(maxsize=None)
 def data_workers(requested: int) -> int:
     """Data workers of this process: `requested`, or for 0 its share of the CPUs (those available, divided
-    among the job's processes on this machine), and never more than that share. Said once per process."""
+    among the job's processes on this machine), and never more than that share. Said once, by rank 0 (every
+    rank of a machine has the same share)."""
     available = available_cpus()
     ranks = local_ranks()
     share = max(1, available // ranks)
     where = f"{available} CPUs available" + (f" / {ranks} processes on this machine" if ranks > 1 else "")
-    if requested > share:
+    workers = min(requested, share) or share
+    if is_main_process() and requested > share:
         logger.warning(f"num_parallel_workers {requested} > {share} CPUs for this process ({where}); using {share}")
     elif is_main_process():
-        workers = requested or share
         logger.info(f"data pipeline: {workers} worker{'s' if workers > 1 else ''} per process "
                     f"({'num_parallel_workers' if requested else 'its share of the CPUs'}; {where})")
-    return min(requested, share) or share
+    return workers
 
 
 def training_steps(folder: ImageFolder, batch_size: int, repeats: int = 1, num_shards: int = 1) -> int:

@@ -2,8 +2,8 @@
 evaluation view's resize and centre crop, and normalisation.
 
 Every random draw of a training view comes from the image's own generator, seeded by (seed, epoch, key)
-(pipeline.py), except those of MindSpore's AutoAugment and colour jitter, which draw from per-worker
-generators. Resizing, AutoAugment and colour jitter run in MindSpore's C++ vision ops on uint8 pixels.
+(pipeline.py), so an image's view is the same whatever the worker count, and on resume. Resizing runs in
+MindSpore's C++ vision op on uint8 pixels; RandAugment, AutoAugment and colour jitter in Pillow.
 """
 import functools
 import math
@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from . import rand_augment
+from .auto_augment import auto_augment, color_jitter
 from .decoding import EncodedImage
 from .preprocessing import Preprocessing
 
@@ -76,8 +77,10 @@ def augmented(crop: np.ndarray, flip: bool, preprocessing: Preprocessing, augmen
         out = flip_left_right(out)
     if rand_augment_policy is not None:
         out = rand_augment.apply(out, rand_augment_policy, mean_colour(preprocessing.mean), rng)
-    for op in augmentation_ops(augmentation.auto_augment, augmentation.color_jitter, preprocessing.interpolation):
-        out = op(out)
+    if augmentation.auto_augment:
+        out = auto_augment(out, preprocessing.interpolation, rng)
+    if augmentation.color_jitter > 0:
+        out = color_jitter(out, augmentation.color_jitter, rng)
     if augmentation.random_erase > 0 and rng.random() < augmentation.random_erase:
         box = random_erasing_box(size, size, rng)
         if box is not None:
@@ -128,20 +131,6 @@ def _resize_op(size, interpolation: str):
 def resize(pixels: np.ndarray, size, interpolation: str) -> np.ndarray:
     """MindSpore's C++ Resize of uint8 HWC `pixels`: to (height, width), or an int for the shorter side."""
     return _resize_op(size, interpolation)(pixels)
-
-
-@functools.lru_cache(maxsize=None)
-def augmentation_ops(auto_augment: bool, color_jitter: float, interpolation: str) -> tuple:
-    """MindSpore's C++ AutoAugment and colour jitter when asked for, on uint8 HWC images. They draw from
-    MindSpore's per-worker generators: unlike crop, flip and erasing, not reproducible across worker counts."""
-    from mindspore.dataset import vision
-    ops = []
-    if auto_augment:
-        ops.append(vision.AutoAugment(vision.AutoAugmentPolicy.IMAGENET,
-                                      interpolation=interpolation_mode(interpolation)))
-    if color_jitter > 0:
-        ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-    return tuple(ops)
 
 
 def eval_image(image: EncodedImage, preprocessing: Preprocessing) -> np.ndarray:

@@ -7,6 +7,7 @@ travel with the file (inside an ONNX file, beside a MINDIR: checkpoints/meta.py)
 enough to predict. The ONNX graph is rewritten into the form ONNX Runtime runs fastest (onnx_graph.py).
 """
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -15,11 +16,13 @@ import numpy as np
 
 from ..checkpoints.files import require_file
 from ..checkpoints.meta import ONNX_META_KEY, check_model_matches, read_meta, sidecar_path
+from ..data.preprocessing import recorded
 from ..errors import UserError
 from ..models.passes import written_out
 from .onnx_graph import fuse_onnx_graph
 from .outputs import written_whole
 
+logger = logging.getLogger(__name__)
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 
@@ -57,6 +60,17 @@ def checked_meta(path, file_format: str, num_classes: int, expected: Optional[di
         raise UserError(f"{path} was exported for {image_size}-pixel images, but --resize is {resize}; "
                         f"pass --resize {image_size} or leave it out")
     return dict(meta, num_classes=meta.get("num_classes", num_classes))
+
+
+def warn_if_other_size(checkpoint, meta: dict, image_size: int):
+    """A warning when `image_size` is not the one the checkpoint's `meta` records (the size it was trained,
+    fine-tuned or converted at): the file would take only that size, at which the network's accuracy is
+    unknown and often lost (a 32-px model at 224 px is near chance), and nothing else would say so."""
+    trained = recorded(meta).get("resize")
+    if trained is not None and trained != image_size:
+        logger.warning(f"exporting {checkpoint} for {image_size}-pixel images, but its meta records {trained} px "
+                       f"(the size it was trained at); its accuracy at {image_size} px is unknown and usually far "
+                       f"lower: pass --resize {trained} or leave --resize out")
 
 
 def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = None) -> Path:

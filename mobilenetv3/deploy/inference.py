@@ -1,5 +1,6 @@
-"""Top-k predictions for every image below a folder, from a checkpoint or an exported MINDIR or ONNX file,
-run by MindSpore or (onnx_backend.py) by ONNX Runtime.
+"""Top-k predictions for an image file or every image below a folder (predict_images), or for one image in
+Python (Classifier), from a checkpoint or an exported MINDIR or ONNX file, run by MindSpore or
+(onnx_backend.py) by ONNX Runtime.
 
 Images go through the eval transforms one by one (decoded with Pillow, so any mode or format
 works); files that cannot be read are skipped and reported with the reason, never fatal.
@@ -12,13 +13,14 @@ from typing import Callable, Collection, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
+from PIL import Image
 
 from ..checkpoints.meta import NETWORK_KEYS, flagged
 from ..cluster.device import set_cpu_threads
-from ..data.decoding import READ_ERRORS, EncodedImage
+from ..data.decoding import READ_ERRORS, EncodedImage, PillowImage
 from ..data.folders import images_of_folder
 from ..data.imagenet import display_names, model_classes
-from ..data.preprocessing import Preprocessing
+from ..data.preprocessing import Preprocessing, resolve
 from ..data.transforms import eval_image, normalize_batch
 from ..errors import UserError
 from ..evaluation import mindspore_predictor
@@ -92,10 +94,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def predict_folder(predict, folder, preprocessing: Preprocessing, class_names: List[str], top_k: int = 5,
+def top_classes(probs: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k largest probabilities, largest first (ties: the lower index first)."""
+    return np.argsort(-probs, kind="stable")[:k]
+
+
+def predict_images(predict, data_url, preprocessing: Preprocessing, class_names: List[str], top_k: int = 5,
                    batch_size: int = 64):
-    """(predictions in folders.list_images order, [(path, reason)] of the files skipped)."""
-    paths = images_of_folder(folder, "data_url")
+    """(predictions, [(path, reason)] of the files skipped) of the image file `data_url`, or of every image
+    below the folder `data_url`, in folders.list_images order."""
+    paths = [Path(data_url)] if Path(data_url).is_file() else images_of_folder(data_url, "data_url")
     predictions, skipped = [], []
     k = min(top_k, len(class_names))
     for start in progress(range(0, len(paths), batch_size), -(-len(paths) // batch_size), "batch"):
@@ -113,10 +121,34 @@ def predict_folder(predict, folder, preprocessing: Preprocessing, class_names: L
             raise UserError(f"the model gives {logits.shape[1]} class scores, but num_classes is {len(class_names)}; "
                             f"pass --num_classes {logits.shape[1]}")
         for path, row in zip(batch_paths, softmax(logits.astype(np.float64))):
-            top = np.argsort(-row, kind="stable")[:k]
+            top = top_classes(row, k)
             predictions.append(Prediction(str(path), top.tolist(), [class_names[i] for i in top],
                                           [float(row[i]) for i in top]))
     return predictions, skipped
+
+
+class Classifier:
+    """A model file that names what one image shows, from Python:
+
+        classify = mobilenetv3.Classifier("small.ckpt")   # or an exported .mindir or .onnx
+        classify(Image.open("cat.jpg"))                   # [("tabby", 0.62), ("tiger cat", 0.21), ...]
+
+    The model, its class names and its preprocessing (image size, interpolation, crop, mean and std) come
+    from the file's meta, as for scripts/infer.py (load_model); a PIL image in any mode, or an image file's
+    path (decoded as infer.py decodes it), gives the `top_k` (class name, probability) pairs, most probable
+    first. MindSpore runs on its default device unless the caller chose one (ms.set_device)."""
+
+    def __init__(self, path, top_k: int = 5, backend: str = "mindspore", threads: int = 0, use_ema: bool = False):
+        self.predict, meta = load_model(path, backend, threads, use_ema)
+        self.preprocessing, _ = resolve(Preprocessing(), (), meta)
+        self.class_names = class_names_of(meta)
+        self.top_k = top_k
+
+    def __call__(self, image) -> List[Tuple[str, float]]:
+        source = PillowImage(image) if isinstance(image, Image.Image) else EncodedImage(image)
+        pixels = eval_image(source, self.preprocessing)
+        probs = softmax(self.predict(normalize_batch(pixels[None], self.preprocessing)).astype(np.float64))[0]
+        return [(self.class_names[i], float(probs[i])) for i in top_classes(probs, self.top_k)]
 
 
 def format_prediction(prediction: Prediction) -> str:
@@ -129,6 +161,8 @@ OUTPUT_FORMATS = (".json", ".csv")
 
 def output_format(path) -> str:
     """".json" or ".csv" from the file name; checked before predicting so a typo fails at once."""
+    if Path(path).is_dir():
+        raise UserError(f"--output {path} is a directory; give a file name ending in {' or '.join(OUTPUT_FORMATS)}")
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise UserError(f"--output {path}: use a file name ending in {' or '.join(OUTPUT_FORMATS)}, got {suffix!r}")

@@ -102,13 +102,6 @@ def check_validation_folder(data_url, eval_interval: int, train_folder):
     scan_image_folder(root / "val", train_folder.classes)
 
 
-def augment_seed(seed: int, epoch: int, rank: int, size: int) -> int:
-    """The seed of MindSpore's own random ops in the pipeline (AutoAugment, colour jitter) of a run starting
-    at `epoch` on `rank` of `size`: one per (epoch, rank), so ranks draw different streams; a single process
-    keeps the seed it always had."""
-    return ((seed * 100003 + epoch) * size + rank) % 2**32
-
-
 def _train(config, dist, folder):
     rank, size = (dist.rank, dist.size) if dist else (0, 1)
     main_process = rank == 0
@@ -152,7 +145,6 @@ def _train(config, dist, folder):
         logger.info(f"nothing to do: the checkpoint is at epoch {start_epoch} of {config.epoch_size}")
         return resume_path
 
-    ms.dataset.config.set_seed(augment_seed(config.seed, start_epoch, rank, size))
     dataset = create_dataset(train_folder, preprocessing, config.batch_size, config.num_parallel_workers,
                              augmentation_of(config), seed=config.seed, first_epoch=start_epoch,
                              epochs=config.epoch_size - start_epoch, skip_steps=skip_steps, repeats=config.repeat_num,
