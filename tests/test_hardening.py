@@ -86,8 +86,9 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, unin
     received = [signal.SIGINT, signal.SIGTERM] if signum == signal.SIGINT else [signum]
     assert process.returncode in [128 + s for s in received], output[-2000:]
     names = "|".join(signal.Signals(s).name for s in received)
-    match = [line for line in output.splitlines() if re.match(rf"error: ({names}): stopped at epoch 2, step", line)]
+    match = [line for line in output.splitlines() if re.match(rf"error: ({names}): stopped at step \d+ of epoch 2 \(12 steps per epoch\)", line)]
     assert match and match[0].endswith("Continue with --resume auto"), output[-2000:]
+    assert "Epoch 2 finished" not in output  # the stopped epoch did not finish
     saved = checkpoint.load(checkpoint.latest(tmp_path))[1]
     assert saved["epoch"] == 1 and 3 <= saved["epoch_step"] < 12
     output = resume(image_folder, tmp_path)
@@ -126,7 +127,8 @@ def test_signal_with_data_worker_processes_saves_and_resumes_exactly(image_folde
     received = [signal.SIGINT, signal.SIGTERM] if signum == signal.SIGINT else [signum]
     assert process.returncode in [128 + s for s in received], output[-2000:]
     names = "|".join(signal.Signals(s).name for s in received)
-    assert re.search(rf"^error: ({names}): stopped at epoch 2, step \d+/12; saved .*Continue with --resume auto$",
+    assert re.search(rf"^error: ({names}): stopped at step \d+ of epoch 2 \(12 steps per epoch\); saved .*Continue with "
+                     r"--resume auto$",
                      output, re.MULTILINE), output[-2000:]
     saved = checkpoint.load(checkpoint.latest(tmp_path))[1]
     assert saved["epoch"] == 1 and 3 <= saved["epoch_step"] < 12

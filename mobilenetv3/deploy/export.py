@@ -13,7 +13,7 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 
-from ..checkpoints.files import require_file
+from ..checkpoints.files import follow_umask, require_file
 from ..checkpoints.meta import ONNX_META_KEY, check_model_matches, read_meta, sidecar_path
 from ..errors import UserError
 from ..models.passes import written_out
@@ -77,6 +77,7 @@ def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = 
             _export_onnx(net, path, image_size, meta)
         if not path.is_file():
             raise UserError(f"MindSpore reported no error but wrote no {path}")
+        follow_umask(path)
         if file_format == "MINDIR" and meta is not None:
             sidecar_path(path).write_text(json.dumps(meta, indent=1))
         elif file_format == "ONNX":
