@@ -33,7 +33,8 @@ def test_metrics_log_and_run_file_of_a_run_resumed_twice(small_config, capsys):
     second = capsys.readouterr().out
     lines = read_metrics(f"{directory}/metrics.jsonl")
     assert [line["epoch"] for line in lines] == [1, 2, 3]  # appended, no epoch twice
-    assert all(set(line) == RECORD_KEYS | {"val_top1", "val_top5", "val_loss"} for line in lines)
+    assert all(set(line) - {"best_checkpoint"} == RECORD_KEYS | {"val_top1", "val_top5", "val_loss"} for line in lines)
+    assert lines[0]["best_checkpoint"] == "mobilenet_v3_small-best.ckpt"  # the first validation is the best so far
     assert [line["global_step"] for line in lines] == [6, 12, 18] and all(line["steps"] == 6 for line in lines)
     printed_means = [float(m) for m in re.findall(r"mean loss (\d+\.\d+)", first + second)]
     assert [round(line["loss"], 4) for line in lines] == printed_means

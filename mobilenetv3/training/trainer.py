@@ -204,11 +204,11 @@ def _train(config, dist, folder):
     metrics_file = events = None
     best_top1 = -1.0
     if main_process:  # after the checks above: a refused run leaves no record in another run's folder
+        if config.tensorboard:  # first: without tensorboardX the run stops here
+            events = EventFiles(config.tensorboard, start_epoch * steps + skip_steps + 1)
         run_record.write_run_file(config.values(), size, config.ckpt_save_dir)
         metrics_file = run_record.MetricsFile(config.ckpt_save_dir, start_epoch)
         best_top1 = folder.best_top1(start_epoch)
-        if config.tensorboard:
-            events = EventFiles(config.tensorboard, start_epoch * steps + skip_steps + 1)
     # Every rank catches the stop signals; at each step (or sink) boundary the ranks agree whether to stop.
     stop_signals = StopSignals(announce=main_process)
     saved_last = None
