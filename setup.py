@@ -17,6 +17,7 @@ setup(
         "convert": ["torch==2.13.0"],
         "onnx": ["onnx", "onnxruntime"],
         "plot": ["matplotlib"],
-        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "matplotlib"],
+        "tensorboard": ["tensorboardX"],  # train.py --tensorboard DIR
+        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "matplotlib", "tensorboardX"],
     },
 )

@@ -61,9 +61,9 @@ class Config:
     keep_checkpoint_max: int = key(10, "Most checkpoints kept in ckpt_save_dir", minimum=1)
     ckpt_save_dir: str = key("./mobilenet_v3", "Where checkpoints and logs are written")
     lr_decay_mode: str = key("cosine_decay_lr", "Learning-rate schedule", choices=list(DECAY_MODES))
-    decay_epoch: int = key(200, "Epochs over which cosine decays from max_lr to min_lr", minimum=1)
+    decay_epoch: int = key(0, "cosine: epochs from max_lr to min_lr after warmup; 0: to the run's end", minimum=0)
     smooth_factor: float = key(0.1, "Label smoothing factor", minimum=0.0, below=1.0)
-    max_lr: float = key(0.1, "Peak learning rate (after warmup)", above=0.0)
+    max_lr: float = key(0.1, "Peak lr (after warmup) at global batch lr_base_size; a flag: as is", above=0.0)
     min_lr: float = key(0.0, "Final learning rate of the cosine schedule", minimum=0.0)
     milestone: List[int] = key([], "piecewise: epochs at which each learning rate ends")
     learning_rates: List[float] = key([], "piecewise: learning rate of each milestone interval")
@@ -72,6 +72,10 @@ class Config:
     device_id: int = key(0, "GPU (or Ascend device) of a single process, counted among the visible ones "
                          "(CUDA_VISIBLE_DEVICES); under mpirun or msrun rank r takes its machine's r-th",
                          minimum=0)
+    lr_base_size: int = key(512, "The global batch (batch_size x processes) max_lr belongs to (the seed's: 8 x 64); at "
+                            "another, max_lr is scaled by lr_scaling (timm's --lr-base-size)", minimum=1)
+    lr_scaling: str = key("linear", "How max_lr follows the global batch: linear (x global / lr_base_size) or sqrt "
+                          "(x its square root)", choices=["linear", "sqrt"])
     # Model.
     model: str = key("mobilenet_v3_small", "Model name", choices=list(ARCHITECTURES))
     width: float = key(MODEL_DEFAULTS["width"], "Width multiplier", above=0.0)
@@ -127,7 +131,9 @@ class Config:
     sink_size: int = key(0, "Steps per sink in dataset sink mode, a divisor of an epoch's steps; 0: the largest "
                          "divisor not above log_interval if that is set, else the smallest of at least 100, else the "
                          "whole epoch", minimum=0)
-    eval_interval: int = key(0, "Validate every this many epochs (0: never)", minimum=0)
+    eval_interval: int = key(0, "Validate every this many epochs (0: never); the best Top-1 is <model>-best.ckpt",
+                             minimum=0)
+    tensorboard: Optional[str] = key(None, "Folder for TensorBoard event files of loss, lr, img/s, validation")
     resume: Optional[str] = key(None, "Checkpoint to resume from, or 'auto' for the latest in ckpt_save_dir")
     # Evaluation, inference and export.
     use_ema: bool = key(False, "Use the checkpoint's EMA weights (saved by training with --ema_decay; BatchNorm "
@@ -168,11 +174,11 @@ class Config:
                                 "records its preprocessing and accuracy in the checkpoint")
 
     # Not keys: those of the keys above given on the command line (parse_args fills it), and the config file
-    # with those it sets. A flag wins over what a model's meta records, which wins over a config file and the
+    # with the values it sets, before flags override them. A flag wins over what a model's meta records, which wins over a config file and the
     # defaults.
     flags: FrozenSet[str] = field(default=frozenset(), compare=False, repr=False)
     config_file: Optional[str] = field(default=None, compare=False, repr=False)
-    file_keys: FrozenSet[str] = field(default=frozenset(), compare=False, repr=False)
+    file_values: dict = field(default_factory=dict, compare=False, repr=False)  # a recipe's max_lr, for lr scaling
     # Why the device is the CPU although the default named the GPU (cli.parse_args), for train.log.
     device_note: Optional[str] = field(default=None, compare=False, repr=False)
 
@@ -188,7 +194,7 @@ class Config:
         """Who set key `name`: "--name", the config file's path, or None for the built-in default."""
         if name in self.flags:
             return f"--{name}"
-        return self.config_file if name in self.file_keys else None
+        return self.config_file if name in self.file_values else None
 
     def preprocessing(self) -> Preprocessing:
         return Preprocessing(self.resize, self.interpolation, self.crop_pct, tuple(self.mean), tuple(self.std))
@@ -284,12 +290,12 @@ def load_yaml(path) -> dict:
 def build_config(config_path=None, overrides: Optional[dict] = None, source=lambda name: "overrides") -> Config:
     """Defaults, then the YAML file, then `overrides` (typed values or strings from the command line)."""
     values = load_yaml(config_path) if config_path else {}
-    file_keys = frozenset(values)
+    file_values = dict(values)
     for name, value in (overrides or {}).items():
         if name not in FIELDS:
             raise ConfigError(f"unknown key {name!r}{closest_name(name)}")
         values[name] = _convert(name, value, source(name))
-    config = Config(**values, flags=frozenset(overrides or ()), file_keys=file_keys,
+    config = Config(**values, flags=frozenset(overrides or ()), file_values=file_values,
                     config_file=str(config_path) if config_path else None)
     check_consistency(config)
     return config

@@ -65,18 +65,24 @@ def plot(runs: dict, output: Path):
     for index, (name, lines) in enumerate(runs.items()):
         colour = f"C{index}"
         epochs = [line["epoch"] for line in lines]
-        top.plot(epochs, [line["loss"] for line in lines], color=colour, label=f"{name}: train loss")
+        # Markers: a run of one epoch is one point, which a line alone does not draw.
+        top.plot(epochs, [line["loss"] for line in lines], color=colour, marker="o", markersize=3,
+                 label=f"{name}: train loss")
         validated = [line for line in lines if "val_top1" in line]
         if validated:
             accuracy.plot([line["epoch"] for line in validated], [line["val_top1"] for line in validated],
                           color=colour, linestyle="--", marker="o", label=f"{name}: val Top-1")
-        bottom.plot(epochs, [line["lr"] for line in lines], color=colour, label=name)
+        bottom.plot(epochs, [line["lr"] for line in lines], color=colour, marker="o", markersize=3, label=name)
     top.set_ylabel("train loss")
     if accuracy.lines:
         accuracy.set_ylabel("validation Top-1")
     else:  # no run validated (--eval_interval 0): no empty axis
         accuracy.set_axis_off()
-    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    first, last = min(line["epoch"] for lines in runs.values() for line in lines), \
+        max(line["epoch"] for lines in runs.values() for line in lines)
+    margin = max(0.5, 0.05 * (last - first))  # whole epochs on the axis, even for a run of one
+    bottom.set_xlim(first - margin, last + margin)
     bottom.set_ylabel("learning rate")
     bottom.set_xlabel("epoch")
     handles = top.get_legend_handles_labels()[0] + accuracy.get_legend_handles_labels()[0]

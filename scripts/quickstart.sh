@@ -54,7 +54,7 @@ if [ "$SMOKE" = 1 ]; then
     # 30 + 10 images per class, 1 epoch (4 steps with 2 processes, 9 with one): checks that every stage runs,
     # not that it learns.
     PREPARE_ARGS=(--per_class_train 30 --per_class_val 10)
-    TRAIN_ARGS=(--epoch_size 1 --decay_epoch 1 --log_interval 3)
+    TRAIN_ARGS=(--epoch_size 1 --log_interval 3)
     MIN_TOP1=""
 else
     OUTPUT="${OUTPUT:-./demo_output}"; DATA="${DATA:-./data/fashion_mnist}"
@@ -122,8 +122,11 @@ if compgen -G "$OUTPUT/checkpoints/*.ckpt" >/dev/null; then
     echo "continuing from the last checkpoint in $OUTPUT/checkpoints (delete that folder to train afresh)"
     TRAIN_ARGS+=(--resume auto)
 fi
+if [ -s "$OUTPUT/train.log" ]; then  # a rerun appends, after a separator
+    echo "===== $(date -u '+%Y-%m-%d %H:%M:%S UTC'): quickstart run again =====" >> "$OUTPUT/train.log"
+fi
 "${LAUNCH[@]}" "$REPO/scripts/train.py" --config "$CONFIG" --data_url "$DATA" \
-    --ckpt_save_dir "$OUTPUT/checkpoints" "${TRAIN_ARGS[@]}" 2>&1 | tee "$OUTPUT/train.log"
+    --ckpt_save_dir "$OUTPUT/checkpoints" "${TRAIN_ARGS[@]}" 2>&1 | tee -a "$OUTPUT/train.log"
 CHECKPOINT="$(sed -n 's/^last checkpoint: //p' "$OUTPUT/train.log" | tail -n 1)"
 [ -n "$CHECKPOINT" ] && [ -f "$CHECKPOINT" ] || { echo "error: training wrote no checkpoint; see $OUTPUT/train.log" >&2; exit 1; }
 "$PYTHON" "$REPO/scripts/plot.py" "$OUTPUT/checkpoints" --output "$OUTPUT/curves.png" || echo "note: no curves drawn (see above)"

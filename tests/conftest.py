@@ -87,7 +87,7 @@ def small_config(image_folder, tmp_path):
     def make(**overrides):
         values = dict(device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=2,
                       resize=32, num_parallel_workers=2, bn_momentum=0.9, ckpt_save_dir=str(tmp_path / "ckpt"),
-                      max_lr=0.05, decay_epoch=2, dataset_sink_mode=False, log_interval=1)
+                      max_lr=0.05, lr_base_size=8, decay_epoch=2, dataset_sink_mode=False, log_interval=1)
         values.update(overrides)
         return build_config(overrides=values)
     return make

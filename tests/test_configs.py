@@ -31,6 +31,21 @@ def test_the_recipes_name_their_source_global_batch_and_lr_scaling():
         assert "max_lr = 0.064 * N * B / 1024" in text and "What differs from" in text, name
 
 
+# The global batch each ImageNet recipe's max_lr was published at (its header says so).
+GLOBAL_BATCH = {"mobilenet_v3_small_imagenet.yaml": 8 * 64, "mobilenet_v3_large_imagenet.yaml": 8 * 64,
+                "mobilenet_v3_small_imagenet_torchvision.yaml": 8 * 128,
+                "mobilenet_v3_large_imagenet_torchvision.yaml": 8 * 128, "mobilenet_v3_large_imagenet_timm.yaml": 2 * 512}
+
+
+def test_the_imagenet_recipes_validate_every_epoch_log_sparsely_and_record_their_global_batch():
+    assert set(GLOBAL_BATCH) == {path.name for path in CONFIGS if "imagenet" in path.name}
+    for name, global_batch in GLOBAL_BATCH.items():
+        config = build_config(REPO / "configs" / name)
+        assert (config.eval_interval, config.log_interval) == (1, 100), name
+        assert (config.lr_base_size, config.lr_scaling) == (global_batch, "linear"), name
+        assert config.decay_epoch == 0, name  # a cosine follows --epoch_size
+
+
 # The ImageNet recipes (RMSProp, EMA, long compiles on CPU) train with --runslow only, for CI time; by
 # default the demo and the seed's configs train.
 SLOW = {"mobilenet_v3_large_imagenet_torchvision.yaml", "mobilenet_v3_small_imagenet_torchvision.yaml",

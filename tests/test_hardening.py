@@ -85,8 +85,10 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(image_folder, tmp_path, unin
     # MindSpore's runtime turns a SIGINT during a graph run into a SIGTERM; native/sigint_relay turns it back.
     assert process.returncode == 128 + signum, output[-2000:]
     name = signal.Signals(signum).name
-    match = [line for line in output.splitlines() if re.match(rf"error: {name}: stopped at epoch 2, step", line)]
+    match = [line for line in output.splitlines()
+             if re.match(rf"error: {name}: stopped at step \d+ of epoch 2 \(12 steps per epoch\)", line)]
     assert match and match[0].endswith("Continue with --resume auto"), output[-2000:]
+    assert "Epoch 2 finished" not in output  # the stopped epoch did not finish
     saved = checkpoint.load(checkpoint.latest(tmp_path))[1]
     assert saved["epoch"] == 1 and 3 <= saved["epoch_step"] < 12
     output = resume(image_folder, tmp_path)
@@ -122,7 +124,8 @@ def test_signal_with_data_worker_processes_saves_and_resumes_exactly(image_folde
         process.send_signal(signum)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 128 + signum, output[-2000:]
-    assert re.search(rf"^error: {signal.Signals(signum).name}: stopped at epoch 2, step \d+/12; saved .*Continue with --resume auto$",
+    assert re.search(rf"^error: {signal.Signals(signum).name}: stopped at step \d+ of epoch 2 \(12 steps per epoch\); "
+                     r"saved .*Continue with --resume auto$",
                      output, re.MULTILINE), output[-2000:]
     saved = checkpoint.load(checkpoint.latest(tmp_path))[1]
     assert saved["epoch"] == 1 and 3 <= saved["epoch_step"] < 12

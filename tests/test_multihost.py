@@ -307,10 +307,10 @@ def test_sigusr1_to_mpirun_stops_both_hosts_at_one_step_and_resumes_exactly(host
             process.wait()
     output = "".join(seen)
     assert signalled, f"{when!r} never printed:\n{output[-5000:]}"
-    stops = re.findall(rf"^error: SIGUSR1: stopped at epoch (\d+), step (\d+)/{RESUME_STEPS}; saved (\S+)\. "
+    stops = re.findall(rf"^error: SIGUSR1: stopped at step (\d+) of epoch (\d+) \({RESUME_STEPS} steps per epoch\); saved (\S+)\. "
                        r"Continue with --resume auto$", output, re.MULTILINE)
     assert status == 128 + signal.SIGUSR1 and len(stops) == 1, output[-5000:]
-    epoch, step, saved = int(stops[0][0]), int(stops[0][1]), stops[0][2]
+    step, epoch, saved = int(stops[0][0]), int(stops[0][1]), stops[0][2]
     meta = checkpoint.load(saved)[1]
     assert (meta["epoch"], meta["epoch_step"]) == ((epoch - 1, step) if step < RESUME_STEPS else (epoch, 0))
     assert meta["epoch"] < RESUME_EPOCHS, "the run ended before the signal arrived: make it longer"

@@ -70,11 +70,11 @@ def stop_and_resume(image_folder, ckpt_dir, signum, when, *extra):
     output = "".join(seen)
     assert signalled is not None, f"{when!r} never printed:\n{output[-3000:]}"
     name = signal.Signals(signum).name
-    stops = re.findall(rf"^error: {name}: stopped at epoch (\d), step (\d+)/{STEPS}; saved (\S+)\. Continue with "
+    stops = re.findall(rf"^error: {name}: stopped at step (\d+) of epoch (\d) \({STEPS} steps per epoch\); saved (\S+)\. Continue with "
                        r"--resume auto$", output, re.MULTILINE)
     # Every rank exits 128 + signal; mpirun passes that on, but after a SIGTERM of its own exits 1.
     assert status == (1 if signum == signal.SIGTERM else 128 + signum) and len(stops) == 1, output[-3000:]
-    epoch, step, saved = stops[0]
+    step, epoch, saved = stops[0]
     seconds = os.stat(saved).st_mtime - signalled
     meta = checkpoint.load(saved)[1]
     assert (meta["epoch"], meta["epoch_step"]) == ((int(epoch) - 1, int(step)) if int(step) < STEPS else (int(epoch), 0))

@@ -96,8 +96,12 @@ def test_smoke_run_prints_every_stage_and_writes_what_the_summary_names(tmp_path
     assert "already complete, nothing written" in second.stdout
     assert "continuing from the last checkpoint in" in second.stdout
     assert "nothing to do: the checkpoint is at epoch 1 of 1" in second.stdout
+    assert second.stdout.count("nothing to do") == 1
     assert not [line for line in second.stdout.splitlines() if STEP_LINE.match(line)]
     assert ACCURACY_LINE.findall(second.stdout) == accuracy_lines  # the same checkpoint, the same numbers
+    rerun_log = (tmp_path / "out" / "train.log").read_text()  # appended to, after a separator
+    assert rerun_log.startswith(log) and rerun_log[len(log):].startswith("===== ")
+    assert "nothing to do" in rerun_log[len(log):]
 
 
 def test_bad_option_and_missing_idx_files_are_one_clear_error(tmp_path):

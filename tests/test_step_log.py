@@ -15,7 +15,7 @@ import mindspore as ms
 
 from mobilenetv3.errors import UserError
 from mobilenetv3.training import step_log
-from mobilenetv3.training.step_log import LOG_FORMAT, LossGuard, NonFiniteLoss, StepLog, sink_size
+from mobilenetv3.training.step_log import LOG_FORMAT, DivergenceWatch, LossGuard, NonFiniteLoss, StepLog, sink_size
 from conftest import STEP_LINE
 
 
@@ -62,7 +62,7 @@ def plain_loss(step):
 
 
 def run(steps, log_interval=0, sink=0, outputs=plain_loss, skip=0, epochs=2, lr=None, stop_at=None,
-        agree=lambda signum: signum):
+        agree=lambda signum: signum, divergence=None, summaries=None):
     """Train `epochs` epochs of `steps` (the first resumed after `skip`) in one Model.train call, in sinks of
     `sink` steps (0: unsunk); a stop signal arrives during run step `stop_at` (0-based). Returns (the fake
     model's train calls, the epoch-end calls as (epoch, summary steps, global_step), the StepLog); the log is
@@ -79,9 +79,12 @@ def run(steps, log_interval=0, sink=0, outputs=plain_loss, skip=0, epochs=2, lr=
 
     model = FakeModel(outputs_and_signal, global_step)
     model.done = skip
+    def on_epoch_end(epoch, summary, stopping):
+        ends.append((epoch, summary["global_step"], stopping))
+        if summaries is not None:
+            summaries.append(summary)
     log = StepLog(lr, epochs, steps, 8, log_interval, global_step, epoch=1, skipped=skip, stop_signals=stop_signals,
-                  on_epoch_end=lambda epoch, summary, stopping: ends.append((epoch, summary["global_step"], stopping)),
-                  agree=agree)
+                  on_epoch_end=on_epoch_end, agree=agree, divergence=divergence)
     step_log.run(model, dataset_of(epochs * steps - skip), log, epochs * steps - skip, sink)
     return model.calls, ends, log
 
@@ -213,3 +216,46 @@ def test_without_loss_scaling_a_non_finite_loss_stops_at_once():
     guard.check(2.0, False, None, 1, 1)
     with pytest.raises(NonFiniteLoss, match=r"^loss is inf at epoch 1, step 2: stopping"):
         guard.check(float("inf"), False, None, 1, 2)
+
+
+def test_the_compile_is_announced_before_the_first_step(capsys):
+    run(3, 0, epochs=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "compiling the network (first step)" and lines[1].startswith("Epoch:[  1/   1], step:[    1/")
+    assert lines.count("compiling the network (first step)") == 1
+
+
+def test_a_resumed_epoch_is_recorded_as_such_with_the_steps_it_counted(capsys):
+    summaries = []
+    run(6, 0, skip=2, summaries=summaries)
+    out = capsys.readouterr().out
+    assert [(s["steps"], s.get("resumed_after_step")) for s in summaries] == [(4, 2), (6, None)]
+    assert summaries[0]["loss"] == pytest.approx(np.mean([2.0 + step / 100 for step in range(2, 6)]))
+    assert re.findall(r"Epoch (\d) finished: (\d) steps( \(resumed after step 2\))? in", out) == \
+        [("1", "4", " (resumed after step 2)"), ("2", "6", "")]
+
+
+def climbing(step):
+    """A loss that settles, then climbs without ever becoming NaN (as with a learning rate too high)."""
+    return ms.Tensor(np.float32(1.0 if step < 8 else 1.0 + (step - 8))), True
+
+
+def test_a_loss_climbing_far_above_chance_after_warmup_is_warned_once(capsys):
+    """3 classes: the limit is 3 x ln 3 = 3.296 for the mean loss of each log interval (here 2 steps)."""
+    watch = DivergenceWatch(3, warmup_steps=4, context="lr 0.4 = 0.1 x 2048/512, linear")
+    run(6, 2, outputs=climbing, divergence=watch)
+    err = capsys.readouterr().err
+    # Losses by 0-based step: 1 (0-7), 2, 3, 4, 5: the interval of steps 11-12 (loss 3 and 4, mean 3.5) passes.
+    assert err.count("training is diverging") == 1, err
+    assert ("warning: training is diverging: the mean loss of the steps up to epoch 2, step 6 is 3.500, above 3 x "
+            "ln(num_classes) = 3.296, after warmup (lr 0.4 = 0.1 x 2048/512, linear); lower max_lr") in err
+
+
+def test_no_divergence_warning_during_warmup_or_below_the_limit_and_nan_still_stops(capsys):
+    early = DivergenceWatch(3, warmup_steps=12, context="")  # the climb happens within warmup
+    run(6, 2, outputs=climbing, divergence=early)
+    calm = DivergenceWatch(1000, warmup_steps=0, context="")  # 3 x ln 1000 = 20.7: never reached
+    run(6, 2, outputs=climbing, divergence=calm)
+    assert "diverging" not in capsys.readouterr().err
+    with pytest.raises(NonFiniteLoss):
+        run(6, 2, outputs=lambda step: (ms.Tensor(np.float32("nan")), True), divergence=DivergenceWatch(3, 0, ""))

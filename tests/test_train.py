@@ -1,13 +1,19 @@
 import dataclasses
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
+from types import SimpleNamespace
 
+import mindspore as ms
 import numpy as np
 import pytest
 
 from mobilenetv3.checkpoints import files as checkpoint
 from mobilenetv3.errors import UserError
+from mobilenetv3.config import build_config
+from mobilenetv3.training import trainer
 from mobilenetv3.training.step_log import NonFiniteLoss
 from mobilenetv3.training.trainer import train
 from conftest import STEP_LINE, run_script
@@ -163,3 +169,68 @@ def test_the_sink_plan_is_said_once_at_start_and_the_cpu_never_sinks(small_confi
         "dataset sink mode: 139 steps per sink (--sink_size, of the epoch's 2502 steps, and of the 139 steps done "
         "before the resume)"]
     assert sink_plan(dataclasses.replace(gpu, dataset_sink_mode=False), 2502, 0, True) == 0
+
+
+def test_the_first_lines_say_the_scaled_learning_rate_and_a_schedule_that_outlasts_the_run(small_config, tmp_path,
+                                                                                         capsys):
+    """A recipe whose max_lr 0.1 belongs to global batch 32, run at 8 (one process x 8): 0.025, said before the
+    first step and used by it; its decay_epoch 3 of a 1-epoch run is warned about at start."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("max_lr: 0.1\nlr_base_size: 32\ndecay_epoch: 3\n")
+    plain = small_config().values()
+    data = {name: plain[name] for name in ("device_target", "data_url", "num_classes", "batch_size", "resize",
+                                           "num_parallel_workers", "bn_momentum", "ckpt_save_dir", "dataset_sink_mode")}
+    train(build_config(recipe, dict(data, epoch_size=1, log_interval=1)))
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines.index("lr 0.025 = 0.1 x 8/32, linear") < lines.index("compiling the network (first step)") < \
+        next(i for i, line in enumerate(lines) if STEP_LINE.match(line))
+    assert next(line for line in lines if STEP_LINE.match(line)).endswith("lr:0.02500")
+    assert "warning: decay_epoch 3 ends after the run (warmup_epochs 0 + 3 > epoch_size 1): the last learning rate " \
+           "is 0.025, 100% of max_lr" in captured.err
+
+
+def test_a_finished_run_given_resume_auto_says_nothing_to_do_once(small_config, capsys):
+    config = small_config(epoch_size=1)
+    last = train(config)
+    capsys.readouterr()
+    again = dataclasses.replace(config, resume="auto")
+    assert train(again) == last
+    assert capsys.readouterr().out.splitlines()[-1] == f"nothing to do: the checkpoint is at epoch 1 of 1 ({last}); " \
+        "a larger --epoch_size trains on"
+    train(again, SimpleNamespace(rank=1, size=2))  # another rank of the job: silent
+    other = capsys.readouterr()
+    assert "nothing to do" not in other.out + other.err
+
+
+def test_a_run_that_fails_writes_its_error_to_train_log_too(small_config, tmp_path, monkeypatch):
+    """What the scripts print on stderr as the run's last line is in train.log too: a refusal before training,
+    and an unforeseen exception during it, with its traceback."""
+    config = small_config(num_classes=5)
+    with pytest.raises(UserError) as refused:
+        train(config)
+    log = (Path(config.ckpt_save_dir) / "train.log").read_text()
+    assert log.splitlines()[-1] == f"error: {refused.value}"
+
+    def broken(*args):
+        raise RuntimeError("the validation folder went away")
+    monkeypatch.setattr(trainer, "evaluate_folder", broken)
+    config = small_config(epoch_size=1, eval_interval=1, ckpt_save_dir=str(tmp_path / "during"))
+    with pytest.raises(RuntimeError):
+        train(config)
+    log = (Path(config.ckpt_save_dir) / "train.log").read_text()
+    assert "Epoch:[  1/   1], step:[    6/    6]" in log and "error: Traceback (most recent call last):" in log
+    assert log.rstrip().endswith("RuntimeError: the validation folder went away")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_checkpoints_are_written_following_the_umask(tmp_path, umask):
+    """MindSpore writes them 0400; a group should read them and a rerun replace them."""
+    previous = os.umask(umask)
+    try:
+        checkpoint.save(tmp_path / "a.ckpt", {"w": ms.Tensor(np.ones(2, np.float32))}, {})
+        checkpoint.save(tmp_path / "a.ckpt", {"w": ms.Tensor(np.zeros(2, np.float32))}, {})  # replaced
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.ckpt").st_mode) == 0o666 & ~umask
+    assert weights(tmp_path / "a.ckpt")["w"].tolist() == [0.0, 0.0]

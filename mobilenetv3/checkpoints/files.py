@@ -2,7 +2,8 @@
 
 A checkpoint holds the network's parameters under their own names, optional optimiser state under
 "opt.<name>" and EMA weights under "ema.<name>", plus its meta (meta.py) as one JSON string "meta". Files
-are named <prefix>-<epoch>_<step>.ckpt as MindSpore's ModelCheckpoint does.
+are named <prefix>-<epoch>_<step>.ckpt as MindSpore's ModelCheckpoint does; a run's best by validation
+Top-1 is <prefix>-best.ckpt, which listings of a run's checkpoints (rotation, --resume auto) leave out.
 """
 import json
 import logging
@@ -28,6 +29,15 @@ CLASSIFIER_OUT = ("classifier.3.weight", "classifier.3.bias")
 NAME_PATTERN = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d+)_(?P<step>\d+)\.ckpt$")
 
 
+def follow_umask(path):
+    """Give the file at `path` the mode a newly created file gets under the process's umask (0644 under
+    022): MindSpore writes checkpoints and MINDIR files read-only for their owner (0400), which keeps a
+    group from reading them and a rerun from replacing them."""
+    mask = os.umask(0o077)  # read it by setting it; the moment between errs on the restrictive side
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def save(path, tensors: Dict[str, ms.Tensor], meta: dict):
     """Write `tensors` and `meta` to `path` atomically: a crash leaves the old file or the new, never half.
 
@@ -41,6 +51,7 @@ def save(path, tensors: Dict[str, ms.Tensor], meta: dict):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError, ValueError) as err:
         for partial in (tmp, tmp.with_suffix(".tmp")):
@@ -168,6 +179,10 @@ def load_weights(net, path, new_classifier_ok: bool = True, use_ema: bool = Fals
 
 def checkpoint_name(prefix: str, epoch: int, step: int) -> str:
     return f"{prefix}-{epoch}_{step}.ckpt"
+
+
+def best_name(prefix: str) -> str:
+    return f"{prefix}-best.ckpt"
 
 
 def list_checkpoints(directory, prefix: Optional[str] = None):

@@ -14,7 +14,7 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 
-from ..checkpoints.files import require_file
+from ..checkpoints.files import follow_umask, require_file
 from ..checkpoints.meta import ONNX_META_KEY, check_model_matches, read_meta, sidecar_path
 from ..data.preprocessing import recorded
 from ..errors import UserError
@@ -93,6 +93,7 @@ def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = 
                 _export_onnx(net, partial, image_size, meta)
             if not partial.is_file():
                 raise UserError(f"MindSpore reported no error but wrote no {path}")
+        follow_umask(path)
         if file_format == "MINDIR" and meta is not None:
             sidecar_path(path).write_text(json.dumps(meta, indent=1))
         elif file_format == "ONNX":

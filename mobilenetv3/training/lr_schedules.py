@@ -6,7 +6,12 @@ because nn.exponential_decay_lr takes whole epochs per decay step only, and timm
 lr noise (timm's --lr-noise) then multiplies whole epochs (noise_factors). Warmup is per step
 (max_lr * (i + 1) / warmup_steps): MindSpore's nn.warmup_lr is constant per epoch and starts at 0,
 which wastes the whole first epoch.
+
+The peak follows the global batch as timm's train.py scales it (--lr-base, --lr-base-size, --lr-base-scale):
+scaled_lr.
 """
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,7 +31,7 @@ class Schedule:
     max_lr: float
     mode: str  # one of DECAY_MODES
     min_lr: float  # cosine: the last rate
-    decay_epoch: int  # cosine: the epochs it takes to reach min_lr
+    decay_epoch: int  # cosine: the epochs it takes to reach min_lr after warmup; 0: the rest of the run
     warmup_epochs: int
     decay_rate: float  # step and exponential: the factor per period
     decay_step_epochs: float  # step and exponential: the period, fractions allowed
@@ -48,7 +53,7 @@ def decay(schedule: Schedule, total_steps: int, steps_per_epoch: int) -> list:
     mode = schedule.mode
     if mode == "cosine_decay_lr":
         return nn.cosine_decay_lr(schedule.min_lr, schedule.max_lr, total_steps, steps_per_epoch,
-                                  schedule.decay_epoch)
+                                  cosine_epochs(schedule))
     if mode in ("step", "exponential"):
         # Each epoch's exponent as timm's and torch's schedulers compute it, Python's float // for step.
         epochs = [i // steps_per_epoch for i in range(total_steps)]
@@ -90,3 +95,35 @@ def learning_rates(schedule: Schedule, steps_per_epoch: int) -> np.ndarray:
     warmup_steps = min(schedule.warmup_epochs * steps_per_epoch, total)
     rates = warmup(schedule.max_lr, warmup_steps) + list(decay(schedule, total - warmup_steps, steps_per_epoch))
     return np.asarray(np.asarray(rates) * np.repeat(noise_factors(schedule), steps_per_epoch), dtype=np.float32)
+
+
+def cosine_epochs(schedule: Schedule) -> int:
+    """The epochs the cosine takes from max_lr to min_lr: decay_epoch, else those after warmup."""
+    return schedule.decay_epoch or max(schedule.epochs - schedule.warmup_epochs, 1)
+
+
+def schedule_warnings(schedule: Schedule) -> list:
+    """What makes the schedule end elsewhere than the run: warmup that fills the run, a cosine that ends after
+    it (with the learning rate the run ends at)."""
+    warnings = []
+    if schedule.warmup_epochs >= schedule.epochs:
+        warnings.append(f"warmup_epochs {schedule.warmup_epochs} fills the whole run of {schedule.epochs} epochs "
+                        "(epoch_size): the learning rate only rises; lower warmup_epochs")
+    elif schedule.mode == "cosine_decay_lr" and schedule.warmup_epochs + cosine_epochs(schedule) > schedule.epochs:
+        last = learning_rates(dataclasses.replace(schedule, noise=()), 1)[-1]
+        warnings.append(f"decay_epoch {schedule.decay_epoch} ends after the run (warmup_epochs {schedule.warmup_epochs} "
+                        f"+ {schedule.decay_epoch} > epoch_size {schedule.epochs}): the last learning rate is "
+                        f"{last:.4g}, {100 * last / schedule.max_lr:.0f}% of max_lr; leave decay_epoch out (0) for a "
+                        "cosine that ends with the run")
+    return warnings
+
+
+def scaled_lr(base_lr: float, base_size: int, global_batch: int, rule: str) -> tuple:
+    """(peak learning rate at `global_batch`, how it was found, in words) for `base_lr` at `base_size`: times
+    global_batch / base_size ("linear") or its square root ("sqrt"), as timm scales --lr-base."""
+    if global_batch == base_size:
+        return base_lr, f"lr {base_lr:g} at global batch {global_batch} = lr_base_size"
+    ratio = f"{global_batch}/{base_size}"
+    factor = global_batch / base_size if rule == "linear" else math.sqrt(global_batch / base_size)
+    lr = base_lr * factor
+    return lr, f"lr {lr:.6g} = {base_lr:g} x {ratio if rule == 'linear' else f'sqrt({ratio})'}, {rule}"

@@ -8,7 +8,7 @@ from typing import Dict
 
 import mindspore as ms
 
-from ..checkpoints.files import list_checkpoints, listing, save
+from ..checkpoints.files import best_name, list_checkpoints, listing, save
 from ..checkpoints.meta import read_meta
 from ..errors import UserError
 
@@ -76,7 +76,8 @@ class RunFolder:
 
     Each checkpoint records its run's id in meta["run"]; a resumed run takes the id of the checkpoint it
     continues (continue_run). Rotation (`keep` most) deletes only checkpoints with this run's id, those
-    written here and its earlier ones; save refuses to replace a file with another id.
+    written here and its earlier ones; save refuses to replace a file with another id. The run's best
+    checkpoint (files.best_name) is one of its files too, replaced rather than rotated.
     """
 
     def __init__(self, directory, prefix: str, keep: int, fresh: bool):
@@ -85,7 +86,7 @@ class RunFolder:
 
     def __enter__(self):
         self.lock = lock_folder(self.directory)
-        found = list_checkpoints(self.directory, self.prefix) if self.fresh else []
+        found = self.run_files() if self.fresh else []
         if found:
             unlock_folder(self.lock)
             raise UserError(f"ckpt_save_dir {self.directory} already holds checkpoints of another run "
@@ -96,13 +97,17 @@ class RunFolder:
     def __exit__(self, *exc):
         unlock_folder(self.lock)
 
+    def run_files(self) -> list:
+        """The checkpoints here with this folder's prefix, its best one (if any) last."""
+        best = self.directory / best_name(self.prefix)
+        return list_checkpoints(self.directory, self.prefix) + ([best] if best.is_file() else [])
+
     def continue_run(self, meta: dict, names_ahead=()):
         """Continue the run that wrote a checkpoint with `meta`: its checkpoints here become this run's.
         Checkpoints written before runs had ids all count as one run. If another run's checkpoint has one
         of `names_ahead` (the ones this run will write at the end of its epochs), fail now, before training."""
         self.run_id = meta.get("run")
-        found = list_checkpoints(self.directory, self.prefix)
-        self.own = {p for p in found if _run_of(p) == self.run_id}
+        self.own = {p for p in self.run_files() if _run_of(p) == self.run_id}
         for name in names_ahead:
             self.check_not_foreign(self.directory / name)
 
@@ -111,8 +116,18 @@ class RunFolder:
             raise UserError(f"not overwriting {path}: another run wrote it; move it away or pass another "
                             "--ckpt_save_dir, then --resume auto")
 
+    def best_top1(self, epochs_done: int) -> float:
+        """The validation Top-1 of this run's best checkpoint, if it is of one of the first `epochs_done`
+        epochs (one of later epochs, left by a resume from an earlier checkpoint, is to be replaced)."""
+        path = self.directory / best_name(self.prefix)
+        if path not in self.own:
+            return -1.0
+        meta = read_meta(path)
+        return meta.get("val_top1", -1.0) if meta.get("epoch", epochs_done + 1) <= epochs_done else -1.0
+
     def save(self, name: str, tensors: Dict[str, ms.Tensor], meta: dict) -> Path:
-        """Write checkpoint `name` with this run's id, then delete this run's oldest beyond `keep`."""
+        """Write checkpoint `name` with this run's id, then delete this run's oldest beyond `keep` (the best
+        checkpoint is not counted among them: its name is not <prefix>-<epoch>_<step>.ckpt)."""
         path = self.directory / name
         self.check_not_foreign(path)
         save(path, tensors, dict(meta, run=self.run_id))

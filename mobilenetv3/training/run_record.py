@@ -3,8 +3,8 @@
     run.yaml        the resolved config, loadable again with --config; how, where and with what it ran
                     (command line, world size, versions, git commit, device, CPU) in comments above it
     metrics.jsonl   one JSON object per finished epoch: loss, learning rate, speed, memory, validation
-    train.log       what the run logged (the step log, the epoch lines, notes and warnings), appended across
-                    resumes
+    train.log       what the run logged (the step log, the epoch lines, notes and warnings) and the error that
+                    ended it, appended across resumes and reruns, each start after a separator line
 """
 import contextlib
 import json
@@ -14,12 +14,17 @@ import resource
 import shlex
 import subprocess
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import yaml
 
 from .. import log
+from ..errors import UserError
 from ..native.cpu_info import cpu_model
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE, METRICS_FILE, LOG_FILE = "run.yaml", "metrics.jsonl", "train.log"
 
@@ -61,11 +66,13 @@ def write_run_file(config_values: dict, world_size: int, directory) -> Path:
 
 class MetricsFile:
     """ckpt_save_dir/metrics.jsonl, one line per finished epoch. A run resumed from epoch e first drops the
-    lines of epochs after e (they are run again), so no epoch appears twice."""
+    lines of epochs after e (they are run again), so no epoch appears twice, and a last line cut short (see
+    read_metrics), with a warning."""
 
     def __init__(self, directory, resumed_epoch: int):
         self.path = Path(directory) / METRICS_FILE
-        kept = [line for line in read_metrics(self.path) if line["epoch"] <= resumed_epoch]
+        kept = [line for line in read_metrics(self.path, drop_cut_end=True)
+                if line["epoch"] <= resumed_epoch] if resumed_epoch else []
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
         tmp.replace(self.path)
@@ -75,11 +82,32 @@ class MetricsFile:
             out.write(json.dumps(record) + "\n")
 
 
-def read_metrics(path) -> list:
+def read_metrics(path, drop_cut_end: bool = False) -> list:
+    """The records of the metrics.jsonl at `path` ([] where there is none). A line that is not a JSON record of
+    an epoch is an error naming the file and line; with `drop_cut_end`, a last line cut short (no newline:
+    the disk filled, or the process was killed while writing it) is dropped with a warning instead."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")  # the last item: what follows the last newline, b"" if nothing
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                records.append(record)
+                continue
+        except ValueError:  # UnicodeDecodeError included
+            pass
+        if drop_cut_end and number == len(lines):
+            logger.warning(f"{path}: its last line (line {number}) was cut short, as a full disk or a kill while "
+                           "writing leaves it; dropped it, the file is rewritten from the resumed epoch on")
+            break
+        raise UserError(f"{path}: line {number} is not an epoch's JSON record; fix or delete that line "
+                        "(or the file: it is the run's record, not needed to resume)")
+    return records
 
 
 def epoch_record(summary: dict, epoch: int, world_size: int, wall_seconds: float, validation=None) -> dict:
@@ -105,11 +133,18 @@ def peak_rss_mb() -> float:
 @contextlib.contextmanager
 def log_file(directory, said_before=()):
     """While open, what the package logs (INFO and above) is also appended to ckpt_save_dir/train.log, as
-    the scripts print it; the package's logger passes INFO meanwhile even where nobody configured logging.
-    `said_before`: lines the console had before the file opened, written to it first."""
-    handler = log.to_file(Path(directory) / LOG_FILE)
+    the scripts print it, and so is the error that ends the run (as cli.run_cli prints it, or its
+    traceback); the package's logger passes INFO meanwhile even where nobody configured logging. A file
+    that holds earlier runs gets a separator line first; then `said_before`, lines the console had before
+    the file opened."""
+    path = Path(directory) / LOG_FILE
+    earlier = path.is_file() and path.stat().st_size > 0
+    handler = log.to_file(path)
+    if earlier:
+        handler.emit(_record(logging.INFO, f"===== {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: another start, "
+                                           f"{shlex.join(sys.argv)} ====="))
     for line in said_before:
-        handler.emit(logging.makeLogRecord(dict(name=__name__, levelno=logging.INFO, levelname="INFO", msg=line)))
+        handler.emit(_record(logging.INFO, line))
     package = logging.getLogger(log.PACKAGE)
     level = package.level
     if not package.isEnabledFor(logging.INFO):
@@ -117,7 +152,21 @@ def log_file(directory, said_before=()):
     package.addHandler(handler)
     try:
         yield
+    except UserError as err:
+        handler.emit(_record(logging.ERROR, str(err)))
+        raise
+    except KeyboardInterrupt:
+        handler.emit(_record(logging.ERROR, "interrupted (Ctrl-C)"))
+        raise
+    except Exception:
+        handler.emit(_record(logging.ERROR, traceback.format_exc().rstrip()))
+        raise
     finally:
         package.removeHandler(handler)
         package.setLevel(level)
         handler.close()
+
+
+def _record(level: int, message: str) -> logging.LogRecord:
+    return logging.makeLogRecord(dict(name=__name__, levelno=level, levelname=logging.getLevelName(level),
+                                      msg=message))

@@ -106,6 +106,25 @@ class LossGuard:
                             f"stopping. {advice}")
 
 
+class DivergenceWatch:
+    """Warns once when the mean loss over a log interval, after warmup, exceeds 3 x ln(num_classes), three
+    times the loss of a uniform guess: a run that learns stays far below it, one whose learning rate is too
+    high for its batch climbs past it and keeps going without ever giving a NaN. `context` says the learning
+    rate, global batch and scaling rule in the warning."""
+
+    def __init__(self, num_classes: int, warmup_steps: int, context: str):
+        self.limit = 3 * math.log(num_classes) if num_classes > 1 else math.inf
+        self.warmup_steps, self.context, self.warned = warmup_steps, context, False
+
+    def check(self, mean_loss: float, global_step: int, epoch: int, step: int):
+        if self.warned or global_step <= self.warmup_steps or not mean_loss > self.limit:
+            return
+        self.warned = True
+        logger.warning(f"training is diverging: the mean loss of the steps up to epoch {epoch}, step {step} is "
+                       f"{mean_loss:.3f}, above 3 x ln(num_classes) = {self.limit:.3f}, after warmup ({self.context}); "
+                       "lower max_lr or lengthen warmup_epochs, then start again or --resume an earlier checkpoint")
+
+
 class StepLog(Callback):
     """What happens between the steps of a training run: the seed's step line, the LossGuard, a summary at
     each epoch's end followed by `on_epoch_end(epoch, summary, stopping)` (the trainer's checkpoint,
@@ -120,13 +139,17 @@ class StepLog(Callback):
     At each of these boundaries the ranks agree whether to stop: `agree(signal number or 0)` returns the
     largest over the ranks (a collective every rank calls at the same boundary; identity for one process),
     so all stop at the same step, after that epoch's end work if it is one; `stop_signum` then says which.
+
+    Where it prints, at each line the mean loss of the steps since the last one goes to `divergence` (a
+    DivergenceWatch), and the line's figures to `scalars(global step, {tag: value})` (TensorBoard).
     """
 
     def __init__(self, lr, epochs, steps, batch_size, log_interval, global_step, epoch=1, skipped=0, printing=True,
-                 stop_signals=None, on_epoch_end=None, agree=lambda signum: signum):
+                 stop_signals=None, on_epoch_end=None, agree=lambda signum: signum, divergence=None, scalars=None):
         self.lr, self.epochs, self.steps, self.batch_size = lr, epochs, steps, batch_size
         self.log_interval, self.printing, self.stop_signals = log_interval, printing, stop_signals
         self.on_epoch_end, self.agree, self.stop_signum = on_epoch_end, agree, 0
+        self.divergence, self.scalars, self.interval_losses = divergence, scalars, []
         self.global_step = global_step  # the optimiser's count of applied steps (a Parameter)
         self.epoch, self.skipped = epoch, skipped  # skipped: steps of this epoch done before a resume
         self.steps_done = skipped  # of this epoch
@@ -141,6 +164,8 @@ class StepLog(Callback):
         self.applied_at_start = self.applied_steps()
 
     def on_train_begin(self, run_context):
+        if self.printing:  # the first step (or sink) compiles the graph first, tens of seconds without a line
+            logger.info("compiling the network (first step)")
         self.start_epoch()
 
     def on_train_step_begin(self, run_context):
@@ -156,18 +181,31 @@ class StepLog(Callback):
         self.guard.check(loss, overflow, self.scale, self.epoch, step)
         if math.isfinite(loss):
             self.losses.append(loss)
+            self.interval_losses.append(loss)
         if self.printing and (not self.log_interval or step % self.log_interval == 0 or step == self.steps):
-            applied = min(max(self.applied_steps() - 1, 0), len(self.lr) - 1)
-            logger.info(LOG_FORMAT.format(epoch=self.epoch, epochs=self.epochs, step=step, steps=self.steps, loss=loss,
-                                          mean=float(np.mean(self.losses)) if self.losses else loss,
-                                          ms=1000 * (time.time() - self.step_start) / steps_run,
-                                          lr=float(self.lr[applied])))
+            self.print_line(loss, step, time.time() - self.step_start, steps_run)
         if self.stop_signals is not None:
             self.stop_signum = self.agree(self.stop_signals.received or 0)
         if step == self.steps:
             self.end_epoch()
         if self.stop_signum:
             run_context.request_stop()
+
+    def print_line(self, loss, step, seconds, steps_run):
+        """The seed's step line for `step` of this epoch, which took `seconds` for the `steps_run` steps since
+        the last callback; the interval's mean loss to the divergence watch, the figures to scalars."""
+        applied = min(max(self.applied_steps() - 1, 0), len(self.lr) - 1)
+        lr = float(self.lr[applied])
+        logger.info(LOG_FORMAT.format(epoch=self.epoch, epochs=self.epochs, step=step, steps=self.steps, loss=loss,
+                                      mean=float(np.mean(self.losses)) if self.losses else loss,
+                                      ms=1000 * seconds / steps_run, lr=lr))
+        global_step = (self.epoch - 1) * self.steps + step
+        if self.divergence is not None and self.interval_losses:
+            self.divergence.check(float(np.mean(self.interval_losses)), global_step, self.epoch, step)
+        if self.scalars is not None:
+            self.scalars(global_step, {"train/loss": loss, "train/lr": lr,
+                                       "train/images_per_second": steps_run * self.batch_size / max(seconds, 1e-9)})
+        self.interval_losses = []
 
     def end_epoch(self):
         """The epoch's summary (what metrics.jsonl records), its line, on_epoch_end, then the next epoch."""
@@ -179,12 +217,15 @@ class StepLog(Callback):
                        loss=float(np.mean(self.losses)) if self.losses else float("nan"),
                        lr=float(self.lr[applied]), steps=steps, seconds=round(seconds, 3),
                        images_per_second=round(steps * self.batch_size / seconds, 2))
+        if self.skipped:  # resumed within this epoch: the figures are those of the steps after the resume
+            summary.update(resumed_after_step=self.skipped)
         if self.scale is not None:
             summary.update(loss_scale=self.scale, overflow_steps=skipped)
         if self.printing:
             scaling = "" if self.scale is None else \
                 f", loss scale {self.scale:g}, {skipped} steps skipped on fp16 overflow"
-            logger.info(f"Epoch {self.epoch} finished: {steps} steps in {seconds:.1f} s, "
+            resumed = f" (resumed after step {self.skipped})" if self.skipped else ""
+            logger.info(f"Epoch {self.epoch} finished: {steps} steps{resumed} in {seconds:.1f} s, "
                         f"{summary['images_per_second']:.1f} img/s per process, "
                         f"mean loss {summary['loss']:.4f}{scaling}")
         if self.on_epoch_end is not None:
