@@ -131,7 +131,8 @@ def test_threads_reach_openvino(exported, monkeypatch):
         predict, _ = predictor_of(pretrained=str(exported[1]), backend="openvino", threads=threads)
         assert predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)
     assert [c.get_property("INFERENCE_NUM_THREADS") for c in compiled] == [1, 2, cpu_info.physical_cores()]
-    assert {str(c.get_property("INFERENCE_PRECISION_HINT")) for c in compiled} == {"<Type: 'float32'>"}
+    assert {c.get_property("INFERENCE_PRECISION_HINT").get_type_name() for c in compiled} == {"f32"}
+    assert {c.get_property("ENABLE_CPU_PINNING") for c in compiled} == {False}
 
 
 @needs_openvino

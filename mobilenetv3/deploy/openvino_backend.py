@@ -51,7 +51,8 @@ class CompiledOnnx:
             self.model = frontend.convert(frontend.load(str(path)))
             self.compiled = ov.Core().compile_model(self.model, "CPU", {
                 "INFERENCE_NUM_THREADS": cpu_threads(threads), "INFERENCE_PRECISION_HINT": "f32",
-                "PERFORMANCE_HINT": "LATENCY"})  # one stream: all threads on each call, as predict makes them
+                "PERFORMANCE_HINT": "LATENCY",  # one stream: all threads on each call, as predict makes them
+                "ENABLE_CPU_PINNING": False})  # as ONNX Runtime's threads: free to move off a core others hold
         except load_failures(ov) as err:
             raise load_error(path, f"OpenVINO: {reason_of(err)}") from None
         self.path = Path(path)
