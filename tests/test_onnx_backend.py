@@ -296,14 +296,15 @@ def test_an_onnx_file_alone_names_the_classes_and_preprocesses_as_in_training(mo
 
 
 def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):
+    import dataclasses
     sessions = []
-    make_session = onnx_backend.make_session
 
     def recording_make_session(*args):
-        sessions.append(make_session(*args))
+        sessions.append(onnx_backend.make_session(*args))
         return sessions[-1]
 
-    monkeypatch.setattr(onnx_backend, "make_session", recording_make_session)
+    monkeypatch.setattr(onnx_backend, "ONNX_RUNTIME",
+                        dataclasses.replace(onnx_backend.ONNX_RUNTIME, open=recording_make_session))
     for threads in (1, 3, 0):
         predict, _, _ = predictor_of(pretrained=str(model_copy), backend="onnxruntime", threads=threads)
         assert predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)
