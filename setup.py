@@ -16,8 +16,10 @@ setup(
         # torch 2.13.0 is the CPU build; a bare "torch" would pull a multi-GB CUDA build.
         "convert": ["torch==2.13.0"],
         "onnx": ["onnx", "onnxruntime"],
+        # --backend openvino on an exported .onnx; a checkpoint is exported to ONNX first, which needs .[onnx]
+        "openvino": ["openvino"],
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboardX"],  # train.py --tensorboard DIR
-        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "matplotlib", "tensorboardX"],
+        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "openvino", "matplotlib", "tensorboardX"],
     },
 )

@@ -49,7 +49,7 @@ def versions() -> dict:
     """Versions of Python and of the packages measured or used, None for those not installed."""
     return {"python": platform.python_version(), "mobilenetv3": _version("mobilenetv3-mindspore"),
             "mindspore": _version("mindspore"), "torch": _version("torch"), "onnxruntime": _version("onnxruntime"),
-            "onnx": _version("onnx"), "numpy": _version("numpy"), "pillow": _version("pillow")}
+            "onnx": _version("onnx"), "openvino": _version("openvino"), "numpy": _version("numpy"), "pillow": _version("pillow")}
 
 
 def machine_info() -> dict:

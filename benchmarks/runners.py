@@ -1,5 +1,6 @@
 """The two sides of each comparison and what they run: the runners (MindSporeRunner, our train step and
-folded inference; TorchRunner, the PyTorch twin in eager mode; OnnxRuntimeRunner, an exported graph), the
+folded inference; TorchRunner, the PyTorch twin in eager mode; OnnxRuntimeRunner and OpenVinoRunner, an
+exported graph), the
 ONNX exports and the int8 quantization made before the runners start (each in a helper process), and
 COMPARISONS, which pairs them. A runner is built in its worker process (harness.Worker) and answers
 step(mode, batch_size) and .info.
@@ -19,6 +20,7 @@ CALIBRATION_IMAGES = 32  # random ones, for the int8 comparison
 ROLES = ("ours", "baseline")
 TORCH_INSTALL = "pip install torch==2.13.0"
 ONNX_INSTALL = "pip install onnxruntime onnx"
+OPENVINO_INSTALL = "pip install openvino"
 LEARNING_RATE = 1e-3  # small, so that random data cannot drive the weights to inf/NaN over the run
 
 
@@ -146,6 +148,35 @@ class OnnxRuntimeRunner:
         return self.steps[batch_size]
 
 
+class OpenVinoRunner:
+    """An exported graph compiled by OpenVINO (deploy.openvino_backend, as --backend openvino runs it):
+    inference only."""
+
+    def __init__(self, path, settings):
+        # CompiledOnnx turns a missing openvino into a UserError; an ImportError here marks the comparison
+        # as unavailable instead.
+        import openvino  # noqa: F401
+        from mobilenetv3.deploy.openvino_backend import CompiledOnnx
+        start = time.perf_counter()
+        loaded = CompiledOnnx(path, settings.threads)
+        self.request = loaded.compiled.create_infer_request()
+        self.info = {"threads": loaded.compiled.get_property("INFERENCE_NUM_THREADS"),
+                     "session_seconds": time.perf_counter() - start,
+                     "mode": f"{loaded.compiled.get_property('PERFORMANCE_HINT')}, "
+                             f"{loaded.compiled.get_property('INFERENCE_PRECISION_HINT').get_type_name()}"}
+        self.settings = settings
+        self.steps = {}
+
+    def step(self, mode, batch_size):
+        if mode != "infer":
+            raise ValueError(f"OpenVINO runs inference only, got mode {mode!r}")
+        if batch_size not in self.steps:
+            _, images, _ = random_batch(batch_size, self.settings.image_size, self.settings.num_classes,
+                                        self.settings.seed)
+            self.steps[batch_size] = lambda: self.request.infer([images])[0]
+        return self.steps[batch_size]
+
+
 def graph_summary(path) -> dict:
     """Node count, op-type histogram and default-domain opset of the ONNX file at `path`, as written
     (ONNX Runtime fuses further when it loads the graph)."""
@@ -231,6 +262,17 @@ def prepare_onnx_exports(model, settings, directory: Path, log) -> Prepared:
     return arguments, info, {}
 
 
+def prepare_one_export(model, settings, directory: Path, log) -> Prepared:
+    """Export ours in float32 (in a helper process) into `directory`: both sides run that file."""
+    log(f"{model}: exporting to ONNX")
+    try:
+        ours = in_helper_process(export_ours_onnx, model, settings, directory / "float32.onnx")
+    except ImportError as err:
+        return {}, {}, {role: str(err) for role in ROLES}
+    path = ours.pop("path")
+    return {role: (path, settings) for role in ROLES}, {"ours": ours, "baseline": dict(ours)}, {}
+
+
 def prepare_int8_exports(model, settings, directory: Path, log) -> Prepared:
     """Export ours in float32, then quantize it to int8, each in a helper process, into `directory`."""
     log(f"{model}: exporting to ONNX and quantizing to int8")
@@ -280,5 +322,19 @@ COMPARISONS = {
         baseline="our float32 ONNX export in ONNX Runtime {onnxruntime}",
         ours_missing="ONNX Runtime or onnx is not importable ({reason}): the int8 comparison is left out; "
                      + ONNX_INSTALL,
+        baseline_missing="{reason}"),
+    "openvino": Comparison(
+        runners={"ours": OpenVinoRunner, "baseline": OnnxRuntimeRunner}, modes=("infer",),
+        prepare=prepare_one_export, ours="our float32 ONNX export in OpenVINO {openvino} (--backend openvino)",
+        baseline="the same file in ONNX Runtime {onnxruntime}",
+        ours_missing="OpenVINO, ONNX Runtime or onnx is not importable ({reason}): the OpenVINO comparison is left "
+                     "out; " + OPENVINO_INSTALL,
+        baseline_missing="{reason}"),
+    "openvino_int8": Comparison(
+        runners={"ours": OpenVinoRunner, "baseline": OnnxRuntimeRunner}, modes=("infer",),
+        prepare=prepare_int8_exports, ours="our int8 ONNX file (as int8 above) in OpenVINO {openvino}",
+        baseline="our float32 ONNX export in ONNX Runtime {onnxruntime}",
+        ours_missing="OpenVINO, ONNX Runtime or onnx is not importable ({reason}): the OpenVINO int8 comparison is "
+                     "left out; " + OPENVINO_INSTALL,
         baseline_missing="{reason}"),
 }

@@ -153,9 +153,10 @@ class Config:
                                      "README for writing this file from its meta.mat)")
     backend: str = key("mindspore", "Engine for eval and infer: onnxruntime runs the checkpoint exported to ONNX "
                        "(once, cached next to it) or a given .onnx, much faster on CPU (pip install onnxruntime); "
-                       "an exported .onnx or .mindir picks its own unless this is given",
-                       choices=["mindspore", "onnxruntime"])
-    threads: int = key(0, "CPU threads for eval and infer (MindSpore CPU kernels, ONNX Runtime intra-op); "
+                       "openvino runs the same files, faster still (pip install openvino); an exported .onnx "
+                       "(onnxruntime) or .mindir picks its own unless this is given",
+                       choices=["mindspore", "onnxruntime", "openvino"])
+    threads: int = key(0, "CPU threads for eval and infer (MindSpore CPU kernels, ONNX Runtime intra-op, OpenVINO); "
                        "0: one per physical core", minimum=0)
     file_format: str = key("MINDIR", "Export format", choices=["MINDIR", "ONNX"])
     file_name: Optional[str] = key(None, "Export file name (default: next to the checkpoint)")

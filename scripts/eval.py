@@ -7,6 +7,8 @@ Examples:
   python scripts/eval.py --config configs/fashion_mnist_demo.yaml --pretrained demo.ckpt --json metrics.json
   python scripts/eval.py --device_target CPU --data_url ./dataset/imagenet --pretrained small.ckpt \\
       --backend onnxruntime --threads 2
+  python scripts/eval.py --device_target CPU --data_url ./dataset/imagenet --pretrained small.int8.onnx \\
+      --backend openvino --threads 2
   python scripts/eval.py --data_url ./ILSVRC2012_img_val --pretrained small.ckpt --val_labels val_labels.csv
   python scripts/eval.py --data_url ./ILSVRC2012_img_val --pretrained small.ckpt \\
       --val_labels ILSVRC2012_validation_ground_truth.txt --val_synsets ilsvrc2012_synsets.txt
@@ -22,7 +24,9 @@ class list, or an integer: a 0-based index into it, or with --val_synsets line k
 devkit's ILSVRC2012_validation_ground_truth.txt counts). Every image needs a label, every label a known class.
 --json FILE also gets per-class accuracy and the confusion matrix (rows: true class, columns: Top-1 prediction).
 With fewer than 5 classes, Top-5 is top-num_classes accuracy (always 1.0). --backend onnxruntime exports
-the checkpoint to ONNX once (cached next to it as <name>-<resize>px.onnx) and runs it with ONNX Runtime.
+the checkpoint to ONNX once (cached next to it as <name>-<resize>px.onnx) and runs it with ONNX Runtime;
+--backend openvino runs the same file (or a given .onnx, float32 or int8) with OpenVINO (pip install -e
+'.[openvino]').
 """
 import json
 import sys

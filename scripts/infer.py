@@ -9,6 +9,7 @@ Examples:
   python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.ckpt --backend onnxruntime
   python scripts/infer.py --device_target CPU --data_url ./infer --pretrained small.onnx --backend onnxruntime \\
       --threads 1
+  python scripts/infer.py --device_target CPU --data_url ./infer --pretrained large.int8.onnx --backend openvino
   python scripts/infer.py --data_url ./infer --pretrained large.ckpt --use_ema
   python scripts/infer.py --data_url cat.jpg --pretrained small.onnx
 
@@ -19,7 +20,8 @@ the image size and preprocessing, so it needs no other flag; a .mindir has them 
 wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable files
 (not images, truncated, corrupt) are skipped and listed at the end with the reason. --backend onnxruntime
 runs a checkpoint (exported to ONNX once, cached next to it as <name>-<resize>px.onnx) or an exported .onnx
-with ONNX Runtime: the same predictions, several times faster on CPU.
+with ONNX Runtime: the same predictions, several times faster on CPU; --backend openvino runs the same files
+with OpenVINO, faster still (pip install -e '.[openvino]').
 """
 import sys
 from pathlib import Path

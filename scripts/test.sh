@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/python_env.sh
-project_python "$PWD" dev mindspore torch onnxruntime pytest matplotlib tensorboardX || exit $?
+project_python "$PWD" dev mindspore torch onnxruntime openvino pytest matplotlib tensorboardX || exit $?
 
 # OpenMPI for the mpirun tests, Fashion-MNIST for the demo test: Debian packages, installed when we can.
 missing=()

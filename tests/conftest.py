@@ -79,6 +79,18 @@ def trained(trained_once, tmp_path_factory):
     return folder / trained_once.name
 
 
+@pytest.fixture(scope="session")  # its users copy the checkpoint before writing beside it
+def trained_longer(image_folder, tmp_path_factory):
+    """The test suite's tiny training run, for 6 epochs instead of 2: after 2 one class's activations are
+    tens of times larger than the others', so one int8 range per tensor (set by that class) rounds the
+    others' features to almost nothing and their top-1 to chance; a trained model has no such gap."""
+    config = build_config(overrides=dict(
+        device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=6, resize=32,
+        num_parallel_workers=2, bn_momentum=0.9, max_lr=0.05, decay_epoch=6, dataset_sink_mode=False,
+        log_interval=100, ckpt_save_dir=str(tmp_path_factory.mktemp("ckpt"))))
+    return Path(train(config))
+
+
 @pytest.fixture
 def small_config(image_folder, tmp_path):
     """A config that trains MobileNetV3-Small on the synthetic folder in seconds."""

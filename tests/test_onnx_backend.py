@@ -193,8 +193,8 @@ def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
     val = image_folder / "val"
     cases = [
         (dict(pretrained=tmp_path / "model.onnx", backend="mindspore"),
-         f"error: {tmp_path}/model.onnx is an exported ONNX model: run it with --backend onnxruntime "
-         "(or pass the checkpoint it was exported from)"),
+         f"error: {tmp_path}/model.onnx is an exported ONNX model: run it with --backend onnxruntime or --backend "
+         "openvino (or pass the checkpoint it was exported from)"),
         (dict(pretrained=tmp_path / "model.mindir", backend="onnxruntime"),
          f"error: {tmp_path}/model.mindir is an exported MINDIR model: run it with --backend mindspore "
          "(or pass the checkpoint it was exported from)"),
@@ -220,6 +220,38 @@ def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
     corrupt = script_error("infer", capsys, data_url=val, pretrained=tmp_path / "corrupt.onnx", backend="onnxruntime")
     assert corrupt.startswith(f"error: {tmp_path}/corrupt.onnx is truncated, corrupt or not an ONNX model "
                               "(InvalidProtobuf: ")
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("mean", "abc", "preprocessing mean is 'abc', not 3 numbers (R, G, B)"),
+    ("mean", [0.5, 0.5], "preprocessing mean is [0.5, 0.5], not 3 numbers (R, G, B)"),
+    ("mean", None, "preprocessing has no mean"),
+    ("std", [0.2, 0.0, 0.2], "preprocessing std is [0.2, 0.0, 0.2], not 3 positive numbers (R, G, B)"),
+    ("resize", "big", "preprocessing resize is 'big', not a whole number of pixels"),
+    ("crop_pct", 1.5, "preprocessing crop_pct is 1.5, not a number in (0, 1]"),
+    ("interpolation", "nearest", "preprocessing interpolation is 'nearest', not bilinear or bicubic"),
+    ("image_size", "x", "image_size is 'x', not a whole number of pixels"),
+    ("preprocessing", [1], "preprocessing is [1], not an object"),
+])
+def test_malformed_meta_is_one_line(key, value, problem, model_copy, image_folder, tmp_path, capsys):
+    """#36: an .onnx whose meta records its preprocessing or image size wrongly (a hand edit, another tool):
+    one line naming the file and the key (before: a TypeError, IndexError or KeyError traceback, or for a
+    missing mean the default one, silently). value None: the key is missing."""
+    import onnx
+    from mobilenetv3.checkpoints.meta import ONNX_META_KEY
+    given = export_onnx(model_copy, tmp_path / "model", capsys)
+    model = onnx.load(str(given))
+    meta = read_meta(given)
+    holder = meta if key in ("image_size", "preprocessing") else meta["preprocessing"]
+    if value is None:
+        del holder[key]
+    else:
+        holder[key] = value
+    export.set_onnx_meta(model, meta)
+    onnx.save(model, str(given))
+    assert json.loads(next(p.value for p in onnx.load(str(given)).metadata_props if p.key == ONNX_META_KEY)) == meta
+    assert script_error("infer", capsys, data_url=image_folder / "val", pretrained=given) == (
+        f"error: {given} carries a malformed meta: {problem}; export it again with scripts/export.py")
 
 
 def without_meta(path, target) -> Path:
@@ -264,14 +296,15 @@ def test_an_onnx_file_alone_names_the_classes_and_preprocesses_as_in_training(mo
 
 
 def test_threads_reach_the_onnxruntime_session(model_copy, monkeypatch):
+    import dataclasses
     sessions = []
-    make_session = onnx_backend.make_session
 
     def recording_make_session(*args):
-        sessions.append(make_session(*args))
+        sessions.append(onnx_backend.make_session(*args))
         return sessions[-1]
 
-    monkeypatch.setattr(onnx_backend, "make_session", recording_make_session)
+    monkeypatch.setattr(onnx_backend, "ONNX_RUNTIME",
+                        dataclasses.replace(onnx_backend.ONNX_RUNTIME, open=recording_make_session))
     for threads in (1, 3, 0):
         predict, _, _ = predictor_of(pretrained=str(model_copy), backend="onnxruntime", threads=threads)
         assert predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 3)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..checkpoints.files import follow_umask, require_file
 from ..checkpoints.meta import ONNX_META_KEY, check_model_matches, read_meta, sidecar_path
-from ..data.preprocessing import recorded
+from ..data.preprocessing import INTERPOLATIONS, recorded
 from ..errors import UserError
 from ..models.passes import written_out
 from .onnx_graph import fuse_onnx_graph
@@ -52,6 +52,9 @@ def checked_meta(path, file_format: str, num_classes: int, expected: Optional[di
     model's where the file has no meta."""
     require_file(path, f"{file_format} file")
     meta = read_meta(path, embedded)
+    problem = malformed_preprocessing(meta)
+    if problem:
+        raise UserError(f"{path} carries a malformed meta: {problem}; export it again with scripts/export.py")
     expected = dict(expected or {})
     resize = expected.pop("resize", None)
     check_model_matches(meta, path, **expected)
@@ -71,6 +74,48 @@ def warn_if_other_size(checkpoint, meta: dict, image_size: int):
         logger.warning(f"exporting {checkpoint} for {image_size}-pixel images, but its meta records {trained} px "
                        f"(the size it was trained at); its accuracy at {image_size} px is unknown and usually far "
                        f"lower: pass --resize {trained} or leave --resize out")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _are_channels(value) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(map(_is_number, value))
+
+
+PREPROCESSING_CHECKS = {  # key -> (valid(value), what it must be)
+    "resize": (_is_size, "a whole number of pixels"),
+    "interpolation": (lambda value: value in INTERPOLATIONS, " or ".join(INTERPOLATIONS)),
+    "crop_pct": (lambda value: _is_number(value) and 0 < value <= 1, "a number in (0, 1]"),
+    "mean": (_are_channels, "3 numbers (R, G, B)"),
+    "std": (lambda value: _are_channels(value) and min(value) > 0, "3 positive numbers (R, G, B)"),
+}
+
+
+def malformed_preprocessing(meta: dict) -> Optional[str]:
+    """What is wrong with the image size and preprocessing an exported file's meta records, or None: an
+    "image_size", and a "preprocessing" with mean and std (every writer records them; a weight preset no
+    resize), each of its keys as PREPROCESSING_CHECKS says. A file from elsewhere records neither; one that
+    records them wrongly would be predicted on with images made wrong, or fail deep inside the pipeline."""
+    if "image_size" in meta and not _is_size(meta["image_size"]):
+        return f"image_size is {meta['image_size']!r}, not a whole number of pixels"
+    if "preprocessing" not in meta:
+        return None
+    saved = meta["preprocessing"]
+    if not isinstance(saved, dict):
+        return f"preprocessing is {saved!r}, not an object"
+    missing = [key for key in ("mean", "std") if key not in saved]
+    if missing:
+        return f"preprocessing has no {' or '.join(missing)}"
+    for key, (valid, what) in PREPROCESSING_CHECKS.items():
+        if key in saved and not valid(saved[key]):
+            return f"preprocessing {key} is {saved[key]!r}, not {what}"
+    return None
 
 
 def export(net, path, file_format: str, image_size: int, meta: Optional[dict] = None) -> Path:

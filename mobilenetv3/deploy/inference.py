@@ -1,6 +1,6 @@
 """Top-k predictions for an image file or every image below a folder (predict_images), or for one image in
-Python (Classifier), from a checkpoint or an exported MINDIR or ONNX file, run by MindSpore or
-(onnx_backend.py) by ONNX Runtime.
+Python (Classifier), from a checkpoint or an exported MINDIR or ONNX file, run by MindSpore, by ONNX Runtime
+(onnx_backend.py) or by OpenVINO (openvino_backend.py).
 
 Images go through the eval transforms one by one (decoded with Pillow, so any mode or format
 works); files that cannot be read are skipped and reported with the reason, never fatal.
@@ -29,6 +29,7 @@ from ..models.folding import fold_for_inference
 from ..progress import progress
 from . import export
 from .onnx_backend import onnx_model
+from .openvino_backend import openvino_model
 from .outputs import written_whole
 
 
@@ -40,7 +41,9 @@ class Prediction:
     probs: List[float]
 
 
-EXPORTED_FORMATS = {".mindir": ("MINDIR", "mindspore"), ".onnx": ("ONNX", "onnxruntime")}  # -> (name, backend)
+# suffix -> (format, the backends that run it, the first when --backend is not a flag)
+EXPORTED_FORMATS = {".mindir": ("MINDIR", ("mindspore",)), ".onnx": ("ONNX", ("onnxruntime", "openvino"))}
+ONNX_BACKENDS = {"onnxruntime": onnx_model, "openvino": openvino_model}
 
 
 def load_model(path, backend: str = "mindspore", threads: int = 0, use_ema: bool = False,
@@ -49,9 +52,9 @@ def load_model(path, backend: str = "mindspore", threads: int = 0, use_ema: bool
     with `threads` CPU threads (0: one per physical core).
 
     mindspore runs a .ckpt (with BatchNorm folded into the convolutions, see models/folding.py; logits agree
-    with the unfolded network to float32 rounding) or an exported .mindir, onnxruntime a .ckpt (exported to
-    ONNX once, see onnx_backend) or an exported .onnx; an exported file picks its own backend unless
-    --backend is a flag. The meta has "num_classes", and "classes" if the model carries its own class list.
+    with the unfolded network to float32 rounding) or an exported .mindir, onnxruntime and openvino a .ckpt
+    (exported to ONNX once, see onnx_backend) or an exported .onnx; an exported file picks its own backend
+    (an .onnx onnxruntime) unless --backend is a flag. The meta has "num_classes", and "classes" if the model carries its own class list.
     `stated`: what the command line says of the model (model, num_classes, width, bn_momentum, bn_eps,
     resize), used where the file's meta says nothing; `flags`: the keys given as flags, which the meta must
     agree with (export.checked_meta).
@@ -59,17 +62,18 @@ def load_model(path, backend: str = "mindspore", threads: int = 0, use_ema: bool
     stated = stated or {}
     if not path:
         raise UserError("no model given: pass --pretrained CKPT or an exported .mindir or .onnx")
-    file_format, own_backend = EXPORTED_FORMATS.get(Path(path).suffix.lower(), (None, backend))
+    file_format, own_backends = EXPORTED_FORMATS.get(Path(path).suffix.lower(), (None, (backend,)))
     if file_format and use_ema:
         raise UserError(f"--use_ema picks a checkpoint's EMA weights, but {path} is an exported {file_format} model; "
                         "drop --use_ema, or export the checkpoint with --use_ema")
-    if file_format and backend != own_backend:
+    if backend not in own_backends:
         if "backend" in flags:
-            raise UserError(f"{path} is an exported {file_format} model: run it with --backend {own_backend} "
+            raise UserError(f"{path} is an exported {file_format} model: run it with "
+                            f"{' or '.join('--backend ' + name for name in own_backends)} "
                             f"(or pass the checkpoint it was exported from)")
-        backend = own_backend  # the file says which engine runs it
-    if backend == "onnxruntime":
-        return onnx_model(path, threads, use_ema, stated, flags)
+        backend = own_backends[0]  # the file says which engine runs it
+    if backend in ONNX_BACKENDS:
+        return ONNX_BACKENDS[backend](path, threads, use_ema, stated, flags)
     set_cpu_threads(threads)
     if file_format is None:
         expected = flagged(stated, flags)

@@ -16,9 +16,12 @@ from ..errors import UserError
 from .export import INPUT_NAME, set_onnx_meta
 
 
+logger = logging.getLogger(__name__)
+
 INT8_SUFFIX = ".int8.onnx"
 
 CALIBRATION_BATCH = 16  # images per calibration run
+FEW_CALIBRATION_IMAGES = 32  # min/max ranges from fewer images miss the rarer large activations
 
 
 def int8_path(path) -> Path:
@@ -37,18 +40,40 @@ def calibration_paths(folder, count: int) -> list:
 
 def calibration_images(paths, preprocessing: Preprocessing) -> Tuple[np.ndarray, list]:
     """(`paths` as the network gets them in evaluation (eval transforms, normalised), stacked as
-    float32 NCHW, [(path, error)] of the unreadable ones skipped); none readable is a UserError. All are
-    held at once (300 images of 224 px: 180 MB), so that calibration can run them batch by batch."""
-    images, skipped = [], []
+    float32 NCHW, [(path, error)] of the unreadable ones skipped); none readable is a UserError, a weak
+    calibration set (weak_calibration) a warning. All are held at once (300 images of 224 px: 180 MB), so
+    that calibration can run them batch by batch."""
+    images, shorter_sides, skipped = [], [], []
     for path in paths:
         try:
-            images.append(eval_image(EncodedImage(path), preprocessing))
+            encoded = EncodedImage(path)
+            images.append(eval_image(encoded, preprocessing))
+            shorter_sides.append(min(encoded.width, encoded.height))
         except READ_ERRORS as err:
             skipped.append((path, err))
     if not images:
         raise UserError(f"none of the {len(paths)} calibration images could be read (first: {skipped[0][0]}: "
                         f"{skipped[0][1]})")
+    for warning in weak_calibration(shorter_sides, preprocessing.resize):
+        logger.warning(warning)
     return normalize_batch(np.stack(images), preprocessing), skipped
+
+
+def weak_calibration(shorter_sides: list, image_size: int) -> list:
+    """What makes calibration on images with these shorter sides weak for a model taking `image_size` pixels:
+    fewer than FEW_CALIBRATION_IMAGES, or images mostly under half the model's size (blown up by the eval
+    resize, blurrier than anything the model was made for)."""
+    warnings = []
+    if len(shorter_sides) < FEW_CALIBRATION_IMAGES:
+        warnings.append(f"int8 calibrated on {len(shorter_sides)} image{'s' * (len(shorter_sides) != 1)} only: "
+                        f"activation ranges from fewer than {FEW_CALIBRATION_IMAGES} are weak; give --calib_data a "
+                        "folder of a few hundred images like those the model will see (--calib_images, default 300)")
+    typical = int(np.median(shorter_sides))
+    if typical * 2 < image_size:
+        warnings.append(f"the calibration images are {typical} px on their shorter side (median), the model takes "
+                        f"{image_size} px: calibrated on them blown up {image_size / typical:.1f}x, its ranges may "
+                        "not fit real images; give --calib_data images near the model's size or larger")
+    return warnings
 
 
 def readers_of(model) -> dict:
@@ -64,13 +89,10 @@ ACTIVATIONS = ("HardSwish", "HardSigmoid", "Relu", "Clip")  # ONNX Runtime fuses
 
 
 def float_nodes(model) -> list:
-    """Names of the nodes quantize_onnx leaves in float32 (see docs/performance.md, int8, for why the rest is
-    quantized):
-    - the stem, each convolution reading the graph's input, with an activation that is its only reader: its
-      three input channels are too few for ONNX Runtime's int8 convolution to beat the float32 one, its
-      input is float32 anyway, and the float32 convolution runs the activation fused in;
-    - the classifier, everything after the final global pooling (the mean whose result does not scale
-      features, as a squeeze-excitation's does), so the logits are not rounded to an int8 grid."""
+    """Names of the nodes quantize_onnx leaves in float32: the stem, each convolution reading the graph's
+    input, with an activation that is its only reader. Its three input channels are too few for ONNX
+    Runtime's int8 convolution to beat the float32 one, its input is float32 anyway, and the float32
+    convolution runs the activation fused in (docs/performance.md, int8, says why the rest is quantized)."""
     readers = readers_of(model)
     names = []
     for stem in (node for tensor in model.graph.input for node in readers[tensor.name] if node.op_type == "Conv"):
@@ -78,13 +100,6 @@ def float_nodes(model) -> list:
         after = readers[stem.output[0]]
         if len(after) == 1 and after[0].op_type in ACTIVATIONS:
             names.append(after[0].name)
-    pools = [node for node in model.graph.node if node.op_type == "ReduceMean"]
-    pending = list(readers[pools[-1].output[0]]) if pools else []
-    while pending:
-        node = pending.pop()
-        if node.name not in names:
-            names.append(node.name)
-            pending.extend(reader for output in node.output for reader in readers[output])
     return names
 
 
@@ -167,8 +182,9 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
     """Static int8 quantization of our float ONNX export `float_path` into `path` with ONNX Runtime:
     activations uint8 and weights int8 per output channel (ONNX Runtime's u8s8 kernels, VNNI where the CPU
     has it), QDQ format, activation ranges (min/max) measured on `images` (float32 NCHW, as the model gets
-    them: calibration_images); float_nodes (the stem and the classifier) stay float32. `path` carries `meta`
-    with "quantization" added (see set_onnx_meta); returns `path`."""
+    them: calibration_images); float_nodes (the stem) stay float32. The classifier's Gemms are quantized
+    too (they hold most of the weights) but give float32 outputs, so the logits are not rounded to an int8
+    grid. `path` carries `meta` with "quantization" added (see set_onnx_meta); returns `path`."""
     try:
         import onnx
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -206,7 +222,7 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
         quantize_static(str(float_file), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=left_float,
-                        extra_options={"CalibStridedMinMax": 1})
+                        extra_options={"CalibStridedMinMax": 1, "OpTypesToExcludeOutputQuantization": ["Gemm"]})
     finally:
         logging.getLogger().removeFilter(advice)
         float_file.unlink(missing_ok=True)
