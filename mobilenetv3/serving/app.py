@@ -56,13 +56,15 @@ class Service:
 
     def __init__(self, model: ServedModel, limits: Limits):
         self.model, self.limits = model, limits
-        self.in_progress = 0
+        self.in_progress = 0  # admitted and not yet answered
+        self.preparing = 0  # of those, still being read or decoded: the batcher waits only for these
         self.batcher = self.decoders = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         self.decoders = ThreadPoolExecutor(self.limits.decode_threads or available_cpus(), thread_name_prefix="decode")
-        self.batcher = Batcher(self.model.probabilities, self.limits.max_batch, self.limits.max_wait_ms / 1000)
+        self.batcher = Batcher(self.model.probabilities, self.limits.max_batch, self.limits.max_wait_ms / 1000,
+                               on_the_way=lambda: self.preparing)
         self.batcher.start()
         try:
             yield
@@ -92,22 +94,30 @@ class Service:
             raise HTTPException(503, f"the service is busy: {self.in_progress} requests in progress (max_queue); "
                                 f"try again in {RETRY_AFTER_SECONDS} s", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         self.in_progress += 1
+        self.preparing += 1
         try:
-            body = await self.read_body(request)
-            if kind == FORM_TYPE:
-                body = await form_file(request, body)
-            if not body:
-                raise HTTPException(400, "the request has no image: its body is empty")
             try:
-                view = await asyncio.get_running_loop().run_in_executor(self.decoders, self.model.eval_view, body)
-            except ImageRefused as err:
-                raise HTTPException(err.status, str(err)) from None
+                view = await self.eval_view(request, kind)
+            finally:
+                self.preparing -= 1
             probabilities = await self.batcher.submit(view)
         finally:
             self.in_progress -= 1
         return JSONResponse({"model": self.model.name, "backend": self.model.backend,
                              "preprocessing": self.model.preprocessing.as_meta(),
                              "predictions": self.model.top_k(probabilities, top_k)})
+
+    async def eval_view(self, request: Request, kind: str):
+        """The image of the request, read and decoded (in the decoding threads) to its eval view."""
+        body = await self.read_body(request)
+        if kind == FORM_TYPE:
+            body = await form_file(request, body)
+        if not body:
+            raise HTTPException(400, "the request has no image: its body is empty")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.decoders, self.model.eval_view, body)
+        except ImageRefused as err:
+            raise HTTPException(err.status, str(err)) from None
 
     def top_k(self, request: Request) -> int:
         classes = len(self.model.class_names)

@@ -7,19 +7,23 @@ others, up to max_batch, and the model runs while the next batch gathers. Nothin
 import asyncio
 import collections
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 
 class Batcher:
     """Runs `run_batch(items) -> results` (blocking; one call at a time, in a thread of its own so the event
     loop keeps serving) on the items `submit`ted from the event loop, `max_batch` at most per call, waiting
-    up to `max_wait` seconds after the oldest item arrived for more to join it. start() and close() from the
-    event loop that submits; close() finishes what was submitted before it returns."""
+    up to `max_wait` seconds after the oldest item arrived for more to join it, but only while
+    `on_the_way()` says more are coming (requests still being read and decoded; None: always): a lone
+    request does not wait for company that does not exist. start() and close() from the event loop that
+    submits; close() finishes what was submitted before it returns."""
 
-    def __init__(self, run_batch: Callable[[List], Sequence], max_batch: int, max_wait: float):
+    def __init__(self, run_batch: Callable[[List], Sequence], max_batch: int, max_wait: float,
+                 on_the_way: Optional[Callable[[], int]] = None):
         if max_batch < 1 or max_wait < 0:
             raise ValueError(f"max_batch must be >= 1 and max_wait >= 0, got {max_batch} and {max_wait}")
         self.run_batch, self.max_batch, self.max_wait = run_batch, max_batch, max_wait
+        self.on_the_way = on_the_way or (lambda: 1)
         self.batch_sizes = collections.Counter()  # how many calls ran with each batch size
         self._waiting = collections.deque()  # (arrival time, item, future)
         self._arrived = asyncio.Event()
@@ -57,7 +61,8 @@ class Batcher:
                 self._arrived.clear()
                 continue
             deadline = self._waiting[0][0] + self.max_wait
-            while len(self._waiting) < self.max_batch and not self._closing and loop.time() < deadline:
+            while (len(self._waiting) < self.max_batch and not self._closing and loop.time() < deadline
+                   and self.on_the_way() > 0):
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())

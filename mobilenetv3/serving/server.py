@@ -27,12 +27,14 @@ def require_web_stack():
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket listening on host:port, for uvicorn to serve on."""
     try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                      flags=socket.AI_PASSIVE)[0]
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as err:
         raise UserError(f"--host {host}: not an address this machine can serve on ({err.strerror}); "
                         "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every network)") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # The protocol named (IPPROTO_TCP, not 0): asyncio sets TCP_NODELAY only on such connections, and without it
+    # a response's body waits for the client's delayed ACK of its headers (40 ms on Linux).
+    sock = socket.socket(family, kind, protocol)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
