@@ -14,13 +14,16 @@ requests per client or --window_seconds, whichever ends first, so a run is bound
 Windows alternate between the two servers (batched, one at a time, one at a time, batched, ...), so a change
 of load on a shared machine hits both alike. Per server and client count: requests/s (the median of its
 windows), the median and 99th percentile latency over all of its requests, the batch sizes the batched
-server ran; the ratio is batched / one at a time. --json writes every window, the machine (load average at
-start and end) and the versions.
+server ran; the ratio is batched / one at a time. The servers are started twice, in one order and then the
+other, half the windows each (the first started measured slower). --json writes every window, the machine
+(load average at start and end) and the versions.
 """
 import argparse
+import collections
 import http.client
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -147,50 +150,60 @@ def window(port, body, clients, requests, seconds):
 
 
 def measure(args) -> dict:
-    report = {"machine": machine_info(), "versions": versions(), "settings": vars(args), "rows": []}
+    report = {"machine": machine_info(), "versions": versions(), "settings": vars(args)}
     body = photo_like_jpeg(args.image_width, args.image_height)
     report["settings"]["image_kb"] = len(body) / 1000
+    measured = {clients: {"batch_sizes": collections.Counter(), **{side: {"windows": [], "latencies": []}
+                                                                   for side in SIDES}} for clients in args.clients}
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / f"{args.model}.ckpt"
         in_helper_process(write_checkpoint, str(checkpoint), args.model, 1000)
         report["model_alone"] = in_helper_process(model_alone, str(checkpoint), args.backend, args.threads,
                                                   [1, args.max_batch], body, args.window_seconds)
         with open(Path(folder) / "servers.log", "w") as log:
-            servers = {}
-            try:
-                for side, max_batch in SIDES.items():  # one after the other: the onnxruntime export is cached
-                    servers[side] = Server(checkpoint, max_batch or args.max_batch, args, log)
-                for clients in args.clients:
-                    report["rows"].append(measure_clients(servers, body, clients, args))
-            finally:
-                for server in servers.values():
-                    server.stop()
-    report["machine"].update(load_average_end=list(__import__("os").getloadavg()), cpu_pressure_end=cpu_pressure())
+            # Two rounds, the servers started in one order, then in the other, half the windows each: with both
+            # servers alike (--max_batch 1), the one started first answered 0.76x as fast in one order and 0.92x in
+            # the other, a bias of start order that the rounds cancel.
+            for round_number, order in enumerate((list(SIDES), list(reversed(SIDES)))):
+                windows = (args.windows + 1 - round_number) // 2
+                servers = {}
+                try:
+                    for side in order:  # one after the other: the onnxruntime export is cached
+                        servers[side] = Server(checkpoint, SIDES[side] or args.max_batch, args, log)
+                    for clients in args.clients:
+                        run_windows(servers, body, clients, windows, args, measured[clients])
+                finally:
+                    for server in servers.values():
+                        server.stop()
+    report["rows"] = [summarize(clients, measured[clients]) for clients in args.clients]
+    report["machine"].update(load_average_end=list(os.getloadavg()), cpu_pressure_end=cpu_pressure())
     return report
 
 
-def measure_clients(servers, body, clients, args) -> dict:
+def run_windows(servers, body, clients, windows, args, measured):
+    """`windows` timed windows per server, alternating (A B B A ...), added to `measured`."""
     for server in servers.values():  # warm-up: connections, first batches
         window(server.port, body, clients, 2, args.window_seconds)
     before = servers["batched"].health()["batch_sizes"]
-    windows = {side: [] for side in servers}
-    latencies = {side: [] for side in servers}
-    order = [side for i in range(args.windows) for side in (SIDES if i % 2 == 0 else reversed(list(SIDES)))]
-    for side in order:
+    for side in [side for i in range(windows) for side in (SIDES if i % 2 == 0 else reversed(list(SIDES)))]:
         seconds, answered, failed = window(servers[side].port, body, clients, args.requests, args.window_seconds)
         if failed:
             raise RuntimeError(f"{side} server, {clients} clients: {len(failed)} requests failed ({sorted(set(failed))})")
-        windows[side].append({"seconds": seconds, "requests": len(answered)})
-        latencies[side] += answered
+        measured[side]["windows"].append({"seconds": seconds, "requests": len(answered)})
+        measured[side]["latencies"] += answered
         time.sleep(0.3)  # MindSpore's threads spin a moment after a run: let them stop before the other side's window
     after = servers["batched"].health()["batch_sizes"]
-    row = {"clients": clients, "batch_sizes": {size: count - before.get(size, 0) for size, count in after.items()
-                                               if count > before.get(size, 0)}}
-    for side in servers:
-        rates = [w["requests"] / w["seconds"] for w in windows[side]]
-        row[side] = {"requests_per_s": float(np.median(rates)), "p50_ms": 1000 * float(np.percentile(latencies[side], 50)),
-                     "p99_ms": 1000 * float(np.percentile(latencies[side], 99)), "requests": len(latencies[side]),
-                     "windows": windows[side]}
+    measured["batch_sizes"].update({size: count - before.get(size, 0) for size, count in after.items()})
+
+
+def summarize(clients, measured) -> dict:
+    row = {"clients": clients, "batch_sizes": {size: count for size, count in measured["batch_sizes"].items() if count}}
+    for side in SIDES:
+        latencies, windows = measured[side]["latencies"], measured[side]["windows"]
+        rates = [w["requests"] / w["seconds"] for w in windows]
+        row[side] = {"requests_per_s": float(np.median(rates)), "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+                     "p99_ms": 1000 * float(np.percentile(latencies, 99)), "requests": len(latencies),
+                     "windows": windows}
     row["ratio"] = row["batched"]["requests_per_s"] / row["one_at_a_time"]["requests_per_s"]
     return row
 

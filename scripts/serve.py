@@ -42,7 +42,7 @@ def main(argv=None):
     model = ServedModel(predict, preprocessing, class_names_of(meta), meta.get("model") or Path(config.pretrained).stem,
                         backend_of(config.pretrained, config.backend))
     sock = server.listening_socket(config.host, config.port)  # a taken port fails before the warm-up
-    print(f"compiling the model for batches of 1 to {config.max_batch} images")
+    print(f"warming up: batches of 1 to {config.max_batch} images (MindSpore compiles each shape once)")
     model.warm_up(config.max_batch)
     print(f"serving {model.name} ({model.backend}) on {server.address_line(sock)}", flush=True)
     server.run(create_app(model, Limits(config.max_batch, config.max_wait_ms, config.max_bytes, config.max_queue,

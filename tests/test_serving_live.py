@@ -80,7 +80,8 @@ def server(trained, tmp_path_factory):
 
 
 def test_the_server_says_where_it_serves_and_answers_over_tcp(server):
-    assert server.lines[-2:] == ["compiling the model for batches of 1 to 8 images", server.lines[-1]]
+    assert server.lines[-2:] == ["warming up: batches of 1 to 8 images (MindSpore compiles each shape once)",
+                                 server.lines[-1]]
     status, _, answer = server.predict(IMAGES["red.jpg"], query="?top_k=2")
     assert status == 200 and [p["label"] for p in answer["predictions"]] == ["class_0", "class_2"]
     status, headers, answer = server.predict(b"not an image")
