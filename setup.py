@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",  # mindspore 2.10.0 publishes wheels for CPython 3.10-3.12 only
     packages=find_packages(include=["mobilenetv3", "mobilenetv3.*"]),
-    package_data={"mobilenetv3": ["data/imagenet1k_classes.tsv", "native/csrc/*.cc"]},  # the .cc files are built on first use
+    package_data={"mobilenetv3": ["data/imagenet1k_classes.tsv", "native/csrc/*.cc", "serving/page.html"]},  # the .cc files are built on first use
     install_requires=Path("requirements.txt").read_text().split(),
     extras_require={
         # torch 2.13.0 is the CPU build; a bare "torch" would pull a multi-GB CUDA build.
@@ -20,6 +20,9 @@ setup(
         "openvino": ["openvino"],
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboardX"],  # train.py --tensorboard DIR
-        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "openvino", "matplotlib", "tensorboardX"],
+        "serve": ["starlette", "uvicorn", "python-multipart"],
+        # httpx2: Starlette's test client
+        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "openvino", "matplotlib", "tensorboardX", "starlette",
+                "uvicorn", "python-multipart", "httpx2"],
     },
 )

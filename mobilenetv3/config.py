@@ -166,6 +166,14 @@ class Config:
                                     "see (searched recursively; class folders or not)")
     calib_images: int = key(300, "Export with quantize int8: images drawn from calib_data (evenly spaced over its "
                             "sorted list, so every class folder contributes)", minimum=1)
+    # Serving (scripts/serve.py).
+    host: str = key("127.0.0.1", "Address to serve on; 127.0.0.1 answers this machine only, 0.0.0.0 every network")
+    port: int = key(8000, "TCP port to serve on (0: any free one)", minimum=0)
+    max_batch: int = key(32, "The most concurrent requests the model runs as one batch (1: one at a time)", minimum=1)
+    max_wait_ms: float = key(5.0, "How long a batch waits for more requests after its first arrived (only while "
+                             "others are still being read or decoded)", minimum=0)
+    max_bytes: int = key(20_000_000, "The largest request body accepted (413 above)", minimum=1)
+    max_queue: int = key(256, "Requests in progress beyond which new ones get 503 with Retry-After", minimum=1)
     # Weight conversion from PyTorch.
     source: str = key("auto", "Parameter naming of the weights to convert (auto: told by the names)",
                       choices=["auto", "torchvision", "timm"])

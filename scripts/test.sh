@@ -7,11 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/python_env.sh
-project_python "$PWD" dev mindspore torch onnxruntime openvino pytest matplotlib tensorboardX || exit $?
+project_python "$PWD" dev mindspore torch onnxruntime openvino pytest matplotlib tensorboardX starlette uvicorn \
+    python_multipart httpx2 || exit $?
 
-# OpenMPI for the mpirun tests, Fashion-MNIST for the demo test: Debian packages, installed when we can.
+# OpenMPI for the mpirun tests, Fashion-MNIST for the demo test, Chromium for the serving page's browser test:
+# Debian packages, installed when we can.
 missing=()
 command -v mpirun >/dev/null || missing+=(openmpi-bin)
+command -v chromedriver >/dev/null || missing+=(chromium chromium-driver)
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
 if [ ${#missing[@]} -gt 0 ] && ! apt_install "${missing[@]}"; then
   echo "note: cannot install ${missing[*]} (needs apt-get as root or password-less sudo); the tests that need them are skipped"

@@ -30,7 +30,7 @@ def reduction(shrink: float) -> int:
 
 
 class EncodedImage:
-    """An image file's bytes, its size, and its pixels decoded to RGB.
+    """An image file's bytes, its size (read from its header alone), and its pixels decoded to RGB.
 
     JPEGs in YCbCr or grayscale (nearly every photo) decode with libjpeg-turbo through simplejpeg, which
     writes straight into a numpy array without holding the GIL, faster than Pillow and to the same pixels
@@ -39,9 +39,13 @@ class EncodedImage:
     refuses and names the fault of those it cannot read either.
     """
 
-    def __init__(self, path):
-        with open(path, "rb") as file:
-            self.blob = file.read()
+    def __init__(self, source):
+        """`source`: the file's path, or its bytes (an upload)."""
+        if isinstance(source, bytes):
+            self.blob = source
+        else:
+            with open(source, "rb") as file:
+                self.blob = file.read()
         try:
             height, width, colorspace, _ = simplejpeg.decode_jpeg_header(self.blob)
             self.turbo = colorspace in ("YCbCr", "Gray")  # Pillow's CMYK conversion is its own

@@ -98,9 +98,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def top_classes(probs: np.ndarray, k: int) -> np.ndarray:
-    """The indices of the k largest probabilities, largest first (ties: the lower index first)."""
-    return np.argsort(-probs, kind="stable")[:k]
+def class_probabilities(predict, images: np.ndarray, preprocessing: Preprocessing, num_classes: int) -> np.ndarray:
+    """The softmax (float64) of the model's logits for a uint8 NHWC batch of eval views (eval_image)."""
+    logits = predict(normalize_batch(images, preprocessing))
+    if logits.shape[1] != num_classes:  # a MINDIR without its meta and the wrong --num_classes
+        raise UserError(f"the model gives {logits.shape[1]} class scores, but num_classes is {num_classes}; "
+                        f"pass --num_classes {logits.shape[1]}")
+    return softmax(logits.astype(np.float64))
+
+
+def top_classes(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k highest probabilities, highest first; ties in index order."""
+    return np.argsort(-probabilities, kind="stable")[:k]
 
 
 def predict_images(predict, data_url, preprocessing: Preprocessing, class_names: List[str], top_k: int = 5,
@@ -120,11 +129,8 @@ def predict_images(predict, data_url, preprocessing: Preprocessing, class_names:
                 skipped.append((str(path), f"{type(err).__name__}: {err}"))
         if not batch:
             continue
-        logits = predict(normalize_batch(np.stack(batch), preprocessing))
-        if logits.shape[1] != len(class_names):  # a MINDIR without its meta and the wrong --num_classes
-            raise UserError(f"the model gives {logits.shape[1]} class scores, but num_classes is {len(class_names)}; "
-                            f"pass --num_classes {logits.shape[1]}")
-        for path, row in zip(batch_paths, softmax(logits.astype(np.float64))):
+        for path, row in zip(batch_paths, class_probabilities(predict, np.stack(batch), preprocessing,
+                                                              len(class_names))):
             top = top_classes(row, k)
             predictions.append(Prediction(str(path), top.tolist(), [class_names[i] for i in top],
                                           [float(row[i]) for i in top]))
