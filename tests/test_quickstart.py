@@ -174,10 +174,11 @@ def test_smoke_run_is_as_the_readme_says_and_its_output_is_ignored_by_git():
     script = SCRIPT.read_text()
     per_class = re.search(r"PREPARE_ARGS=\(--per_class_train (\d+) --per_class_val (\d+)\)", script)
     train, val = (int(count) * len(CLASS_NAMES) for count in per_class.groups())
-    batch = int(re.search(r"^batch_size: (\d+)$", (REPO / "configs" / "fashion_mnist_demo.yaml").read_text(), re.M)[1])
+    batch = int(re.search(r"^batch_size: (\d+)\b", (REPO / "configs" / "fashion_mnist_demo.yaml").read_text(), re.M)[1])
     steps = {ranks: epoch_steps(train, batch, num_shards=ranks) for ranks in (2, 1)}
-    assert f"{train} training and\n{val} test images" in (REPO / "README.md").read_text()
-    assert f"one epoch ({steps[2]} steps with 2 processes, {steps[1]} with one)" in (REPO / "README.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())  # as a reader sees it, whatever the line breaks
+    assert f"{train} training and {val} test images" in readme
+    assert f"one epoch ({steps[2]} steps with 2 processes, {steps[1]} with one)" in readme
     assert (train, val, steps) == (300, 100, {2: 4, 1: 9})
     output = re.search(r'OUTPUT="\$\{OUTPUT:-\./([^}]+)\}"; DATA="\$\{DATA:-\./data/fashion_mnist_smoke', script)[1]
     ignored = subprocess.run(["git", "check-ignore", "-q", f"{output}/checkpoints/run.yaml"], cwd=REPO,

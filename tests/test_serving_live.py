@@ -6,6 +6,7 @@ import http.client
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -90,17 +91,25 @@ def test_the_server_says_where_it_serves_and_answers_over_tcp(server):
 
 
 def test_sigterm_answers_the_request_in_progress_then_exits_0(trained, tmp_path):
-    """The request waits in the batcher (max_wait 3 s) when SIGTERM arrives: it is answered, then the server
-    exits 0 and says so."""
-    server = Server(trained, tmp_path / "stderr.log", "--max_batch", 4, "--max_wait_ms", 3000)
+    """A request whose body is half sent when SIGTERM arrives is in progress: once its body is complete it is
+    answered, then the server exits 0 and says so."""
+    server = Server(trained, tmp_path / "stderr.log", "--max_batch", 4)
+    body = IMAGES["green.png"]
     try:
-        with ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(server.predict, IMAGES["green.png"], "image/png")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as connection:
+            connection.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(body) + body[:len(body) // 2])
+            deadline = time.monotonic() + 60
             while server.request("GET", "/health")[2]["requests_in_progress"] < 1:
+                assert time.monotonic() < deadline, "the half-sent request never counted as in progress"
                 time.sleep(0.02)
             server.process.send_signal(signal.SIGTERM)
-            status, _, body = answer.result(timeout=60)
-        assert status == 200 and body["predictions"][0]["label"] == "class_1"
+            time.sleep(0.5)  # the server is stopping now, with the request still being read
+            connection.sendall(body[len(body) // 2:])
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            status, answer = response.status, json.loads(response.read())
+        assert status == 200 and answer["predictions"][0]["label"] == "class_1"
     finally:
         code = server.stop()
     assert code == 0 and server.lines[-1] == "stopped: every request in progress was answered"
