@@ -21,10 +21,11 @@ pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not 
 # later (1 by default), and SIGKILL as long again after that; SIGUSR1 it forwards at once, and does nothing else.
 GRACE = 3
 SIGKILL_AFTER = ["--mca", "odls_base_sigkill_timeout", str(GRACE)]
-# 48 images, 2 ranks x batch 2: 12 steps an epoch.
-FLAGS = ["--device_target", "CPU", "--num_classes", 3, "--batch_size", 2, "--epoch_size", 4, "--decay_epoch", 4,
+# 48 images, 2 ranks x batch 2: 12 steps an epoch; 6 epochs, so that the run outlasts the grace before SIGTERM
+# reaches the ranks (4 ended before it once).
+FLAGS = ["--device_target", "CPU", "--num_classes", 3, "--batch_size", 2, "--epoch_size", 6, "--decay_epoch", 6,
          "--resize", 32, "--bn_momentum", 0.9, "--num_parallel_workers", 2, "--max_lr", 0.02, "--drop_path_rate", 0.2]
-EPOCHS, STEPS = 4, 12
+EPOCHS, STEPS = 6, 12
 
 
 def start(image_folder, ckpt_dir, *extra):
