@@ -1,6 +1,7 @@
 """The package's C++ sources (csrc/) built into shared libraries on first use, with the C++ compiler of
 $CXX (g++ by default), into $XDG_CACHE_HOME/mobilenetv3/<hash>/ (~/.cache by default), keyed by the
 source, the compiler flags and whatever else the library's binary interface depends on."""
+import ctypes
 import hashlib
 import os
 import shlex
@@ -66,3 +67,22 @@ def built(source: Path, flags: Sequence[str], path: Path, libraries: Sequence[st
         return build(source, flags, path, libraries)
     except OSError as err:
         return f"could not write {path.parent} ({err}); set XDG_CACHE_HOME to a writable directory"
+
+
+
+class Unavailable(Exception):
+    """A library that cannot be built or loaded here; the message says why and the fix."""
+
+
+def load(source: Path, flags: Sequence[str], name: str, libraries: Sequence[str] = (),
+         depends_on: str = "") -> ctypes.CDLL:
+    """The library `name` built from `source` (on first use, keyed as library_path says) and loaded;
+    Unavailable when it cannot be."""
+    path = library_path(source, [*flags, *libraries], name, depends_on)
+    reason = built(source, flags, path, libraries)
+    if reason is not None:
+        raise Unavailable(reason)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as err:
+        raise Unavailable(f"loading {path} failed ({err}); delete it to rebuild") from None

@@ -41,14 +41,6 @@ def library_path() -> Path:
     return build.library_path(SOURCE, FLAGS, LIBRARY_NAME, depends_on=ms.__version__)
 
 
-def _why_unavailable(path: Path) -> Optional[str]:
-    """None if the library at `path` is ready to load (building it if needed), else why not and the fix."""
-    missing = {"avx2", "fma"} - cpu_flags()
-    if missing:
-        return f"this CPU lacks {' and '.join(sorted(missing))} (nothing to fix: only slower)"
-    return build.built(SOURCE, FLAGS, path)
-
-
 def kernel_library() -> Optional[str]:
     """The built library's path if its kernels can run in this process, else None.
     Decided once per process; on CPU the reason is logged once when it cannot."""
@@ -57,17 +49,16 @@ def kernel_library() -> Optional[str]:
     _state["library"] = None
     if ms.get_context("device_target") != "CPU":
         return None  # GPU and Ascend have their own depthwise kernels
-    path = library_path()
-    reason = _why_unavailable(path)
-    if reason is None:
-        try:
-            _state["handle"] = ctypes.CDLL(str(path))  # the same loaded copy MindSpore's dlopen gets
-        except OSError as err:
-            reason = f"loading {path} failed ({err}); delete it to rebuild"
-    if reason is not None:
-        logger.warning(f"not using the faster AVX2 kernels (MindSpore's ops instead, same results): {reason}")
+    try:
+        missing = {"avx2", "fma"} - cpu_flags()
+        if missing:
+            raise build.Unavailable(f"this CPU lacks {' and '.join(sorted(missing))} (nothing to fix: only slower)")
+        # the same loaded copy MindSpore's dlopen gets
+        _state["handle"] = build.load(SOURCE, FLAGS, LIBRARY_NAME, depends_on=ms.__version__)
+    except build.Unavailable as why:
+        logger.warning(f"not using the faster AVX2 kernels (MindSpore's ops instead, same results): {why}")
         return None
-    _state["library"] = str(path)
+    _state["library"] = str(library_path())
     set_threads(_state.get("threads") or physical_cores())
     return _state["library"]
 

@@ -30,20 +30,16 @@ def library(say_why: bool = True) -> Optional[ctypes.CDLL]:
     if "library" in _state:
         return _state["library"]
     _state["library"] = None
-    path = build.library_path(SOURCE, FLAGS + LIBRARIES, LIBRARY_NAME)
-    reason = build.built(SOURCE, FLAGS, path, LIBRARIES)
-    if reason is None:
-        try:
-            handle = ctypes.CDLL(str(path))
-            handle.DecodeJpegCrop.restype = ctypes.c_int
-            handle.DecodeJpegCrop.argtypes = [ctypes.c_char_p, ctypes.c_ulong] + [ctypes.c_int] * 5 + [
-                ctypes.c_void_p, ctypes.c_char_p]
-            _state["library"] = handle
-        except (OSError, AttributeError) as err:
-            reason = f"loading {path} failed ({err}); delete it to rebuild"
-    if reason is not None and say_why:
-        logger.warning(f"decoding whole JPEGs, not only the crop (the same pixels, slower): {reason}; "
-                       "for libjpeg-turbo's headers: apt-get install libjpeg-dev")
+    try:
+        handle = build.load(SOURCE, FLAGS, LIBRARY_NAME, LIBRARIES)
+        handle.DecodeJpegCrop.restype = ctypes.c_int
+        handle.DecodeJpegCrop.argtypes = [ctypes.c_char_p, ctypes.c_ulong] + [ctypes.c_int] * 5 + [
+            ctypes.c_void_p, ctypes.c_char_p]
+        _state["library"] = handle
+    except (build.Unavailable, AttributeError) as why:  # AttributeError: a library without DecodeJpegCrop
+        if say_why:
+            logger.warning(f"decoding whole JPEGs, not only the crop (the same pixels, slower): {why}; "
+                           "for libjpeg-turbo's headers: apt-get install libjpeg-dev")
     return _state["library"]
 
 

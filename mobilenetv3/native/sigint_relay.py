@@ -6,7 +6,6 @@ SIGTERM handler in front that hands a SIGTERM the process sent itself to Python 
 other on. Python's `signal.signal(SIGTERM, ...)` replaces it: install again after each such call. Without a
 C++ compiler install() says why once and returns False; Ctrl-C then reads as SIGTERM, as before.
 """
-import ctypes
 import logging
 
 from . import build
@@ -23,14 +22,9 @@ def install() -> bool:
     """Put the relay in front of the current SIGTERM handler; True when it is there. Call it from the
     main thread, with SIGINT handled by Python (its default)."""
     if "library" not in _state:
-        _state["library"] = None
-        path = build.library_path(SOURCE, FLAGS, LIBRARY_NAME)
-        reason = build.built(SOURCE, FLAGS, path)
-        if reason is None:
-            try:
-                _state["library"] = ctypes.CDLL(str(path))
-            except OSError as err:
-                reason = f"loading {path} failed ({err}); delete it to rebuild"
-        if reason is not None:
-            logger.warning(f"Ctrl-C during a MindSpore graph run will read as SIGTERM: {reason}")
+        try:
+            _state["library"] = build.load(SOURCE, FLAGS, LIBRARY_NAME)
+        except build.Unavailable as why:
+            _state["library"] = None
+            logger.warning(f"Ctrl-C during a MindSpore graph run will read as SIGTERM: {why}")
     return _state["library"] is not None and _state["library"].InstallSigintRelay() == 0
