@@ -40,7 +40,8 @@ def main(argv=None):
     from mobilenetv3.cluster.distributed import init_distributed
     from mobilenetv3.data.preprocessing import resolve
     from mobilenetv3.deploy.inference import load_model
-    from mobilenetv3.deploy.outputs import check_writable_file, written_whole
+    from mobilenetv3.atomic import written_whole
+    from mobilenetv3.deploy.outputs import check_writable_file
     from mobilenetv3.evaluation import chance_level_warning, evaluate_folder
     device.setup(config.device_target, config.seed, device_id=config.device_id)
     dist = init_distributed(config.device_target, config.run_distribute, config.device_id)

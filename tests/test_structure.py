@@ -14,7 +14,7 @@ NAME = PACKAGE.name
 MOST_LINES = 350
 
 # Small modules every part may use, left out of docs/architecture.md's picture.
-UTILITIES = {"errors", "log", "progress"}
+UTILITIES = {"atomic", "errors", "log", "progress"}
 
 
 def module_name(path: Path) -> str:

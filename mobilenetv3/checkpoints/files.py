@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple
 import mindspore as ms
 import numpy as np
 
+from ..atomic import written_whole
 from ..errors import UserError
 from .meta import META_KEY, parse_meta
 
@@ -41,21 +42,21 @@ def follow_umask(path):
 def save(path, tensors: Dict[str, ms.Tensor], meta: dict):
     """Write `tensors` and `meta` to `path` atomically: a crash leaves the old file or the new, never half.
 
-    MindSpore only writes names ending in .ckpt, so the temporary file is a hidden
-    ".<name>.<pid>.partial.ckpt" that checkpoint listings never match, one per process; MindSpore itself
-    writes it as ".<name>.<pid>.partial.tmp" first. A failed write removes both.
+    MindSpore only writes names ending in .ckpt, which written_whole's hidden ".<name>.<pid>.partial.ckpt"
+    keeps (checkpoint listings never match it); MindSpore itself writes it as ".<name>.<pid>.partial.tmp"
+    first. A failed write removes both.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.ckpt")
     entries = [{"name": name, "data": value} for name, value in tensors.items()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
-        follow_umask(tmp)
-        os.replace(tmp, path)
+        with written_whole(path) as partial:
+            try:
+                ms.save_checkpoint(entries, str(partial), append_dict={META_KEY: json.dumps(meta)}, crc_check=True)
+            finally:
+                partial.with_suffix(".tmp").unlink(missing_ok=True)
+            follow_umask(partial)
     except (OSError, RuntimeError, ValueError) as err:
-        for partial in (tmp, tmp.with_suffix(".tmp")):
-            partial.unlink(missing_ok=True)
         raise UserError(f"could not write checkpoint {path} ({err}); check that {path.parent} is writable "
                         "and has free space. Earlier checkpoints are untouched.") from None
 

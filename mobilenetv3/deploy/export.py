@@ -20,7 +20,7 @@ from ..data.preprocessing import INTERPOLATIONS, recorded
 from ..errors import UserError
 from ..models.passes import written_out
 from .onnx_graph import fuse_onnx_graph
-from .outputs import written_whole
+from ..atomic import written_whole
 
 logger = logging.getLogger(__name__)
 

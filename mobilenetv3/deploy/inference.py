@@ -30,7 +30,7 @@ from ..progress import progress
 from . import export
 from .onnx_backend import onnx_model
 from .openvino_backend import openvino_model
-from .outputs import written_whole
+from ..atomic import written_whole
 
 
 @dataclass

@@ -1,7 +1,5 @@
 """Result files the scripts write (predictions, metrics, exported models): checked before the work that
-fills them, and written whole or not at all."""
-import contextlib
-import os
+fills them (they are written whole or not at all: checkpoints.files.written_whole)."""
 from pathlib import Path
 
 from ..errors import UserError
@@ -25,17 +23,3 @@ def check_writable_file(path, flag: str) -> Path:
         raise UserError(f"{flag} {path} cannot be written ({err.strerror}); pass a path in a writable folder") \
             from None
     return path
-
-
-@contextlib.contextmanager
-def written_whole(path):
-    """Yields a hidden name beside `path` (same suffix) to write to, renamed to `path` when the block ends
-    without error: a run stopped by Ctrl-C or an error leaves no file that looks complete, and an older
-    file of that name stays as it was until the new one is whole."""
-    path = Path(path)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

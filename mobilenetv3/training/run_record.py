@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .. import log
+from ..atomic import written_whole
 from ..errors import UserError
 from ..native.cpu_info import cpu_model
 
@@ -73,9 +74,8 @@ class MetricsFile:
         self.path = Path(directory) / METRICS_FILE
         kept = [line for line in read_metrics(self.path, drop_cut_end=True)
                 if line["epoch"] <= resumed_epoch] if resumed_epoch else []
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
-        tmp.replace(self.path)
+        with written_whole(self.path) as partial:
+            partial.write_text("".join(json.dumps(line) + "\n" for line in kept))
 
     def append(self, record: dict):
         with self.path.open("a") as out:
