@@ -57,15 +57,17 @@ MODEL_FILE_KEYS = ("model", "num_classes", "width", "bn_momentum", "bn_eps", "re
 QUIET_RANK_GRACE_SECONDS = 1.0
 
 
-def apply_process_defaults():
+def apply_process_defaults(runs_graphs: bool = True):
     """The environment and affinity MindSpore should start with (a value the user exported wins): oneDNN
     capped at AVX2 on AVX-512 CPUs, MindSpore's log on ranks other than 0 at errors, every thread free to
-    run on every CPU under mpirun, and a Ctrl-C that stays one while MindSpore runs a graph
-    (native/sigint_relay.py). Before MindSpore is imported and its thread pools start."""
+    run on every CPU under mpirun, and, for a process that `runs_graphs`, a Ctrl-C that stays one while
+    MindSpore runs a graph (native/sigint_relay.py, built on first use). Before MindSpore is imported and
+    its thread pools start."""
     cap_onednn_isa()
     apply_log_defaults()
     release_core_binding()
-    sigint_relay.install()
+    if runs_graphs:
+        sigint_relay.install()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,15 +117,16 @@ def parse_args(argv=None, description="", epilog="", keys=None) -> Config:
     return config
 
 
-def run_cli(main, argv=None):
-    """Run a script's main(argv) after apply_process_defaults and log.configure, turning the errors users
+def run_cli(main, argv=None, runs_graphs: bool = True):
+    """Run a script's main(argv) after apply_process_defaults(runs_graphs: False for a script that never runs
+    a MindSpore graph) and log.configure, turning the errors users
     cause into one line and exit status 2 (or the error's exit_code), and Ctrl-C (KeyboardInterrupt) into
     one line and status 130, as a shell reports a process ended by SIGINT. Under mpirun, an exception only
     this rank raised ends every rank (see cluster/mpi_bridge.py).
 
     File names that are not valid UTF-8 are printed as the bytes they are (surrogateescape) rather than
     refused by a strict UTF-8 stdout; every other character encodes in UTF-8 anyway."""
-    apply_process_defaults()
+    apply_process_defaults(runs_graphs)
     log.configure()
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure") and codecs.lookup(stream.encoding or "ascii").name == "utf-8":

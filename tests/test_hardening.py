@@ -18,7 +18,7 @@ from mobilenetv3.checkpoints.meta import read_meta
 from mobilenetv3.training import run_folder
 from mobilenetv3.errors import UserError
 from mobilenetv3.training.trainer import train
-from conftest import REPO
+from conftest import REPO, run_script
 
 # Dropout stays at its default (0.2) and stochastic depth is on: their masks follow the global step, so
 # resumed runs must match too.
@@ -323,6 +323,16 @@ def test_a_sigterm_the_process_sends_itself_is_the_ctrl_c_it_was_and_another_sta
     assert result.stdout.strip() == "['SIGTERM', 'SIGINT']", result.stderr
 
 
+@pytest.mark.parametrize("script, builds", [("plot", False), ("infer", True)])
+def test_only_scripts_that_run_graphs_build_and_install_the_ctrl_c_relay(script, builds, tmp_path):
+    """plot.py never runs a MindSpore graph: its --help builds no C++ library and warns of nothing, even
+    with no compiler; infer.py's says why Ctrl-C will read as SIGTERM."""
+    result = run_script(script, "--help", env=dict(XDG_CACHE_HOME=str(tmp_path), CXX="false"))
+    assert result.returncode == 0, result.stderr
+    assert ("Ctrl-C during a MindSpore graph run will read as SIGTERM: compiling it failed" in result.stderr) == builds
+    assert builds or result.stderr == ""
+
+
 def test_ctrl_c_during_infer_exits_130_at_once_without_a_traceback_or_an_output_file(tmp_path):
     """The predictions are written only when all are made, and then whole (written_whole)."""
     from mobilenetv3 import create_model
@@ -350,7 +360,7 @@ def test_ctrl_c_during_infer_exits_130_at_once_without_a_traceback_or_an_output_
 
 
 def test_a_result_file_is_written_whole_or_not_at_all(tmp_path):
-    from mobilenetv3.deploy.outputs import written_whole
+    from mobilenetv3.atomic import written_whole
     path = tmp_path / "metrics.json"
     path.write_text("older")
     with pytest.raises(KeyboardInterrupt):
