@@ -129,8 +129,10 @@ def test_eval_gives_the_same_metrics_with_both_backends_and_a_given_onnx(model_c
 
 def assert_same_logits(actual, expected):
     """Equal up to float32 rounding: kernels that sum in another order (ONNX Runtime against MindSpore, or
-    torch against MindSpore) differ by ~1e-6 of the logits' size after 50 layers, so the bound is 1e-5 of it."""
-    assert np.abs(actual - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
+    torch against MindSpore) differ by ~1e-6 of the logits' size after 50 layers, and up to 1.1e-5 for Large
+    on an AVX2-only EPYC (ONNX Runtime's AVX2 kernels), so the bound is 3e-5 of it: far below what a wrong
+    BatchNorm eps, a dropped bias or a misplaced activation moves them by."""
+    assert np.abs(actual - expected).max() <= 3e-5 * max(1.0, np.abs(expected).max())
 
 
 def onnx_logits(path, images):
