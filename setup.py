@@ -21,8 +21,9 @@ setup(
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboardX"],  # train.py --tensorboard DIR
         "serve": ["starlette", "uvicorn", "python-multipart"],
-        # httpx2: Starlette's test client
-        "dev": ["pytest", "torch==2.13.0", "onnx", "onnxruntime", "openvino", "matplotlib", "tensorboardX", "starlette",
+        # httpx2: Starlette's test client; pytest-xdist: the suite on every core (scripts/test.sh), whose
+        # --dist loadgroup pytest 9.2 breaks (tests/conftest.py)
+        "dev": ["pytest<9.2", "pytest-xdist", "torch==2.13.0", "onnx", "onnxruntime", "openvino", "matplotlib", "tensorboardX", "starlette",
                 "uvicorn", "python-multipart", "httpx2"],
     },
 )

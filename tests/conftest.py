@@ -1,4 +1,6 @@
-"""Shared fixtures: CPU device, tiny synthetic image folders, small configs."""
+"""Shared fixtures: CPU device, tiny synthetic image folders, small configs; which tests pytest-xdist must
+keep on one worker."""
+import fcntl
 import os
 import re
 import shutil
@@ -24,6 +26,10 @@ sys.path.insert(0, str(REPO))  # benchmarks/ (the harness and the PyTorch twin) 
 sys.path.insert(0, str(REPO / "scripts"))  # fashion_mnist.py, the demo's data writer, lives beside its script
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)
+
+# Tests that start mpirun or msrun jobs (several MindSpore processes, a scheduler port, network namespaces)
+# run one at a time, on one pytest-xdist worker (--dist loadgroup), beside the other worker's lighter tests.
+ONE_JOB_AT_A_TIME = pytest.mark.xdist_group("launched_jobs")
 
 # The seed README's step line, widths included: "Epoch:[ 90/ 120], step:[    1/ 2502], ...".
 STEP_LINE = re.compile(r"^Epoch:\[[ \d]{2}\d/[ \d]{3}\d\], step:\[[ \d]{4}\d/[ \d]{4}\d\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "
@@ -56,19 +62,35 @@ def write_image_folder(root: Path, per_class: dict, size=(40, 48), seed=0, colou
     return root
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """`make(folder)` -> a path in that empty folder, run once per test run: with pytest-xdist the first worker
+    to ask makes it in the run's shared temporary folder while the others wait for it. What it makes is
+    read-only to its users (copy it before writing beside it)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # each worker's basetemp is a folder of the run's
+    folder, made = base / name, base / f"{name}.made"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if not made.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            made.write_text(str(Path(make(folder)).relative_to(folder)))
+        return folder / made.read_text()
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
-    return write_image_folder(tmp_path_factory.mktemp("images"), {"train": 16, "val": 6})
+    return made_once(tmp_path_factory, "images", lambda folder: write_image_folder(folder, {"train": 16, "val": 6}))
 
 
 @pytest.fixture(scope="session")
 def trained_once(image_folder, tmp_path_factory):
     """Two epochs at BN momentum 0.5 (settled statistics), so the probabilities differ between images."""
-    config = build_config(overrides=dict(
+    return made_once(tmp_path_factory, "trained_once", lambda folder: train(build_config(overrides=dict(
         device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=2, resize=32,
         num_parallel_workers=2, bn_momentum=0.5, max_lr=0.02, decay_epoch=2, dataset_sink_mode=False,
-        log_interval=100, ckpt_save_dir=str(tmp_path_factory.mktemp("ckpt"))))
-    return Path(train(config))
+        log_interval=100, ckpt_save_dir=str(folder)))))
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +106,10 @@ def trained_longer(image_folder, tmp_path_factory):
     """The test suite's tiny training run, for 6 epochs instead of 2: after 2 one class's activations are
     tens of times larger than the others', so one int8 range per tensor (set by that class) rounds the
     others' features to almost nothing and their top-1 to chance; a trained model has no such gap."""
-    config = build_config(overrides=dict(
+    return made_once(tmp_path_factory, "trained_longer", lambda folder: train(build_config(overrides=dict(
         device_target="CPU", data_url=str(image_folder), num_classes=3, batch_size=8, epoch_size=6, resize=32,
         num_parallel_workers=2, bn_momentum=0.9, max_lr=0.05, decay_epoch=6, dataset_sink_mode=False,
-        log_interval=100, ckpt_save_dir=str(tmp_path_factory.mktemp("ckpt"))))
-    return Path(train(config))
+        log_interval=100, ckpt_save_dir=str(folder)))))
 
 
 @pytest.fixture
@@ -145,12 +166,37 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes minutes; skipped unless --runslow is given")
+    if getattr(config.option, "dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
+        # pytest 9.2 keeps node ids where pytest-xdist (3.8) cannot mark their group: every group would be
+        # split over the workers, its module fixtures made on each and the launched jobs run side by side.
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup: "
+                                "pip install 'pytest<9.2' (the dev extra asks for it)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
+    share_module_fixtures(items)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def share_module_fixtures(items):
+    """For pytest-xdist's --dist loadgroup: the tests of a module that share a module-scoped fixture (a training
+    run, an export, a server) run on one worker, which makes the fixture once; other tests go wherever a worker
+    is free. The largest units first, so that none is left to run alone at the end: the launched jobs, then
+    the modules' groups, then single tests (a stable sort: collection order within each)."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if item.get_closest_marker("xdist_group") is None and fixtures is not None and any(
+                definitions[-1].scope == "module" for definitions in fixtures.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def unit(item):
+        group = item.get_closest_marker("xdist_group")
+        return 2 if group is None else 0 if group.args == ONE_JOB_AT_A_TIME.args else 1
+    items.sort(key=unit)
+

@@ -16,6 +16,9 @@ import pytest
 
 from mobilenetv3.cluster import distributed, launchers
 from mobilenetv3.cluster.distributed import DistInfo, all_reduce_sum, check_same_config, init_distributed
+from conftest import ONE_JOB_AT_A_TIME
+
+pytestmark = ONE_JOB_AT_A_TIME
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = Path(__file__).with_name("distributed_job.py")

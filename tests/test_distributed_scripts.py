@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, STEP_LINE, write_image_folder
+from conftest import ONE_JOB_AT_A_TIME, REPO, STEP_LINE, write_image_folder
 
 MPIRUN = shutil.which("mpirun")
-pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not installed")
+pytestmark = [pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not installed"), ONE_JOB_AT_A_TIME]
 COMMON = ["--device_target", "CPU", "--num_classes", 3, "--resize", 32, "--num_parallel_workers", 1]
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from mobilenetv3.cluster import gpu_env
 from mobilenetv3.errors import mindspore_cause
-from conftest import REPO, run_script
+from conftest import ONE_JOB_AT_A_TIME, REPO, run_script
 
 
 def _has_driver():
@@ -125,6 +125,7 @@ def test_a_gpu_a_config_file_names_or_a_launched_job_defaults_to_stops_when_ther
 
 @no_gpu_here
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun (OpenMPI) is not installed")
+@ONE_JOB_AT_A_TIME
 def test_a_gpu_recipe_under_mpirun_without_a_gpu_stops_every_rank_in_one_line(tmp_path, image_folder):
     """Before: eight ranks trained on the CPU with exit status 0, and only rank 0 said why."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("OMPI_", "PMIX_"))}

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from mobilenetv3.checkpoints import files as checkpoint
-from conftest import REPO
+from conftest import ONE_JOB_AT_A_TIME, REPO
 
 MPIRUN = shutil.which("mpirun")
-pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not installed")
+pytestmark = [pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not installed"), ONE_JOB_AT_A_TIME]
 # On SIGTERM (or SIGINT) OpenMPI 4's mpirun sends the ranks SIGCONT, SIGTERM odls_base_sigkill_timeout seconds
 # later (1 by default), and SIGKILL as long again after that; SIGUSR1 it forwards at once, and does nothing else.
 GRACE = 3
@@ -86,7 +86,9 @@ def stop_and_resume(image_folder, ckpt_dir, signum, when, *extra):
     return seconds
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+# SIGTERM is what SLURM and Kubernetes send; SIGUSR1 (SLURM's --signal) takes another path through mpirun, run
+# with --runslow to keep the default suite short.
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)])
 def test_a_signal_to_mpirun_stops_both_ranks_at_one_step_and_resumes_exactly(image_folder, tmp_path, uninterrupted,
                                                                            signum):
     seconds = stop_and_resume(image_folder, tmp_path, signum, f"Epoch:[  1/   {EPOCHS}], step:[    2/   {STEPS}]")
