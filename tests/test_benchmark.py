@@ -163,6 +163,7 @@ def test_without_onnxruntime_or_onnx_leaves_that_comparison_out_and_says_why(pac
     assert f"NOTE: {comparison['reason']}" in result.stdout.splitlines()
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_int8_comparison_runs_the_quantized_export_against_the_float32_one(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "bench.json"
@@ -185,6 +186,7 @@ def test_int8_comparison_runs_the_quantized_export_against_the_float32_one(tmp_p
     assert "int8: ours = our ONNX export quantized to int8" in result.stdout and "NOTE" not in result.stdout
 
 
+@pytest.mark.slow  # CI time: run with --runslow
 def test_openvino_comparisons_run_the_float32_and_int8_files_against_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

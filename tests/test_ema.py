@@ -20,6 +20,7 @@ from mobilenetv3.training.trainer import train
 DECAY = 0.75  # 1 - DECAY is exact in float32, so the expected average is computed as the graph does
 
 
+@pytest.mark.slow  # an O2 graph compiles for half a minute on CPU: run with --runslow
 def test_o2_clips_and_averages_the_float32_weights_and_skips_overflowed_steps():
     """Plain SGD (momentum 0, no weight decay), so the first update is lr times the clipped gradient."""
     lr, clip = 0.5, 1e-3

@@ -45,7 +45,8 @@ def trained_like(model_name, seed=0):
 
 
 @pytest.mark.parametrize("fused_kernels", [pytest.param(True, marks=needs_kernels), False])
-@pytest.mark.parametrize("model_name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+# Large, the same blocks at other sizes: with --runslow.
+@pytest.mark.parametrize("model_name", ["mobilenet_v3_small", pytest.param("mobilenet_v3_large", marks=pytest.mark.slow)])
 def test_inference_network_gives_the_same_logits(model_name, fused_kernels):
     images = ms.Tensor(np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32))
     expected = trained_like(model_name)(images).asnumpy()

@@ -352,7 +352,7 @@ def optimised_op_types(path) -> Counter:
     return op_types(options.optimized_model_filepath)
 
 
-@pytest.mark.parametrize("model_name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+@pytest.mark.parametrize("model_name", ["mobilenet_v3_small", pytest.param("mobilenet_v3_large", marks=pytest.mark.slow)])  # Large: with --runslow
 def test_export_is_the_graph_of_torchs_export(model_name, tmp_path):
     """Our export of a network and torch's export of its twin with the same weights: the same op types in
     the file (BN folded, HardSwish/HardSigmoid as single ops), the same graph after ONNX Runtime's

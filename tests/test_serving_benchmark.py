@@ -12,6 +12,7 @@ from conftest import run_script
 pytest.importorskip("uvicorn", reason="the serve extra: pip install -e '.[serve]'")
 
 
+@pytest.mark.slow  # four servers started: run with --runslow
 def test_a_tiny_serving_benchmark_reports_consistent_rows(tmp_path):
     out = tmp_path / "serving.json"
     result = run_script("serving", "--quick", "--clients", 1, 3, "--requests", 4, "--window_seconds", 2,
