@@ -1,5 +1,5 @@
 """Result files the scripts write (predictions, metrics, exported models): checked before the work that
-fills them (they are written whole or not at all: checkpoints.files.written_whole)."""
+fills them (they are written whole or not at all: atomic.written_whole)."""
 from pathlib import Path
 
 from ..errors import UserError
