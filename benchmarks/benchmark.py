@@ -5,7 +5,7 @@ Examples:
   python benchmarks/benchmark.py --models small --batch_sizes 1 8 64 --json bench.json
   python benchmarks/benchmark.py --backends onnxruntime --threads 1  # the ONNX Runtime comparison only
   python benchmarks/benchmark.py --backends int8 --threads 1        # int8 against float32, both in ONNX Runtime
-  python benchmarks/benchmark.py --backends int8 openvino openvino_int8 --threads 2  # every deployment path
+  python benchmarks/benchmark.py --backends int8 openvino openvino_bf16 openvino_int8 --threads 2  # every deployment path
   python benchmarks/benchmark.py --quick --json bench.json         # smoke run: small, batch 1 and 8, short windows
   python benchmarks/benchmark.py --data_only --json data.json      # the data pipelines alone
 
@@ -19,6 +19,7 @@ Comparisons, each a row group of the table (column "backend"); the first two run
   int8         our ONNX export quantized to int8 (as scripts/export.py --quantize int8 does) against the
                float32 export, both in ONNX Runtime: the inference figures (--backends int8).
   openvino     OpenVINO (--backend openvino) on our float32 export against ONNX Runtime on the same file;
+  openvino_bf16  the same, OpenVINO computing in bf16 (--precision bf16; f32 on CPUs without native bf16);
   openvino_int8  OpenVINO on the int8 file against ONNX Runtime on the float32 export (pip install openvino).
 Each row gives ours, the baseline and the ratio ours/baseline. The baselines need PyTorch (pip install
 torch==2.13.0), the onnxruntime comparison onnxruntime and onnx (pip install onnxruntime onnx); what is

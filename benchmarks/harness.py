@@ -9,8 +9,9 @@
 - "int8" (only when asked for, --backends int8): that export quantized to int8 as scripts/export.py
   --quantize int8 does (deploy.quantize.quantize_onnx, calibrated here on 32 random images: speed does not
   depend on the values) against the float32 export itself, both in ONNX Runtime as above.
-- "openvino" and "openvino_int8" (when asked for): OpenVINO (deploy.openvino_backend, as --backend openvino
-  runs it) on our float32 export, and on its int8 file, each against ONNX Runtime on the float32 export.
+- "openvino", "openvino_bf16" and "openvino_int8" (when asked for): OpenVINO (deploy.openvino_backend, as
+  --backend openvino runs it) on our float32 export, the same computing in bf16 (--precision bf16), and on its
+  int8 file, each against ONNX Runtime on the float32 export.
   With "int8" in the same run, every deployment path has a ratio to ONNX Runtime float32.
 
 Every model is measured in fresh worker processes, one per side, so that the first-step (compile)
@@ -51,7 +52,7 @@ from mobilenetv3.native.cpu_info import allowed_cpus, available_cpus
 from mobilenetv3.training.run_record import peak_rss_mb
 
 MODELS = {"small": "mobilenet_v3_small", "large": "mobilenet_v3_large"}
-BACKENDS = ("mindspore", "onnxruntime", "int8", "openvino", "openvino_int8")  # keys of COMPARISONS, in running order
+BACKENDS = ("mindspore", "onnxruntime", "int8", "openvino", "openvino_bf16", "openvino_int8")  # keys of COMPARISONS, in running order
 DEFAULT_BACKENDS = ("mindspore", "onnxruntime")
 
 

@@ -149,8 +149,9 @@ class OnnxRuntimeRunner:
 
 
 class OpenVinoRunner:
-    """An exported graph compiled by OpenVINO (deploy.openvino_backend, as --backend openvino runs it):
-    inference only."""
+    """An exported graph compiled by OpenVINO (deploy.openvino_backend, as --backend openvino runs it, in
+    `precision`): inference only."""
+    precision = "f32"
 
     def __init__(self, path, settings):
         # CompiledOnnx turns a missing openvino into a UserError; an ImportError here marks the comparison
@@ -158,7 +159,7 @@ class OpenVinoRunner:
         import openvino  # noqa: F401
         from mobilenetv3.deploy.openvino_backend import CompiledOnnx
         start = time.perf_counter()
-        loaded = CompiledOnnx(path, settings.threads)
+        loaded = CompiledOnnx(path, settings.threads, self.precision)
         self.request = loaded.compiled.create_infer_request()
         self.info = {"threads": loaded.compiled.get_property("INFERENCE_NUM_THREADS"),
                      "session_seconds": time.perf_counter() - start,
@@ -175,6 +176,11 @@ class OpenVinoRunner:
                                         self.settings.seed)
             self.steps[batch_size] = lambda: self.request.infer([images])[0]
         return self.steps[batch_size]
+
+
+class OpenVinoBf16Runner(OpenVinoRunner):
+    """As --backend openvino --precision bf16 runs it (f32 on CPUs without native bf16: its info says which)."""
+    precision = "bf16"
 
 
 def graph_summary(path) -> dict:
@@ -329,6 +335,14 @@ COMPARISONS = {
         baseline="the same file in ONNX Runtime {onnxruntime}",
         ours_missing="OpenVINO, ONNX Runtime or onnx is not importable ({reason}): the OpenVINO comparison is left "
                      "out; " + OPENVINO_INSTALL,
+        baseline_missing="{reason}"),
+    "openvino_bf16": Comparison(
+        runners={"ours": OpenVinoBf16Runner, "baseline": OnnxRuntimeRunner}, modes=("infer",),
+        prepare=prepare_one_export, ours="our float32 ONNX export in OpenVINO {openvino} computing in bf16 "
+                                         "(--backend openvino --precision bf16)",
+        baseline="the same file in ONNX Runtime {onnxruntime}",
+        ours_missing="OpenVINO, ONNX Runtime or onnx is not importable ({reason}): the OpenVINO bf16 comparison is "
+                     "left out; " + OPENVINO_INSTALL,
         baseline_missing="{reason}"),
     "openvino_int8": Comparison(
         runners={"ours": OpenVinoRunner, "baseline": OnnxRuntimeRunner}, modes=("infer",),

@@ -38,16 +38,16 @@ PREPROCESSING_KEYS = ["interpolation", "crop_pct", "mean", "std"]
 EVAL_DATA_KEYS = ["device_target", "device_id", "data_url", "pretrained", "use_ema", "batch_size",
                   "num_parallel_workers", "resize", *PREPROCESSING_KEYS, "seed"]
 TRAIN_KEYS = [name for name in FIELDS if name not in ("use_ema", "top_k", "output", "json", "val_labels", "val_synsets",
-                                                     "backend", "threads", "file_format", "file_name", "quantize",
+                                                     "backend", "threads", "precision", "file_format", "file_name", "quantize",
                                                      "calib_data", "calib_images", "source", "input", "preset",
                                                      "host", "port", "max_batch", "max_wait_ms", "max_bytes",
                                                      "max_queue")]
-EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "run_distribute", "json", "val_labels", "val_synsets"]
-INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "top_k", "output"]
+EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "precision", "run_distribute", "json", "val_labels", "val_synsets"]
+INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "precision", "top_k", "output"]
 EXPORT_KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
                "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images"]
 SERVE_KEYS = MODEL_KEYS + ["device_target", "device_id", "pretrained", "use_ema", "resize", *PREPROCESSING_KEYS,
-                          "backend", "threads", "num_parallel_workers", "top_k", "host", "port", "max_batch",
+                          "backend", "threads", "precision", "num_parallel_workers", "top_k", "host", "port", "max_batch",
                           "max_wait_ms", "max_bytes", "max_queue"]
 CONVERT_KEYS = ["source", "input", "model", "width", "output", "preset"]
 # What the command line says of a model file to run, where the file's meta is silent (deploy.inference.load_model).

@@ -158,6 +158,10 @@ class Config:
                        choices=["mindspore", "onnxruntime", "openvino"])
     threads: int = key(0, "CPU threads for eval and infer (MindSpore CPU kernels, ONNX Runtime intra-op, OpenVINO); "
                        "0: one per physical core", minimum=0)
+    precision: str = key("f32", "Number format OpenVINO computes in (backend openvino): f32, its logits equal to ONNX "
+                         "Runtime's to float rounding; bf16, faster on CPUs that compute bfloat16 natively (AVX512_BF16 "
+                         "or AMX), the logits to about 3 significant digits: eval tells what it costs",
+                         choices=["f32", "bf16"])
     file_format: str = key("MINDIR", "Export format", choices=["MINDIR", "ONNX"])
     file_name: Optional[str] = key(None, "Export file name (default: next to the checkpoint)")
     quantize: str = key("none", "Export int8: also quantize the ONNX export with ONNX Runtime (static, calibrated on "

@@ -48,7 +48,7 @@ def main(argv=None):
     if config.json and dist.rank == 0:
         check_writable_file(config.json, "--json")
     predict, meta = load_model(config.pretrained, config.backend, config.threads, config.use_ema,
-                               config.subset(MODEL_FILE_KEYS), config.flags)
+                               config.subset(MODEL_FILE_KEYS), config.flags, config.precision)
     preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     if dist.rank == 0:
         print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format

@@ -42,7 +42,7 @@ def main(argv=None):
         check_writable_file(config.output, "--output")
     device.setup(config.device_target, config.seed, device_id=config.device_id)
     predict, meta = load_model(config.pretrained, config.backend, config.threads, config.use_ema,
-                               config.subset(MODEL_FILE_KEYS), config.flags)
+                               config.subset(MODEL_FILE_KEYS), config.flags, config.precision)
     preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     print(preprocessing_line, file=sys.stderr)  # stdout keeps the seed's format
     predictions, skipped = predict_images(predict, config.data_url, preprocessing, class_names_of(meta),

@@ -25,6 +25,7 @@ from mobilenetv3.config import build_config  # noqa: E402
 from mobilenetv3.deploy import export, onnx_backend  # noqa: E402
 from mobilenetv3.deploy.inference import class_names_of, load_model  # noqa: E402
 from mobilenetv3.deploy.onnx_graph import ONNX_OPSET  # noqa: E402
+from mobilenetv3.errors import UserError  # noqa: E402
 from mobilenetv3.native import cpu_info  # noqa: E402
 
 CLASSES = ["class_0", "class_1", "class_2"]
@@ -222,6 +223,19 @@ def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
     corrupt = script_error("infer", capsys, data_url=val, pretrained=tmp_path / "corrupt.onnx", backend="onnxruntime")
     assert corrupt.startswith(f"error: {tmp_path}/corrupt.onnx is truncated, corrupt or not an ONNX model "
                               "(InvalidProtobuf: ")
+
+
+def test_the_engine_of_a_model_file():
+    """What load_model runs and serve.py reports (it once reported an .onnx's engines as a list): an exported
+    file's own engine unless --backend names another that runs it; a checkpoint the backend asked for."""
+    from mobilenetv3.deploy.inference import engine_of
+    assert engine_of("m.onnx", "mindspore") == "onnxruntime"
+    assert engine_of("m.onnx", "openvino") == engine_of("m.onnx", "openvino", {"backend"}) == "openvino"
+    assert engine_of("m.MINDIR", "onnxruntime") == "mindspore"
+    assert [engine_of("m.ckpt", backend) for backend in ("mindspore", "onnxruntime", "openvino")] == [
+        "mindspore", "onnxruntime", "openvino"]
+    with pytest.raises(UserError, match="m.mindir is an exported MINDIR model: run it with --backend mindspore"):
+        engine_of("m.mindir", "openvino", {"backend"})
 
 
 @pytest.mark.parametrize("key, value, problem", [

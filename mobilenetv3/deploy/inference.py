@@ -43,13 +43,26 @@ class Prediction:
 
 # suffix -> (format, the backends that run it, the first when --backend is not a flag)
 EXPORTED_FORMATS = {".mindir": ("MINDIR", ("mindspore",)), ".onnx": ("ONNX", ("onnxruntime", "openvino"))}
-ONNX_BACKENDS = {"onnxruntime": onnx_model, "openvino": openvino_model}
+
+
+def engine_of(path, backend: str, flags: Collection[str] = ()) -> str:
+    """The backend that runs the model file `path`: `backend`, or an exported file's own engine when `backend`
+    cannot run it and is not a flag (the first of EXPORTED_FORMATS')."""
+    file_format, own_backends = EXPORTED_FORMATS.get(Path(path).suffix.lower(), (None, (backend,)))
+    if backend in own_backends:
+        return backend
+    if "backend" in flags:
+        raise UserError(f"{path} is an exported {file_format} model: run it with "
+                        f"{' or '.join('--backend ' + name for name in own_backends)} "
+                        f"(or pass the checkpoint it was exported from)")
+    return own_backends[0]
 
 
 def load_model(path, backend: str = "mindspore", threads: int = 0, use_ema: bool = False,
-               stated: Optional[dict] = None, flags: Collection[str] = ()) -> Tuple[Callable, dict]:
+               stated: Optional[dict] = None, flags: Collection[str] = (),
+               precision: str = "f32") -> Tuple[Callable, dict]:
     """(batch of CHW float32 images -> logits, the model's meta) for the model file `path` on `backend`,
-    with `threads` CPU threads (0: one per physical core).
+    with `threads` CPU threads (0: one per physical core), computing in `precision` (bf16: openvino only).
 
     mindspore runs a .ckpt (with BatchNorm folded into the convolutions, see models/folding.py; logits agree
     with the unfolded network to float32 rounding) or an exported .mindir, onnxruntime and openvino a .ckpt
@@ -66,14 +79,14 @@ def load_model(path, backend: str = "mindspore", threads: int = 0, use_ema: bool
     if file_format and use_ema:
         raise UserError(f"--use_ema picks a checkpoint's EMA weights, but {path} is an exported {file_format} model; "
                         "drop --use_ema, or export the checkpoint with --use_ema")
-    if backend not in own_backends:
-        if "backend" in flags:
-            raise UserError(f"{path} is an exported {file_format} model: run it with "
-                            f"{' or '.join('--backend ' + name for name in own_backends)} "
-                            f"(or pass the checkpoint it was exported from)")
-        backend = own_backends[0]  # the file says which engine runs it
-    if backend in ONNX_BACKENDS:
-        return ONNX_BACKENDS[backend](path, threads, use_ema, stated, flags)
+    backend = engine_of(path, backend, flags)
+    if precision != "f32" and backend != "openvino":
+        raise UserError(f"--precision {precision} is OpenVINO's: add --backend openvino (with an .onnx or a "
+                        f"checkpoint), or drop --precision")
+    if backend == "openvino":
+        return openvino_model(path, threads, use_ema, stated, flags, precision)
+    if backend == "onnxruntime":
+        return onnx_model(path, threads, use_ema, stated, flags)
     set_cpu_threads(threads)
     if file_format is None:
         expected = flagged(stated, flags)
@@ -148,8 +161,9 @@ class Classifier:
     path (decoded as infer.py decodes it), gives the `top_k` (class name, probability) pairs, most probable
     first. MindSpore runs on its default device unless the caller chose one (ms.set_device)."""
 
-    def __init__(self, path, top_k: int = 5, backend: str = "mindspore", threads: int = 0, use_ema: bool = False):
-        self.predict, meta = load_model(path, backend, threads, use_ema)
+    def __init__(self, path, top_k: int = 5, backend: str = "mindspore", threads: int = 0, use_ema: bool = False,
+                 precision: str = "f32"):
+        self.predict, meta = load_model(path, backend, threads, use_ema, precision=precision)
         self.preprocessing, _ = resolve(Preprocessing(), (), meta)
         self.class_names = class_names_of(meta)
         self.top_k = top_k

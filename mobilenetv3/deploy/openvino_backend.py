@@ -3,9 +3,13 @@
 compiled for its CPU plugin, which runs them faster (docs/performance.md). Everything happens in memory
 at run time: no converted model is written, nothing is downloaded.
 
-Float32 stays float32 (INFERENCE_PRECISION_HINT f32; on CPUs with bf16 OpenVINO would otherwise run in
-bf16), so the logits agree with ONNX Runtime's to float rounding; an int8 file's quantized ops run in int8.
+Float32 stays float32 unless --precision bf16 asks otherwise (INFERENCE_PRECISION_HINT; on CPUs with native
+bfloat16 OpenVINO's own default is bf16), so the logits agree with ONNX Runtime's to float rounding; an int8
+file's quantized ops run in int8, the rest in that precision.
 """
+import logging
+from dataclasses import replace
+from functools import partial
 from collections import Counter
 from pathlib import Path
 from typing import Collection, Optional
@@ -15,7 +19,10 @@ import numpy as np
 from ..checkpoints.meta import ONNX_META_KEY
 from ..cluster.device import cpu_threads
 from ..errors import UserError
+from ..native.cpu_info import onednn_uncapped
 from .onnx_backend import Runtime, checked_model, load_error
+
+logger = logging.getLogger(__name__)
 
 
 def _openvino():
@@ -40,19 +47,33 @@ def reason_of(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def native_precision(core, precision: str) -> str:
+    """`precision` if this CPU computes in it natively, else f32 with a warning: without AVX512_BF16 or AMX,
+    OpenVINO's CPU plugin would emulate bf16, slower than f32 and as inexact as bf16."""
+    if precision != "f32" and precision.upper() not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        logger.warning("--precision %s: this CPU has no native %s (OpenVINO's CPU plugin lists %s); computing in "
+                       "f32", precision, precision,
+                       ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+        return "f32"
+    return precision
+
+
 class CompiledOnnx:
     """An ONNX file read by OpenVINO (`model`: ov.Model, with the file's metadata) and compiled for the CPU
-    with `threads` threads (`compiled`)."""
+    with `threads` threads (`compiled`), computing in `precision` (f32 or bf16, see native_precision)."""
 
-    def __init__(self, path, threads: int = 0):
+    def __init__(self, path, threads: int = 0, precision: str = "f32"):
         ov = _openvino()
         frontend = ov.frontend.FrontEndManager().load_by_framework("onnx")  # the file is ONNX, whatever its name
         try:
             self.model = frontend.convert(frontend.load(str(path)))
-            self.compiled = ov.Core().compile_model(self.model, "CPU", {
-                "INFERENCE_NUM_THREADS": cpu_threads(threads), "INFERENCE_PRECISION_HINT": "f32",
-                "PERFORMANCE_HINT": "LATENCY",  # one stream: all threads on each call, as predict makes them
-                "ENABLE_CPU_PINNING": False})  # as ONNX Runtime's threads: free to move off a core others hold
+            with onednn_uncapped():
+                core = ov.Core()
+                self.compiled = core.compile_model(self.model, "CPU", {
+                    "INFERENCE_NUM_THREADS": cpu_threads(threads),
+                    "INFERENCE_PRECISION_HINT": native_precision(core, precision),
+                    "PERFORMANCE_HINT": "LATENCY",  # one stream: all threads on each call, as predict makes them
+                    "ENABLE_CPU_PINNING": False})  # as ONNX Runtime's threads: free to move off a core others hold
         except load_failures(ov) as err:
             raise load_error(path, f"OpenVINO: {reason_of(err)}") from None
         self.path = Path(path)
@@ -79,10 +100,11 @@ OPENVINO = Runtime(CompiledOnnx, CompiledOnnx.embedded_meta, CompiledOnnx.inputs
 
 
 def openvino_model(path, threads: int = 0, use_ema: bool = False, stated: Optional[dict] = None,
-                   flags: Collection[str] = ()):
+                   flags: Collection[str] = (), precision: str = "f32"):
     """(batch of CHW float32 images -> logits, the model's meta) for `path` (.ckpt or .onnx) run by OpenVINO
-    with `threads` threads: what inference.load_model returns for this backend."""
-    loaded, meta = checked_model(path, OPENVINO, threads, use_ema, stated, flags)
+    with `threads` threads in `precision`: what inference.load_model returns for this backend."""
+    runtime = replace(OPENVINO, open=partial(CompiledOnnx, precision=precision))
+    loaded, meta = checked_model(path, runtime, threads, use_ema, stated, flags)
     request = loaded.compiled.create_infer_request()
 
     def predict(images: np.ndarray) -> np.ndarray:

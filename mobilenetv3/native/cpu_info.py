@@ -1,6 +1,7 @@
 """What this machine's CPUs are and which of them this process may use: read here and nowhere else."""
 import os
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List
 
@@ -56,10 +57,28 @@ def physical_cores() -> int:
     return len(cores)
 
 
+ONEDNN_ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+
+
 def cap_onednn_isa(environ=None):
     """Cap oneDNN (inside MindSpore) at AVX2 on AVX-512 CPUs, where it picks slow reference kernels for
     depthwise convolutions. It reads the cap at MindSpore's first op, so call this before; a value the user
     exported wins."""
     environ = os.environ if environ is None else environ
-    if "ONEDNN_MAX_CPU_ISA" not in environ and "avx512f" in cpu_flags():
-        environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    if ONEDNN_ISA_CAP not in environ and "avx512f" in cpu_flags():
+        environ[ONEDNN_ISA_CAP] = "AVX2"
+
+
+@contextmanager
+def onednn_uncapped(environ=None):
+    """Without the cap while OpenVINO's CPU plugin, which carries its own oneDNN, starts and compiles: the cap
+    would keep it off AVX-512 (its VNNI int8 kernels included) and leave its bf16 convolutions with no kernel at
+    all. Each oneDNN reads the cap once, at its first ISA check, so restoring it afterwards leaves the compiled
+    model uncapped and MindSpore's oneDNN capped."""
+    environ = os.environ if environ is None else environ
+    cap = environ.pop(ONEDNN_ISA_CAP, None)
+    try:
+        yield
+    finally:
+        if cap is not None:
+            environ[ONEDNN_ISA_CAP] = cap

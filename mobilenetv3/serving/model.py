@@ -2,7 +2,6 @@
 threads), a batch of eval views to class probabilities (probabilities, in the batcher's thread), a row of
 probabilities to the top-k records a response carries, and what /metadata says of the model."""
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, List
 
 import numpy as np
@@ -12,7 +11,7 @@ from .. import __version__
 from ..data.decoding import READ_ERRORS, EncodedImage
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import eval_image
-from ..deploy.inference import EXPORTED_FORMATS, class_probabilities, top_classes
+from ..deploy.inference import class_probabilities, top_classes
 
 # Uploads with more pixels are refused before decoding: a small file (a PNG of one colour, a JPEG header
 # claiming 65535 x 65535) can otherwise make the service allocate gigabytes. Phone photos stay well below.
@@ -25,11 +24,6 @@ class ImageRefused(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-def backend_of(path, backend: str) -> str:
-    """The engine deploy.inference.load_model runs the model file `path` on: an exported file's own, else `backend`."""
-    return EXPORTED_FORMATS.get(Path(path).suffix.lower(), (None, backend))[1]
 
 
 def power_of_two_pieces(count: int) -> List[int]:
