@@ -20,7 +20,8 @@ Comparisons, each a row group of the table (column "backend"); the first two run
                float32 export, both in ONNX Runtime: the inference figures (--backends int8).
   openvino     OpenVINO (--backend openvino) on our float32 export against ONNX Runtime on the same file;
   openvino_bf16  the same, OpenVINO computing in bf16 (--precision bf16; f32 on CPUs without native bf16);
-  openvino_int8  OpenVINO on the int8 file against ONNX Runtime on the float32 export (pip install openvino).
+  openvino_int8  OpenVINO on the int8 file shaped for it (export.py --quantize int8 --backend openvino) against
+               ONNX Runtime on the float32 export (pip install openvino).
 Each row gives ours, the baseline and the ratio ours/baseline. The baselines need PyTorch (pip install
 torch==2.13.0), the onnxruntime comparison onnxruntime and onnx (pip install onnxruntime onnx); what is
 missing is left out with a NOTE. With the mindspore comparison, the data pipelines follow: ours,

@@ -10,8 +10,8 @@
   --quantize int8 does (deploy.quantize.quantize_onnx, calibrated here on 32 random images: speed does not
   depend on the values) against the float32 export itself, both in ONNX Runtime as above.
 - "openvino", "openvino_bf16" and "openvino_int8" (when asked for): OpenVINO (deploy.openvino_backend, as
-  --backend openvino runs it) on our float32 export, the same computing in bf16 (--precision bf16), and on its
-  int8 file, each against ONNX Runtime on the float32 export.
+  --backend openvino runs it) on our float32 export, the same computing in bf16 (--precision bf16), and on the
+  int8 file shaped for it (--quantize int8 --backend openvino), each against ONNX Runtime on the float32 export.
   With "int8" in the same run, every deployment path has a ratio to ONNX Runtime float32.
 
 Every model is measured in fresh worker processes, one per side, so that the first-step (compile)

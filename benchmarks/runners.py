@@ -9,6 +9,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -232,12 +233,13 @@ def export_torch_onnx(model, settings, path, opset: int) -> dict:
             "export_seconds": time.perf_counter() - start, "graph": graph_summary(path)}
 
 
-def quantize_ours_onnx(float_path, settings, path) -> dict:
-    """Our float32 export quantized to int8 by deploy.quantize.quantize_onnx, calibrated on random batches."""
+def quantize_ours_onnx(float_path, settings, path, engine) -> dict:
+    """Our float32 export quantized to int8 for `engine` by deploy.quantize.quantize_onnx, calibrated on random
+    batches."""
     from mobilenetv3.deploy.quantize import quantize_onnx
     _, images, _ = random_batch(CALIBRATION_IMAGES, settings.image_size, settings.num_classes, settings.seed)
     start = time.perf_counter()
-    written = quantize_onnx(float_path, path, images, {})
+    written = quantize_onnx(float_path, path, images, {}, engine)
     return {"path": str(written), "quantize_seconds": time.perf_counter() - start, "graph": graph_summary(written)}
 
 
@@ -279,12 +281,13 @@ def prepare_one_export(model, settings, directory: Path, log) -> Prepared:
     return {role: (path, settings) for role in ROLES}, {"ours": ours, "baseline": dict(ours)}, {}
 
 
-def prepare_int8_exports(model, settings, directory: Path, log) -> Prepared:
-    """Export ours in float32, then quantize it to int8, each in a helper process, into `directory`."""
-    log(f"{model}: exporting to ONNX and quantizing to int8")
+def prepare_int8_exports(model, settings, directory: Path, log, engine: str) -> Prepared:
+    """Export ours in float32, then quantize it to int8 for `engine`, each in a helper process, into
+    `directory`."""
+    log(f"{model}: exporting to ONNX and quantizing to int8 for {engine}")
     try:
         baseline = in_helper_process(export_ours_onnx, model, settings, directory / "float32.onnx")
-        ours = in_helper_process(quantize_ours_onnx, baseline["path"], settings, directory / "int8.onnx")
+        ours = in_helper_process(quantize_ours_onnx, baseline["path"], settings, directory / "int8.onnx", engine)
     except ImportError as err:
         return {}, {}, {role: str(err) for role in ROLES}
     ours.update(params=baseline["params"], macs=baseline["macs"])
@@ -323,8 +326,9 @@ COMPARISONS = {
                          "export) is left out; " + TORCH_INSTALL),
     "int8": Comparison(
         runners={"ours": OnnxRuntimeRunner, "baseline": OnnxRuntimeRunner}, modes=("infer",),
-        prepare=prepare_int8_exports, ours="our ONNX export quantized to int8 (deploy.quantize.quantize_onnx: QDQ, u8 "
-                                           "activations, s8 per-channel weights) in ONNX Runtime {onnxruntime}",
+        prepare=partial(prepare_int8_exports, engine="onnxruntime"),
+        ours="our ONNX export quantized to int8 for ONNX Runtime (deploy.quantize.quantize_onnx: QDQ, u8 "
+             "activations, s8 per-channel weights) in ONNX Runtime {onnxruntime}",
         baseline="our float32 ONNX export in ONNX Runtime {onnxruntime}",
         ours_missing="ONNX Runtime or onnx is not importable ({reason}): the int8 comparison is left out; "
                      + ONNX_INSTALL,
@@ -346,7 +350,9 @@ COMPARISONS = {
         baseline_missing="{reason}"),
     "openvino_int8": Comparison(
         runners={"ours": OpenVinoRunner, "baseline": OnnxRuntimeRunner}, modes=("infer",),
-        prepare=prepare_int8_exports, ours="our int8 ONNX file (as int8 above) in OpenVINO {openvino}",
+        prepare=partial(prepare_int8_exports, engine="openvino"),
+        ours="our ONNX export quantized to int8 for OpenVINO (export.py --quantize int8 --backend openvino) in "
+             "OpenVINO {openvino}",
         baseline="our float32 ONNX export in ONNX Runtime {onnxruntime}",
         ours_missing="OpenVINO, ONNX Runtime or onnx is not importable ({reason}): the OpenVINO int8 comparison is "
                      "left out; " + OPENVINO_INSTALL,

@@ -45,7 +45,8 @@ TRAIN_KEYS = [name for name in FIELDS if name not in ("use_ema", "top_k", "outpu
 EVAL_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "precision", "run_distribute", "json", "val_labels", "val_synsets"]
 INFER_KEYS = MODEL_KEYS + EVAL_DATA_KEYS + ["backend", "threads", "precision", "top_k", "output"]
 EXPORT_KEYS = ["device_target", "device_id", "pretrained", "use_ema", "model", "num_classes", "width", "bn_eps",
-               "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images"]
+               "file_format", "file_name", "resize", *PREPROCESSING_KEYS, "quantize", "calib_data", "calib_images",
+               "backend"]
 SERVE_KEYS = MODEL_KEYS + ["device_target", "device_id", "pretrained", "use_ema", "resize", *PREPROCESSING_KEYS,
                           "backend", "threads", "precision", "num_parallel_workers", "top_k", "host", "port", "max_batch",
                           "max_wait_ms", "max_bytes", "max_queue"]

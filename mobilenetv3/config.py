@@ -154,7 +154,8 @@ class Config:
     backend: str = key("mindspore", "Engine for eval and infer: onnxruntime runs the checkpoint exported to ONNX "
                        "(once, cached next to it) or a given .onnx, much faster on CPU (pip install onnxruntime); "
                        "openvino runs the same files, faster still (pip install openvino); an exported .onnx "
-                       "(onnxruntime) or .mindir picks its own unless this is given",
+                       "(onnxruntime) or .mindir picks its own unless this is given. With export's quantize int8: "
+                       "the engine the int8 file is shaped for (onnxruntime, or openvino)",
                        choices=["mindspore", "onnxruntime", "openvino"])
     threads: int = key(0, "CPU threads for eval and infer (MindSpore CPU kernels, ONNX Runtime intra-op, OpenVINO); "
                        "0: one per physical core", minimum=0)

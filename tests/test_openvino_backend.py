@@ -6,6 +6,7 @@ import importlib.util
 import runpy
 import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,18 @@ def exported(trained_longer, image_folder, tmp_path_factory):
                                "--quantize", "int8", "--calib_data", str(image_folder / "train"),
                                "--calib_images", "48"])
     return checkpoint, folder / "model.onnx", folder / "model.int8.onnx"
+
+
+@pytest.fixture(scope="module")
+def shaped_for_openvino(exported, image_folder):
+    """The int8 file export.py --quantize int8 --backend openvino writes, next to `exported`'s, from the same
+    checkpoint and calibration images."""
+    checkpoint = exported[0]
+    run_cli(script("export"), ["--device_target", "CPU", "--num_classes", "3", "--resize", "32", "--file_format",
+                               "ONNX", "--pretrained", str(checkpoint), "--file_name", str(checkpoint.parent / "ov"),
+                               "--quantize", "int8", "--calib_data", str(image_folder / "train"),
+                               "--calib_images", "48", "--backend", "openvino"])
+    return checkpoint.parent / "ov.int8.onnx"
 
 
 @needs_openvino
@@ -244,6 +257,32 @@ def test_external_data_missing_is_named(backend, exported, image_folder, tmp_pat
 
 
 @needs_openvino
+@needs_openvino
+def test_the_int8_file_shaped_for_openvino(exported, shaped_for_openvino, image_folder):
+    """It keeps HardSwish and HardSigmoid whole, which OpenVINO fuses into the int8 convolutions before them
+    (docs/performance.md: faster than the written-out form ONNX Runtime's file has); its meta says so; its
+    convolutions and classifier run in u8; and either engine gives it the same top-1 on every image, each
+    within the int8 bound of float32's logits (test_openvino_gives_onnxruntimes_logits)."""
+    import onnx
+    from mobilenetv3.checkpoints.meta import read_meta
+    from mobilenetv3.deploy.openvino_backend import CompiledOnnx
+    ops = Counter(node.op_type for node in onnx.load(str(shaped_for_openvino)).graph.node)
+    float_ops = Counter(node.op_type for node in onnx.load(str(exported[1])).graph.node)
+    assert ops["HardSwish"] == float_ops["HardSwish"] > 0 and ops["HardSigmoid"] == float_ops["HardSigmoid"] == 9
+    assert "Clip" not in ops and ops["QuantizeLinear"] > 50
+    assert read_meta(shaped_for_openvino)["quantization"]["engine"] == "openvino"
+    assert read_meta(exported[2])["quantization"]["engine"] == "onnxruntime"
+    layers = {key: count for key, count in CompiledOnnx(shaped_for_openvino, 1).layer_precisions().items()
+              if key[0] in ("Convolution", "FullyConnected")}
+    assert layers == {("Convolution", "u8"): 51, ("Convolution", "f32"): 1, ("FullyConnected", "u8"): 2}
+    images = reference_eval_input(sorted(Path(image_folder).glob("*/*/*.jpg")))
+    float32 = predictor_of(pretrained=str(exported[1]), backend="onnxruntime")[0](images)
+    for backend in ("openvino", "onnxruntime"):
+        logits = predictor_of(pretrained=str(shaped_for_openvino), backend=backend)[0](images)
+        assert 0 < np.abs(logits - float32).max() <= 0.6 * np.abs(float32).max()
+        np.testing.assert_array_equal(logits.argmax(axis=1), float32.argmax(axis=1))
+
+
 def test_openvino_runs_the_int8_file_in_int8(exported):
     """What OpenVINO's CPU plugin compiles the files to: the int8 file's convolutions and classifier run in
     u8, but the stem, which the quantization leaves float32 (deploy.quantize.float_nodes)."""

@@ -46,7 +46,7 @@ def test_int8_file_carries_the_float_meta_and_is_quantized(quantized):
     float_path, int8_path = quantized
     float_meta, int8_meta = read_meta(float_path), read_meta(int8_path)
     assert int8_meta.pop("quantization") == dict(format="QDQ", activations="uint8", weights="int8 per channel",
-                                                 calibration="minmax", calibration_images=24)
+                                                 calibration="minmax", calibration_images=24, engine="onnxruntime")
     assert int8_meta == float_meta and int8_meta["classes"] == CLASSES and int8_meta["image_size"] == 32
     import onnx
     graph = onnx.load(str(int8_path)).graph
@@ -118,7 +118,7 @@ def test_eval_and_infer_run_the_int8_file(quantized, image_folder, tmp_path, cap
 
 @pytest.mark.parametrize("extra, message", [
     (["--quantize", "int8", "--calib_data", "{calib}", "--file_format", "MINDIR"],
-     "error: --quantize int8 needs --file_format ONNX (got MINDIR): int8 runs with ONNX Runtime"),
+     "error: --quantize int8 needs --file_format ONNX (got MINDIR): int8 runs with ONNX Runtime or OpenVINO"),
     (["--quantize", "int8"],
      "error: --quantize int8 needs --calib_data DIR: a folder of a few hundred images like those the model will "
      "see, to measure the ranges of its activations"),
@@ -129,7 +129,13 @@ def test_eval_and_infer_run_the_int8_file(quantized, image_folder, tmp_path, cap
      "error: --calib_data {tmp}/missing is not a directory"),
     (["--quantize", "int8", "--calib_data", "{calib}", "no onnxruntime"],
      "error: --quantize int8 needs ONNX Runtime: pip install onnxruntime (or pip install .[onnx])"),
-], ids=["mindir", "no calib_data", "empty calib_data", "missing calib_data", "no onnxruntime"])
+    (["--file_format", "ONNX", "--backend", "openvino"],
+     "error: --backend openvino shapes the --quantize int8 file for its engine; add --quantize int8, or drop "
+     "--backend (a float export runs on every backend)"),
+    (["--quantize", "int8", "--calib_data", "{calib}", "--backend", "mindspore"],
+     "error: --quantize int8 writes an ONNX file for --backend onnxruntime or openvino, not mindspore"),
+], ids=["mindir", "no calib_data", "empty calib_data", "missing calib_data", "no onnxruntime", "backend without int8",
+        "int8 for mindspore"])
 def test_quantize_errors_are_one_line(extra, message, trained, image_folder, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("not an image")

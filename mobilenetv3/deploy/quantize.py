@@ -178,13 +178,21 @@ class _WithoutPreprocessingAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
+INT8_ENGINES = ("onnxruntime", "openvino")
+
+
+def quantize_onnx(float_path, path, images: np.ndarray, meta: dict, engine: str = "onnxruntime") -> Path:
     """Static int8 quantization of our float ONNX export `float_path` into `path` with ONNX Runtime:
     activations uint8 and weights int8 per output channel (ONNX Runtime's u8s8 kernels, VNNI where the CPU
     has it), QDQ format, activation ranges (min/max) measured on `images` (float32 NCHW, as the model gets
     them: calibration_images); float_nodes (the stem) stay float32. The classifier's Gemms are quantized
     too (they hold most of the weights) but give float32 outputs, so the logits are not rounded to an int8
-    grid. `path` carries `meta` with "quantization" added (see set_onnx_meta); returns `path`."""
+    grid. The graph is shaped for `engine`, which either runs: for onnxruntime the hard activations are
+    written out into int8 Adds and Muls (write_out_hard_activations); OpenVINO instead fuses HardSwish and
+    HardSigmoid into the int8 convolutions before them, faster than it runs the written-out form. `path`
+    carries `meta` with "quantization" added (see set_onnx_meta); returns `path`."""
+    if engine not in INT8_ENGINES:
+        raise ValueError(f"engine is {engine!r}, not one of {INT8_ENGINES}")
     try:
         import onnx
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -212,7 +220,8 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
 
     model = onnx.load(str(float_path))
     left_float = float_nodes(model)
-    write_out_hard_activations(model, keep=left_float)
+    if engine == "onnxruntime":
+        write_out_hard_activations(model, keep=left_float)
     path = Path(path)
     float_file = path.with_name(f".{path.name}.{os.getpid()}.float.onnx")
     advice = _WithoutPreprocessingAdvice()
@@ -231,7 +240,7 @@ def quantize_onnx(float_path, path, images: np.ndarray, meta: dict) -> Path:
         float_file.unlink(missing_ok=True)
     model = onnx.load(str(path))
     settings = dict(format="QDQ", activations="uint8", weights="int8 per channel", calibration="minmax",
-                    calibration_images=len(images))
+                    calibration_images=len(images), engine=engine)
     set_onnx_meta(model, dict(meta, quantization=settings))
     onnx.save(model, str(path))
     return Path(path)
