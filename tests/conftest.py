@@ -30,6 +30,10 @@ ms.set_context(mode=ms.GRAPH_MODE)
 # Tests that start mpirun or msrun jobs (several MindSpore processes, a scheduler port, network namespaces)
 # run one at a time, on one pytest-xdist worker (--dist loadgroup), beside the other worker's lighter tests.
 ONE_JOB_AT_A_TIME = pytest.mark.xdist_group("launched_jobs")
+# PATH as this interpreter's environment, activated, has it: scripts/test.sh runs .venv/bin/python without
+# putting .venv/bin on PATH, where msrun (installed with mindspore) lives and whose "python" msrun starts.
+ACTIVATED_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+MSRUN = shutil.which("msrun", path=ACTIVATED_PATH)
 
 # The seed README's step line, widths included: "Epoch:[ 90/ 120], step:[    1/ 2502], ...".
 STEP_LINE = re.compile(r"^Epoch:\[[ \d]{2}\d/[ \d]{3}\d\], step:\[[ \d]{4}\d/[ \d]{4}\d\], loss:\[\d+\.\d{3}/\d+\.\d{3}\], "

@@ -16,14 +16,13 @@ import pytest
 
 from mobilenetv3.cluster import distributed, launchers
 from mobilenetv3.cluster.distributed import DistInfo, all_reduce_sum, check_same_config, init_distributed
-from conftest import ONE_JOB_AT_A_TIME
+from conftest import ACTIVATED_PATH, MSRUN, ONE_JOB_AT_A_TIME
 
 pytestmark = ONE_JOB_AT_A_TIME
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = Path(__file__).with_name("distributed_job.py")
 MPIRUN = shutil.which("mpirun")
-MSRUN = shutil.which("msrun")
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun (OpenMPI) is not installed")
 needs_msrun = pytest.mark.skipif(MSRUN is None, reason="msrun (installed with mindspore) is not on PATH")
 LAUNCHER_VARIABLES = ("OMPI_", "PMIX_", "PMI_", "SLURM_", "MS_ROLE", "MS_WORKER_NUM", "MS_NODE_ID", "MS_SCHED_",
@@ -54,6 +53,7 @@ def launch(launcher, ranks, out_dir, *job_args, env=None, launcher_args=None, ti
     }[launcher]
     full_env = {name: value for name, value in os.environ.items() if not name.startswith(LAUNCHER_VARIABLES)}
     full_env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    full_env["PATH"] = ACTIVATED_PATH  # msrun starts "python"
     full_env.update(env or {})
     start = time.monotonic()
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,

@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ONE_JOB_AT_A_TIME, REPO, write_image_folder
+from conftest import ACTIVATED_PATH, MSRUN, ONE_JOB_AT_A_TIME, REPO, write_image_folder
 
 pytestmark = ONE_JOB_AT_A_TIME
 from mobilenetv3.checkpoints import files as checkpoint
 
 MPIRUN = shutil.which("mpirun")
-MSRUN = shutil.which("msrun")
 TOOLS = ("ip", "unshare")
 HOSTS = ("nodea", "nodeb")
 SUBNET = "10.213.7"  # nodea is .1, nodeb .2, on the bridge
@@ -137,6 +136,7 @@ def hosts(tmp_path_factory):
 def environment():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "MS_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env["PATH"] = ACTIVATED_PATH  # msrun starts "python"
     return env
 
 
