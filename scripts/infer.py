@@ -21,7 +21,8 @@ wrote next to it), else ImageNet's for 1000 classes, else indices. Unreadable fi
 (not images, truncated, corrupt) are skipped and listed at the end with the reason. --backend onnxruntime
 runs a checkpoint (exported to ONNX once, cached next to it as <name>-<resize>px.onnx) or an exported .onnx
 with ONNX Runtime: the same predictions, several times faster on CPU; --backend openvino runs the same files
-with OpenVINO, faster still (pip install -e '.[openvino]').
+with OpenVINO (pip install -e '.[openvino]'), faster still with --precision bf16 on CPUs that compute bfloat16
+natively.
 """
 import sys
 from pathlib import Path

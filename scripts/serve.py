@@ -9,7 +9,7 @@ Examples:
   curl http://127.0.0.1:8000/metadata
 
 --pretrained is a checkpoint, a MINDIR or an ONNX file (float or int8), run as scripts/infer.py runs it:
-class names and preprocessing from the model's meta, --backend and --threads as there. The page at / takes
+class names and preprocessing from the model's meta, --backend, --threads and --precision as there. The page at / takes
 an image (chosen or dropped) and shows its top 5 as bars. POST /predict takes an image as the body
 (Content-Type image/* or application/octet-stream) or as the file of a multipart form, and answers JSON: the
 model, backend, preprocessing and the top_k (default --top_k, or ?top_k=K) {label, index, probability}.
