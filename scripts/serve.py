@@ -31,7 +31,7 @@ def main(argv=None):
     server.require_web_stack()
     from mobilenetv3.cluster import device  # MindSpore starts here, after run_cli's process defaults
     from mobilenetv3.data.preprocessing import resolve
-    from mobilenetv3.deploy.inference import class_names_of, engine_of, load_model
+    from mobilenetv3.deploy.inference import class_names_of, engine_label, load_model
     from mobilenetv3.serving.app import Limits, create_app
     from mobilenetv3.serving.model import ServedModel
     device.setup(config.device_target, config.seed, device_id=config.device_id)
@@ -40,8 +40,7 @@ def main(argv=None):
     preprocessing, preprocessing_line = resolve(config.preprocessing(), config.flags, meta)
     print(preprocessing_line)
     model = ServedModel(predict, preprocessing, class_names_of(meta), meta.get("model") or Path(config.pretrained).stem,
-                        engine_of(config.pretrained, config.backend, config.flags)
-                        + ("" if config.precision == "f32" else f" ({config.precision})"))
+                        engine_label(config.pretrained, config.backend, config.flags, config.precision))
     sock = server.listening_socket(config.host, config.port)  # a taken port fails before the warm-up
     print(f"warming up: batches of 1 to {config.max_batch} images (MindSpore compiles each shape once)")
     model.warm_up(config.max_batch)

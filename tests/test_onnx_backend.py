@@ -228,7 +228,7 @@ def test_backend_and_file_errors(model_copy, image_folder, tmp_path, capsys):
 def test_the_engine_of_a_model_file():
     """What load_model runs and serve.py reports (it once reported an .onnx's engines as a list): an exported
     file's own engine unless --backend names another that runs it; a checkpoint the backend asked for."""
-    from mobilenetv3.deploy.inference import engine_of
+    from mobilenetv3.deploy.inference import engine_label, engine_of
     assert engine_of("m.onnx", "mindspore") == "onnxruntime"
     assert engine_of("m.onnx", "openvino") == engine_of("m.onnx", "openvino", {"backend"}) == "openvino"
     assert engine_of("m.MINDIR", "onnxruntime") == "mindspore"
@@ -236,6 +236,8 @@ def test_the_engine_of_a_model_file():
         "mindspore", "onnxruntime", "openvino"]
     with pytest.raises(UserError, match="m.mindir is an exported MINDIR model: run it with --backend mindspore"):
         engine_of("m.mindir", "openvino", {"backend"})
+    assert engine_label("m.onnx", "mindspore") == "onnxruntime"
+    assert engine_label("m.onnx", "openvino", {"backend", "precision"}, "bf16") == "openvino (bf16)"
 
 
 @pytest.mark.parametrize("key, value, problem", [

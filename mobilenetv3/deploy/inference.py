@@ -58,6 +58,11 @@ def engine_of(path, backend: str, flags: Collection[str] = ()) -> str:
     return own_backends[0]
 
 
+def engine_label(path, backend: str, flags: Collection[str] = (), precision: str = "f32") -> str:
+    """What runs the model file `path`, as the service reports it: "onnxruntime", "openvino (bf16)", ..."""
+    return engine_of(path, backend, flags) + ("" if precision == "f32" else f" ({precision})")
+
+
 def load_model(path, backend: str = "mindspore", threads: int = 0, use_ema: bool = False,
                stated: Optional[dict] = None, flags: Collection[str] = (),
                precision: str = "f32") -> Tuple[Callable, dict]:
