@@ -53,6 +53,15 @@ def reference_eval_input(paths, resize=32) -> np.ndarray:
     return normalised.transpose(0, 3, 1, 2).astype(np.float32)
 
 
+def openvino_computes_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin lists BF16 here, asked as the package's OpenVINO starts: without MindSpore's
+    oneDNN cap (cpu_info.onednn_uncapped), which the plugin takes when it loads."""
+    import openvino
+    from mobilenetv3.native.cpu_info import onednn_uncapped
+    with onednn_uncapped():
+        return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def write_image_folder(root: Path, per_class: dict, size=(40, 48), seed=0, colours=COLOURS):
     """root/<split>/class_<c>/<i>.jpg: noisy images of one colour per class (easy to learn)."""
     rng = np.random.default_rng(seed)

@@ -10,10 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import openvino_computes_bf16, run_script
 from benchmarks import harness, pipelines, runners
 from benchmarks.report import compare_graphs
-from mobilenetv3.native.cpu_info import onednn_uncapped
 
 # Batch 1 only: one training and one inference graph to compile keeps the run under a minute or two. One
 # thread: on a busy machine two OpenMP threads make PyTorch's steps up to 100x slower (waits at every barrier).
@@ -190,7 +189,7 @@ def test_int8_comparison_runs_the_quantized_export_against_the_float32_one(tmp_p
 @pytest.mark.slow  # CI time: run with --runslow
 def test_openvino_comparisons_run_the_float32_and_int8_files_against_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
-    openvino = pytest.importorskip("openvino")
+    pytest.importorskip("openvino")
     out = tmp_path / "bench.json"
     result = run_script("benchmark", *TINY, "--backends", "openvino_int8", "openvino_bf16", "openvino", "--json", out,
                         cwd=tmp_path, folder="benchmarks")
@@ -203,9 +202,7 @@ def test_openvino_comparisons_run_the_float32_and_int8_files_against_onnxruntime
     check_graph(same_file["ours"]["graph"])
     assert int8["ours"]["graph"]["op_types"]["QuantizeLinear"] > 50
     check_graph(int8["baseline"]["graph"])
-    with onednn_uncapped():  # as the workers' OpenVINO starts
-        native_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    for info, precision in ((same_file, "f32"), (bf16, "bf16" if native_bf16 else "f32"), (int8, "f32")):
+    for info, precision in ((same_file, "f32"), (bf16, "bf16" if openvino_computes_bf16() else "f32"), (int8, "f32")):
         assert info["ours"]["threads"] == info["baseline"]["threads"] == 1
         assert info["ours"]["mode"] == f"LATENCY, {precision}"
     for backend in ("openvino", "openvino_bf16", "openvino_int8"):

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from conftest import REPO, reference_eval_input  # noqa: E402
+from conftest import REPO, openvino_computes_bf16, reference_eval_input  # noqa: E402
 from mobilenetv3.cli import MODEL_FILE_KEYS, run_cli  # noqa: E402
 from mobilenetv3.config import build_config  # noqa: E402
 from mobilenetv3.deploy import onnx_backend  # noqa: E402
@@ -60,11 +60,17 @@ def exported(trained_longer, image_folder, tmp_path_factory):
     of their own, quantized as scripts/export.py --quantize int8 does, calibrated on the training images."""
     folder = tmp_path_factory.mktemp("openvino")
     checkpoint = Path(shutil.copy(trained_longer, folder / "small.ckpt"))
-    run_cli(script("export"), ["--device_target", "CPU", "--num_classes", "3", "--resize", "32", "--file_format",
-                               "ONNX", "--pretrained", str(checkpoint), "--file_name", str(folder / "model"),
-                               "--quantize", "int8", "--calib_data", str(image_folder / "train"),
-                               "--calib_images", "48"])
+    export_int8(checkpoint, folder / "model", image_folder)
     return checkpoint, folder / "model.onnx", folder / "model.int8.onnx"
+
+
+def export_int8(checkpoint, file_name, image_folder, *extra):
+    """scripts/export.py --quantize int8 of `checkpoint` into `file_name`.onnx and .int8.onnx, calibrated on the
+    training images."""
+    run_cli(script("export"), ["--device_target", "CPU", "--num_classes", "3", "--resize", "32", "--file_format",
+                               "ONNX", "--pretrained", str(checkpoint), "--file_name", str(file_name),
+                               "--quantize", "int8", "--calib_data", str(image_folder / "train"),
+                               "--calib_images", "48", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +78,7 @@ def shaped_for_openvino(exported, image_folder):
     """The int8 file export.py --quantize int8 --backend openvino writes, next to `exported`'s, from the same
     checkpoint and calibration images."""
     checkpoint = exported[0]
-    run_cli(script("export"), ["--device_target", "CPU", "--num_classes", "3", "--resize", "32", "--file_format",
-                               "ONNX", "--pretrained", str(checkpoint), "--file_name", str(checkpoint.parent / "ov"),
-                               "--quantize", "int8", "--calib_data", str(image_folder / "train"),
-                               "--calib_images", "48", "--backend", "openvino"])
+    export_int8(checkpoint, checkpoint.parent / "ov", image_folder, "--backend", "openvino")
     return checkpoint.parent / "ov.int8.onnx"
 
 
@@ -153,10 +156,8 @@ def test_bf16_where_the_cpu_has_it(exported, image_folder, caplog):
     """--precision bf16: on a CPU with native bfloat16 (OpenVINO lists BF16) the network's layers compute in bf16
     and the logits stay within 10% of their size of float32's (measured: 4%, on this barely trained model's small
     logits), with the same top-1; elsewhere one warning and float32's logits exactly."""
-    import openvino
     from mobilenetv3.deploy.openvino_backend import CompiledOnnx
-    with cpu_info.onednn_uncapped():  # the CPU plugin takes the cap when it loads (see onednn_uncapped)
-        native = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    native = openvino_computes_bf16()
     images = reference_eval_input(sorted(Path(image_folder).glob("*/*/*.jpg")))
     float32, _ = predictor_of(pretrained=str(exported[1]), backend="openvino")
     with caplog.at_level("WARNING"):

@@ -8,9 +8,9 @@ bfloat16 OpenVINO's own default is bf16), so the logits agree with ONNX Runtime'
 file's quantized ops run in int8, the rest in that precision.
 """
 import logging
+from collections import Counter
 from dataclasses import replace
 from functools import partial
-from collections import Counter
 from pathlib import Path
 from typing import Collection, Optional
 
@@ -50,10 +50,12 @@ def reason_of(err: Exception) -> str:
 def native_precision(core, precision: str) -> str:
     """`precision` if this CPU computes in it natively, else f32 with a warning: without AVX512_BF16 or AMX,
     OpenVINO's CPU plugin would emulate bf16, slower than f32 and as inexact as bf16."""
-    if precision != "f32" and precision.upper() not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if precision == "f32":
+        return precision
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if precision.upper() not in capabilities:
         logger.warning("--precision %s: this CPU has no native %s (OpenVINO's CPU plugin lists %s); computing in "
-                       "f32", precision, precision,
-                       ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+                       "f32", precision, precision, ", ".join(capabilities))
         return "f32"
     return precision
 
