@@ -26,7 +26,7 @@ from typing import Callable, Collection, List, Optional
 import numpy as np
 
 from ..checkpoints.files import require_file
-from ..checkpoints.meta import NETWORK_KEYS, ONNX_META_KEY, check_model_matches, flagged, read_meta, sidecar_path
+from ..checkpoints.meta import NETWORK_KEYS, ONNX_META_KEY, check_model_matches, flagged, read_meta
 from ..cluster.device import cpu_threads
 from ..data.preprocessing import recorded
 from ..errors import UserError
@@ -154,16 +154,8 @@ def cached_session(path, threads: int = 0, use_ema: bool = False, stated: Option
                         "scripts/export.py --file_format ONNX --file_name <writable path> and pass that .onnx as "
                         "--pretrained")
     net, meta = model_from_checkpoint(source, use_ema, expected, stated)
-    partial = target.with_name(f".{target.stem}.{os.getpid()}.partial")
-    try:
-        written = export.export(net, partial, "ONNX", image_size, dict(meta, **key))
-        os.replace(written, target)
-        sidecar_path(target).unlink(missing_ok=True)  # a cache version that kept the meta beside the file
-    except OSError as err:
-        raise UserError(f"could not write {target} ({err})") from None
-    finally:
-        for leftover in partial.parent.glob(f"{partial.name}.*"):
-            leftover.unlink(missing_ok=True)
+    # Written whole or not at all, and without the meta file an older cache version kept beside it (export.export).
+    export.export(net, target, "ONNX", image_size, dict(meta, **key))
     logger.info(f"exported {source} to {target}")
     return target, runtime.open(target, threads)
 
